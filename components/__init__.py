@@ -1,0 +1,1 @@
+"""Pulumi components of the weightshift program: one module per ComponentResource."""

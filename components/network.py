@@ -1,0 +1,242 @@
+"""The VPC the load balancer and the GPU nodes live in: created here, or an existing one."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from weightshift.config import NetworkConfig
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    settings: NetworkConfig
+
+
+def carve(cidr: str, zones: int) -> tuple[list[str], list[str]]:
+    """Private subnets take the first eighths of the block (room for pod IPs); public
+    subnets share the last eighth (they hold only load balancer and NAT interfaces)."""
+    eighths = list(ipaddress.IPv4Network(cidr).subnets(prefixlen_diff=3))
+    private = [str(net) for net in eighths[:zones]]
+    public = [str(net) for net in list(eighths[-1].subnets(prefixlen_diff=3))[:zones]]
+    return public, private
+
+
+class Network(pulumi.ComponentResource):
+    """A VPC across the configured zones, or the ids of an existing one.
+
+    Children when creating: ``{name}-vpc`` Vpc, ``{name}-default-sg`` (the default
+    security group, stripped of every rule), ``{name}-igw`` InternetGateway,
+    ``{name}-public-{zone}`` and ``{name}-private-{zone}`` Subnets, ``{name}-public-rt``
+    RouteTable with its associations, ``{name}-nat-{zone}`` Eips and NatGateways (one,
+    or one per zone), ``{name}-private-rt-{zone}`` RouteTables and associations, and
+    ``{name}-flow-logs`` (LogGroup, Role, RolePolicy, FlowLog) recording rejected and
+    accepted traffic. With an existing VPC there are no children.
+    """
+
+    vpc_id: pulumi.Output[str]
+    """The VPC's id."""
+    vpc_cidr: pulumi.Output[str]
+    """The VPC's IPv4 block."""
+    public_subnet_ids: pulumi.Output[list[str]]
+    """Subnets for the internet-facing load balancer."""
+    private_subnet_ids: pulumi.Output[list[str]]
+    """Subnets for nodes, pods and an internal load balancer."""
+    nat_public_ips: pulumi.Output[list[str]]
+    """Egress addresses of the NAT gateways (empty for an existing VPC)."""
+
+    def __init__(
+        self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("weightshift:index:Network", name, None, opts)
+        settings = args.settings
+        if settings.vpc_id is not None:
+            assert settings.vpc_cidr is not None  # guaranteed by NetworkConfig validation
+            self.vpc_id = pulumi.Output.from_input(settings.vpc_id)
+            self.vpc_cidr = pulumi.Output.from_input(settings.vpc_cidr)
+            self.public_subnet_ids = pulumi.Output.from_input(list(settings.public_subnet_ids))
+            self.private_subnet_ids = pulumi.Output.from_input(list(settings.private_subnet_ids))
+            self.nat_public_ips = pulumi.Output.from_input([])
+        else:
+            self._create(name, settings)
+        self.register_outputs(
+            {
+                "vpc_id": self.vpc_id,
+                "vpc_cidr": self.vpc_cidr,
+                "public_subnet_ids": self.public_subnet_ids,
+                "private_subnet_ids": self.private_subnet_ids,
+                "nat_public_ips": self.nat_public_ips,
+            }
+        )
+
+    def _create(self, name: str, settings: NetworkConfig) -> None:
+        assert settings.cidr is not None  # guaranteed by NetworkConfig validation
+        child = pulumi.ResourceOptions(parent=self)
+        zones = settings.availability_zones
+        public_cidrs, private_cidrs = carve(settings.cidr, len(zones))
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=settings.cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            opts=child,
+        )
+        aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, opts=child)
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, opts=child)
+
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public-rt",
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+            opts=child,
+        )
+        public_subnets: list[aws.ec2.Subnet] = []
+        private_subnets: list[aws.ec2.Subnet] = []
+        for zone, public_cidr, private_cidr in zip(zones, public_cidrs, private_cidrs, strict=True):
+            public = aws.ec2.Subnet(
+                f"{name}-public-{zone}",
+                vpc_id=vpc.id,
+                cidr_block=public_cidr,
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                tags={"kubernetes.io/role/elb": "1", "weightshift:tier": "public"},
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{zone}",
+                subnet_id=public.id,
+                route_table_id=public_rt.id,
+                opts=child,
+            )
+            private = aws.ec2.Subnet(
+                f"{name}-private-{zone}",
+                vpc_id=vpc.id,
+                cidr_block=private_cidr,
+                availability_zone=zone,
+                tags={"kubernetes.io/role/internal-elb": "1", "weightshift:tier": "private"},
+                opts=child,
+            )
+            public_subnets.append(public)
+            private_subnets.append(private)
+
+        nat_zones = zones if settings.nat_gateways == "per-az" else zones[:1]
+        nats: list[aws.ec2.NatGateway] = []
+        eips: list[aws.ec2.Eip] = []
+        for zone, public in zip(nat_zones, public_subnets, strict=False):
+            eip = aws.ec2.Eip(f"{name}-nat-{zone}", domain="vpc", opts=child)
+            nat = aws.ec2.NatGateway(
+                f"{name}-nat-{zone}",
+                allocation_id=eip.id,
+                subnet_id=public.id,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+            )
+            eips.append(eip)
+            nats.append(nat)
+        for index, (zone, private) in enumerate(zip(zones, private_subnets, strict=True)):
+            nat = nats[index] if settings.nat_gateways == "per-az" else nats[0]
+            table = aws.ec2.RouteTable(
+                f"{name}-private-rt-{zone}",
+                vpc_id=vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{zone}", subnet_id=private.id, route_table_id=table.id, opts=child
+            )
+        self._flow_logs(name, vpc, settings.flow_log_retention_days)
+
+        self.vpc_id = vpc.id
+        self.vpc_cidr = vpc.cidr_block
+        self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public_subnets])
+        self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
+        self.nat_public_ips = pulumi.Output.all(*[e.public_ip for e in eips])
+
+    def _flow_logs(self, name: str, vpc: aws.ec2.Vpc, retention_days: int) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        group = aws.cloudwatch.LogGroup(
+            f"{name}-flow-logs", retention_in_days=_log_retention(retention_days), opts=child
+        )
+        role = aws.iam.Role(
+            f"{name}-flow-logs",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-flow-logs",
+            role=role.id,
+            policy=group.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "logs:CreateLogStream",
+                                    "logs:PutLogEvents",
+                                    "logs:DescribeLogStreams",
+                                ],
+                                "Resource": [arn, f"{arn}:*"],
+                            }
+                        ],
+                    }
+                )
+            ),
+            opts=child,
+        )
+        aws.ec2.FlowLog(
+            f"{name}-flow-logs",
+            vpc_id=vpc.id,
+            traffic_type="ALL",
+            log_destination_type="cloud-watch-logs",
+            log_destination=group.arn,
+            iam_role_arn=role.arn,
+            max_aggregation_interval=60,
+            opts=child,
+        )
+
+
+_LOG_RETENTIONS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+
+
+def _log_retention(days: int) -> int:
+    """CloudWatch Logs accepts only these retention periods: round up to the next one."""
+    return next(value for value in _LOG_RETENTIONS if value >= days)

@@ -1,0 +1,257 @@
+"""The ALB: the only traffic router. It splits requests between blue and green by weight."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.log_bucket import LogBucket, LogBucketArgs
+from weightshift.config import TrafficConfig
+from weightshift.stages import Colour, Weights
+
+MIRROR = "mirror"
+_TEST_ROUTE_PRIORITY = {Colour.BLUE: 10, Colour.GREEN: 20}
+
+
+@dataclass(frozen=True)
+class TrafficArgs:
+    settings: TrafficConfig
+    weights: Weights
+    """The default action's weights; the only input a rollout stage changes."""
+    stickiness_seconds: int
+    mirror: bool
+    """Add the shadow strategy's mirror target group."""
+    vpc_id: pulumi.Input[str]
+    vpc_cidr: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[str]]
+    region: str
+    partition: str
+
+
+class Traffic(pulumi.ComponentResource):
+    """An Application Load Balancer whose HTTPS listener forwards to the blue and green
+    target groups by weight.
+
+    Children: ``{name}-logs`` LogBucket (access logs), ``{name}-alb`` SecurityGroup with
+    one ingress rule per allowed CIDR and port and one egress rule to the VPC on the
+    serving port, ``{name}-alb`` LoadBalancer, ``{name}-blue`` and ``{name}-green``
+    TargetGroups (plus ``{name}-mirror`` for shadow), ``{name}-https`` Listener with the
+    weighted default action, ``{name}-http`` Listener that only redirects to HTTPS, and
+    ``{name}-route-blue`` / ``{name}-route-green`` ListenerRules that send requests
+    carrying the test header from the allowed sources to one colour.
+    """
+
+    load_balancer_arn: pulumi.Output[str]
+    """The ALB's ARN."""
+    load_balancer_arn_suffix: pulumi.Output[str]
+    """The ALB's CloudWatch dimension value."""
+    dns_name: pulumi.Output[str]
+    """Where clients send requests."""
+    zone_id: pulumi.Output[str]
+    """The ALB's hosted zone, for an alias record."""
+    listener_arn: pulumi.Output[str]
+    """The HTTPS listener whose default action holds the weights."""
+    target_group_arns: dict[str, pulumi.Output[str]]
+    """Target group ARN by colour (and ``mirror`` for shadow)."""
+    target_group_arn_suffixes: dict[str, pulumi.Output[str]]
+    """Target group CloudWatch dimension value by colour (and ``mirror``)."""
+    security_group_id: pulumi.Output[str]
+    """The ALB's security group: the only source the inference pods accept."""
+
+    def __init__(
+        self, name: str, args: TrafficArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("weightshift:index:Traffic", name, None, opts)
+        settings = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        logs = LogBucket(
+            f"{name}-logs",
+            LogBucketArgs(
+                region=args.region,
+                partition=args.partition,
+                retention_days=settings.access_log_retention_days,
+                elb_prefix="alb",
+            ),
+            opts=child,
+        )
+        security_group = self._security_group(name, args)
+        alb = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=settings.internal,
+            subnets=args.subnet_ids,
+            security_groups=[security_group.id],
+            drop_invalid_header_fields=True,
+            enable_deletion_protection=settings.deletion_protection,
+            idle_timeout=settings.idle_timeout_seconds,
+            access_logs=aws.lb.LoadBalancerAccessLogsArgs(
+                bucket=logs.bucket, prefix="alb", enabled=True
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.ready]),
+        )
+
+        targets = [Colour.BLUE.value, Colour.GREEN.value] + ([MIRROR] if args.mirror else [])
+        groups = {target: self._target_group(f"{name}-{target}", args) for target in targets}
+        weight = {
+            Colour.BLUE.value: args.weights.blue,
+            Colour.GREEN.value: args.weights.green,
+            MIRROR: args.weights.mirror,
+        }
+        if weight[MIRROR] and not args.mirror:
+            raise ValueError("the weights mirror traffic but the mirror target group is off")
+
+        https = aws.lb.Listener(
+            f"{name}-https",
+            load_balancer_arn=alb.arn,
+            port=443,
+            protocol="HTTPS",
+            ssl_policy=settings.ssl_policy,
+            certificate_arn=settings.certificate_arn,
+            routing_http_response_server_enabled=False,
+            routing_http_response_strict_transport_security_header_value=(
+                "max-age=31536000; includeSubDomains"
+            ),
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(
+                    type="forward",
+                    forward=aws.lb.ListenerDefaultActionForwardArgs(
+                        target_groups=[
+                            aws.lb.ListenerDefaultActionForwardTargetGroupArgs(
+                                arn=groups[target].arn, weight=weight[target]
+                            )
+                            for target in targets
+                        ],
+                        stickiness=aws.lb.ListenerDefaultActionForwardStickinessArgs(
+                            enabled=args.stickiness_seconds > 0,
+                            duration=max(1, args.stickiness_seconds),
+                        ),
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        aws.lb.Listener(
+            f"{name}-http",
+            load_balancer_arn=alb.arn,
+            port=80,
+            protocol="HTTP",
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(
+                    type="redirect",
+                    redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                        protocol="HTTPS", port="443", status_code="HTTP_301"
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        sources = (
+            pulumi.Output.from_input(list(settings.test_route_cidrs))
+            if settings.test_route_cidrs
+            else pulumi.Output.from_input(args.vpc_cidr).apply(lambda cidr: [cidr])
+        )
+        for colour in Colour:
+            aws.lb.ListenerRule(
+                f"{name}-route-{colour.value}",
+                listener_arn=https.arn,
+                priority=_TEST_ROUTE_PRIORITY[colour],
+                conditions=[
+                    aws.lb.ListenerRuleConditionArgs(
+                        http_header=aws.lb.ListenerRuleConditionHttpHeaderArgs(
+                            http_header_name=settings.test_header, values=[colour.value]
+                        )
+                    ),
+                    aws.lb.ListenerRuleConditionArgs(
+                        source_ip=aws.lb.ListenerRuleConditionSourceIpArgs(values=sources)
+                    ),
+                ],
+                actions=[
+                    aws.lb.ListenerRuleActionArgs(
+                        type="forward", target_group_arn=groups[colour.value].arn
+                    )
+                ],
+                opts=child,
+            )
+
+        self.load_balancer_arn = alb.arn
+        self.load_balancer_arn_suffix = alb.arn_suffix
+        self.dns_name = alb.dns_name
+        self.zone_id = alb.zone_id
+        self.listener_arn = https.arn
+        self.target_group_arns = {target: group.arn for target, group in groups.items()}
+        self.target_group_arn_suffixes = {
+            target: group.arn_suffix for target, group in groups.items()
+        }
+        self.security_group_id = security_group.id
+        self.register_outputs(
+            {
+                "load_balancer_arn": self.load_balancer_arn,
+                "dns_name": self.dns_name,
+                "listener_arn": self.listener_arn,
+                "target_group_arns": self.target_group_arns,
+                "security_group_id": self.security_group_id,
+            }
+        )
+
+    def _security_group(self, name: str, args: TrafficArgs) -> aws.ec2.SecurityGroup:
+        child = pulumi.ResourceOptions(parent=self)
+        group = aws.ec2.SecurityGroup(
+            f"{name}-alb",
+            vpc_id=args.vpc_id,
+            description="weightshift ALB: HTTPS and HTTP in, serving port to the VPC out",
+            opts=child,
+        )
+        for index, cidr in enumerate(args.settings.ingress_cidrs):
+            for port in (443, 80):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-alb-in-{port}-{index}",
+                    security_group_id=group.id,
+                    cidr_ipv4=cidr,
+                    ip_protocol="tcp",
+                    from_port=port,
+                    to_port=port,
+                    description=f"clients on {port}",
+                    opts=child,
+                )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-alb-out-serving",
+            security_group_id=group.id,
+            cidr_ipv4=args.vpc_cidr,
+            ip_protocol="tcp",
+            from_port=args.settings.serving_port,
+            to_port=args.settings.serving_port,
+            description="requests and health checks to the inference pods",
+            opts=child,
+        )
+        return group
+
+    def _target_group(self, name: str, args: TrafficArgs) -> aws.lb.TargetGroup:
+        settings = args.settings
+        return aws.lb.TargetGroup(
+            name,
+            port=settings.serving_port,
+            protocol="HTTP",
+            protocol_version="HTTP1",
+            target_type="ip",
+            vpc_id=args.vpc_id,
+            deregistration_delay=settings.deregistration_delay_seconds,
+            # Requests differ in cost by orders of magnitude (prompt and output length):
+            # send each to the target with the fewest in flight, not round robin.
+            load_balancing_algorithm_type="least_outstanding_requests",
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                enabled=True,
+                path=settings.health_check_path,
+                port="traffic-port",
+                protocol="HTTP",
+                matcher="200",
+                interval=10,
+                timeout=5,
+                healthy_threshold=2,
+                unhealthy_threshold=3,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )

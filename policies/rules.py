@@ -1,0 +1,197 @@
+"""Guardrails for a weightshift stack, as CrossGuard resource policies.
+
+Each rule is a plain function of a resource's inputs that reports violations, so
+it runs the same under `pulumi preview --policy-pack policies`, in
+`weightshift policy check` (over the offline graph) and in unit tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
+
+from weightshift.config import MODERN_TLS_POLICIES
+from weightshift.stages import ALB_MAX_TARGET_GROUPS, ALB_WEIGHT_MAX
+
+LISTENER = "aws:lb/listener:Listener"
+LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
+TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
+PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+
+MIN_DRAIN_SECONDS = 30
+"""A target group must give in-flight generations at least this long to finish."""
+
+Validate = Callable[[ResourceValidationArgs, ReportViolation], None]
+
+
+def _only(resource_type: str) -> Callable[[Validate], Validate]:
+    def wrap(check: Validate) -> Validate:
+        def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
+            if args.resource_type == resource_type:
+                check(args, report)
+
+        validate.__doc__ = check.__doc__
+        return validate
+
+    return wrap
+
+
+def _forward_weights(actions: Any, where: str, report: ReportViolation) -> None:
+    for action in actions or []:
+        forward = action.get("forward") if isinstance(action, Mapping) else None
+        if not forward:
+            continue
+        groups = forward.get("targetGroups") or []
+        if len(groups) > ALB_MAX_TARGET_GROUPS:
+            report(
+                f"{where}: a forward action names {len(groups)} target groups; the ALB takes at "
+                f"most {ALB_MAX_TARGET_GROUPS}.",
+                None,
+            )
+        weights = [g.get("weight", 1) for g in groups]
+        for weight in weights:
+            if not isinstance(weight, int | float) or not 0 <= weight <= ALB_WEIGHT_MAX:
+                report(f"{where}: weight {weight} is outside the ALB's 0..{ALB_WEIGHT_MAX}.", None)
+        if groups and not any(isinstance(w, int | float) and w > 0 for w in weights):
+            report(f"{where}: every target group has weight 0, so no request can be served.", None)
+
+
+@_only(LISTENER)
+def _weights_legal(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Forward actions name at most 5 target groups, with weights 0..999, not all 0."""
+    _forward_weights(args.props.get("defaultActions"), "default action", report)
+
+
+@_only(LISTENER)
+def _tls_only(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """HTTPS listeners use a modern TLS policy; plain HTTP listeners only redirect to HTTPS."""
+    protocol = args.props.get("protocol")
+    if protocol == "HTTPS":
+        policy = args.props.get("sslPolicy")
+        if policy not in MODERN_TLS_POLICIES:
+            report(
+                f"TLS policy {policy} allows old protocols; use one of {MODERN_TLS_POLICIES}.", None
+            )
+        if not args.props.get("certificateArn"):
+            report("an HTTPS listener needs certificateArn.", None)
+    elif protocol == "HTTP":
+        for action in args.props.get("defaultActions") or []:
+            redirect = action.get("redirect") or {}
+            if action.get("type") != "redirect" or redirect.get("protocol") != "HTTPS":
+                report("a plain HTTP listener may only redirect to HTTPS.", None)
+    else:
+        report(f"listener protocol {protocol} is not HTTPS (or an HTTP redirect).", None)
+
+
+@_only(LOAD_BALANCER)
+def _alb_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """The ALB drops invalid headers and writes access logs."""
+    if args.props.get("dropInvalidHeaderFields") is not True:
+        report("set dropInvalidHeaderFields: headers that are not valid HTTP reach the pods.", None)
+    logs = args.props.get("accessLogs") or {}
+    if logs.get("enabled") is not True or not logs.get("bucket"):
+        report("access logs must be on: every request to a model version is evidence.", None)
+
+
+@_only(LOAD_BALANCER)
+def _alb_protected(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """The production ALB cannot be deleted by an accidental `pulumi destroy`."""
+    if args.props.get("enableDeletionProtection") is not True:
+        report("enableDeletionProtection is off.", None)
+
+
+@_only(TARGET_GROUP)
+def _drains(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Target groups give in-flight requests time to finish before a target leaves."""
+    delay = args.props.get("deregistrationDelay")
+    if delay is None or float(delay) < MIN_DRAIN_SECONDS:
+        report(
+            f"deregistrationDelay {delay} s is under {MIN_DRAIN_SECONDS} s: generations in "
+            "flight would be cut off when a pod leaves.",
+            None,
+        )
+    health = args.props.get("healthCheck") or {}
+    if health.get("enabled") is False or not health.get("path"):
+        report("a target group needs an HTTP health check on the server's health path.", None)
+
+
+@_only(PUBLIC_ACCESS_BLOCK)
+def _no_public_buckets(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every public access setting of every bucket is blocked."""
+    keys = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    off = [key for key in keys if args.props.get(key) is not True]
+    if off:
+        report(f"public access is not fully blocked: {', '.join(off)} must be true.", None)
+
+
+@_only(BUCKET_POLICY)
+def _bucket_tls_only(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Bucket policies deny every request that is not over TLS."""
+    raw = args.props.get("policy")
+    try:
+        policy = json.loads(raw) if isinstance(raw, str) else raw or {}
+    except json.JSONDecodeError:
+        report("the bucket policy is not valid JSON.", None)
+        return
+    for statement in policy.get("Statement", []):
+        condition = statement.get("Condition", {}).get("Bool", {})
+        if statement.get("Effect") == "Deny" and condition.get("aws:SecureTransport") in (
+            "false",
+            False,
+        ):
+            return
+    report("the bucket policy must deny requests with aws:SecureTransport false.", None)
+
+
+@_only(INGRESS_RULE)
+def _open_ingress(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Only HTTPS (and its HTTP redirect) may be open to the internet."""
+    cidr = args.props.get("cidrIpv4")
+    if cidr is None:
+        return
+    if ipaddress.IPv4Network(cidr, strict=False).prefixlen == 0:
+        ports = (args.props.get("fromPort"), args.props.get("toPort"))
+        if ports not in ((443, 443), (80, 80)):
+            report(f"ports {ports[0]}-{ports[1]} are open to the whole internet.", None)
+
+
+@_only(SECURITY_GROUP)
+def _inline_rules(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Security group rules are separate resources, so one rule changes without the others."""
+    if args.props.get("ingress") or args.props.get("egress"):
+        report("declare rules as SecurityGroupIngressRule/EgressRule resources, not inline.", None)
+
+
+def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceValidationPolicy:
+    return ResourceValidationPolicy(
+        name=name,
+        description=(validate.__doc__ or name).strip(),
+        validate=validate,
+        enforcement_level=level,
+    )
+
+
+MANDATORY = EnforcementLevel.MANDATORY
+POLICIES: tuple[ResourceValidationPolicy, ...] = (
+    _policy("alb-forward-weights-legal", _weights_legal, MANDATORY),
+    _policy("alb-tls-only", _tls_only, MANDATORY),
+    _policy("alb-hardened", _alb_hardened, MANDATORY),
+    _policy("alb-deletion-protection", _alb_protected, EnforcementLevel.ADVISORY),
+    _policy("target-group-drains", _drains, MANDATORY),
+    _policy("s3-no-public-access", _no_public_buckets, MANDATORY),
+    _policy("s3-tls-only", _bucket_tls_only, MANDATORY),
+    _policy("sg-only-https-open", _open_ingress, MANDATORY),
+    _policy("sg-rules-as-resources", _inline_rules, EnforcementLevel.ADVISORY),
+)

@@ -1,0 +1,143 @@
+"""The `weightshift` command as a person runs it: output, exit codes, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weightshift.cli import main
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path = PROJECT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightshift.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["synth", "--set", "rollout.stage=99"],
+            "weightshift:rollout.stage = 99: not a stage of strategy canary; allowed 0 to 5",
+        ),
+        (
+            ["synth", "--set", "rollout.strategy=linear"],
+            'weightshift:rollout.strategy = "linear": '
+            "Input should be 'canary', 'blue-green' or 'shadow'",
+        ),
+        (
+            ["synth", "--set", "green.version=support-assistant/v1.5-a1b2c3d4e5f6"],
+            "is not a bundle id: expected name/vMAJOR.MINOR.PATCH-hash",
+        ),
+        (
+            ["synth", "--stack", "staging"],
+            "Unknown stack 'staging': there is no Pulumi.staging.yaml",
+        ),
+        (["plan", "--set", "rollout"], "--set 'rollout' is not key=value"),
+    ],
+)
+def test_bad_input_exits_2_with_one_paragraph_and_no_traceback(
+    args: list[str], expected: str
+) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert message.startswith(f"weightshift {args[0]}: error:")
+    assert expected in message
+    assert "\n\n" not in result.stderr.strip()
+
+
+def test_outside_a_project_the_error_says_where_to_run(tmp_path: Path) -> None:
+    result = run("plan", cwd=tmp_path)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "No Pulumi project found" in message
+    assert "or pass --project DIR" in message
+
+
+def test_synth_prints_every_resource_with_type_name_parent_inputs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["synth", "--project", str(PROJECT), "--set", "rollout.stage=2"]) == 0
+    graph = json.loads(capsys.readouterr().out)
+    assert graph["stack"] == "prod"
+    resources = graph["resources"]
+    assert len(resources) > 40
+    for resource in resources:
+        assert {"type", "name", "parent", "inputs"} <= resource.keys()
+    urns = {r["urn"] for r in resources}
+    assert all(
+        r["parent"] in urns or r["parent"].endswith("pulumi:pulumi:Stack::weightshift-prod")
+        for r in resources
+    )
+    assert graph["outputs"]["rollout"]["weights"] == {"blue": 950, "green": 50, "mirror": 0}
+
+
+def test_synth_writes_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "graph.json"
+    assert main(["synth", "--project", str(PROJECT), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["outputs"]["rollout"]["stage"] == 0
+
+
+def test_plan_shows_every_stage_and_that_only_the_listener_changes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plan", "--project", str(PROJECT)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line[:3].strip() in {">", ""} and line[3:4].isdigit()]
+    assert len(rows) == 6
+    assert rows[0].startswith(">  0")
+    for row in rows[1:]:
+        assert row.endswith("~ Listener traffic-https (defaultActions)")
+    assert [row.split()[1:3] if row.startswith(">") else row.split()[0:3] for row in rows][1] == [
+        "1",
+        "99",
+        "1",
+    ]
+
+
+def test_plan_json_lists_weights_and_changes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["plan", "--project", str(PROJECT), "--json", "--set", "rollout.strategy=blue-green"])
+        == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    assert [s["percent"]["green"] for s in plan["stages"]] == [0, 100]
+    assert plan["stages"][1]["changes"] == [
+        {
+            "urn": plan["stages"][1]["changes"][0]["urn"],
+            "type": "aws:lb/listener:Listener",
+            "name": "traffic-https",
+            "action": "update",
+            "keys": ["defaultActions"],
+        }
+    ]
+
+
+def test_plan_marks_stages_this_config_cannot_reach(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--project", str(PROJECT), "--json", "--set", "green.replicas=0"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["stages"][0]["blocked"] is None
+    assert all("which has 0 replicas" in s["blocked"] for s in plan["stages"][1:])
+
+
+def test_policy_check_passes_prod_and_fails_a_weakened_stack() -> None:
+    assert run("policy", "check").returncode == 0
+    weak = run("policy", "check", "--set", "traffic.deregistrationDelaySeconds=5")
+    assert weak.returncode == 1
+    assert "[mandatory] target-group-drains: TargetGroup traffic-blue" in weak.stdout
+    assert "2 mandatory and 0 advisory violation(s)" in weak.stdout

@@ -1,0 +1,134 @@
+"""Components on their own, under Pulumi mocks (always @pulumi.runtime.test: see ARCHITECTURE)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from components.log_bucket import LogBucket, LogBucketArgs
+from components.network import carve
+from components.traffic import Traffic, TrafficArgs
+from weightshift.config import TrafficConfig
+from weightshift.stages import Weights
+from weightshift.synth import mocked_state
+
+REGISTERED: dict[str, dict[str, Any]] = {}
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        REGISTERED[f"{args.typ}::{args.name}"] = args.inputs
+        return mocked_state(args.typ, args.name, args.inputs, "eu-west-1", "aws")
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        raise AssertionError(f"unexpected invoke {args.token}")
+
+
+pulumi.runtime.set_mocks(Mocks(), preview=False)
+
+SETTINGS = TrafficConfig(
+    certificate_arn="arn:aws:acm:eu-west-1:210987654321:certificate/5b0f3c1e-8d2a-4f6b-9c7e-1a2b3c4d5e6f"
+)
+
+
+def traffic(name: str, weights: Weights, mirror: bool = False) -> Traffic:
+    return Traffic(
+        name,
+        TrafficArgs(
+            settings=SETTINGS,
+            weights=weights,
+            stickiness_seconds=0,
+            mirror=mirror,
+            vpc_id="vpc-0123456789abcdef0",
+            vpc_cidr="10.1.0.0/16",
+            subnet_ids=["subnet-00000000000000001", "subnet-00000000000000002"],
+            region="eu-west-1",
+            partition="aws",
+        ),
+    )
+
+
+@pulumi.runtime.test
+def test_listener_forwards_by_the_given_weights() -> pulumi.Output[None]:
+    component = traffic("t1", Weights(blue=750, green=250))
+
+    def check(arns: dict[str, str]) -> None:
+        listener = REGISTERED["aws:lb/listener:Listener::t1-https"]
+        (action,) = listener["defaultActions"]
+        groups = {g["arn"]: g["weight"] for g in action["forward"]["targetGroups"]}
+        assert groups == {arns["blue"]: 750, arns["green"]: 250}
+
+    # The listener's ARN resolves only once the listener is registered.
+    return pulumi.Output.all(component.listener_arn, component.target_group_arns).apply(
+        lambda both: check(both[1])
+    )
+
+
+@pulumi.runtime.test
+def test_shadow_adds_a_weighted_mirror_target_group() -> pulumi.Output[None]:
+    component = traffic("t2", Weights(blue=900, green=0, mirror=100), mirror=True)
+
+    def check(arns: dict[str, str]) -> None:
+        assert set(arns) == {"blue", "green", "mirror"}
+        listener = REGISTERED["aws:lb/listener:Listener::t2-https"]
+        (action,) = listener["defaultActions"]
+        groups = {g["arn"]: g["weight"] for g in action["forward"]["targetGroups"]}
+        assert groups[arns["mirror"]] == 100
+
+    # The listener's ARN resolves only once the listener is registered.
+    return pulumi.Output.all(component.listener_arn, component.target_group_arns).apply(
+        lambda both: check(both[1])
+    )
+
+
+def test_mirror_weight_without_the_mirror_group_is_refused() -> None:
+    with pytest.raises(ValueError, match="mirror target group is off"):
+        traffic("t3", Weights(blue=900, green=0, mirror=100), mirror=False)
+
+
+@pulumi.runtime.test
+def test_log_bucket_without_elb_grants_only_denies_plain_http() -> pulumi.Output[None]:
+    bucket = LogBucket("lb1", LogBucketArgs(region="eu-west-1", partition="aws", retention_days=30))
+
+    def check(arn: str) -> None:
+        policy = json.loads(REGISTERED["aws:s3/bucketPolicy:BucketPolicy::lb1-policy"]["policy"])
+        assert [s["Sid"] for s in policy["Statement"]] == ["DenyInsecureTransport"]
+        assert policy["Statement"][0]["Resource"] == [arn, f"{arn}/*"]
+        lifecycle = REGISTERED[
+            "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration::lb1-lifecycle"
+        ]
+        assert lifecycle["rules"][0]["expiration"]["days"] == 30
+
+    return pulumi.Output.all(bucket.arn, bucket.ready.urn).apply(lambda both: check(both[0]))
+
+
+@pulumi.runtime.test
+def test_new_region_log_delivery_uses_the_service_principal_only() -> pulumi.Output[None]:
+    bucket = LogBucket(
+        "lb2",
+        LogBucketArgs(region="eu-south-2", partition="aws", retention_days=30, elb_prefix="alb"),
+    )
+
+    def check(_: str) -> None:
+        policy = json.loads(REGISTERED["aws:s3/bucketPolicy:BucketPolicy::lb2-policy"]["policy"])
+        sids = [s["Sid"] for s in policy["Statement"]]
+        assert sids == ["DenyInsecureTransport", "AlbLogDelivery"]
+
+    return pulumi.Output.all(bucket.arn, bucket.ready.urn).apply(lambda both: check(both[0]))
+
+
+def test_subnets_are_carved_without_overlap_and_private_ones_are_largest() -> None:
+    import ipaddress
+
+    public, private = carve("10.40.0.0/16", 3)
+    nets = [ipaddress.IPv4Network(n) for n in public + private]
+    for i, a in enumerate(nets):
+        for b in nets[i + 1 :]:
+            assert not a.overlaps(b)
+    assert all(ipaddress.IPv4Network(n).prefixlen == 19 for n in private)
+    assert all(ipaddress.IPv4Network(n).prefixlen == 22 for n in public)
+    public6, private6 = carve("10.0.0.0/20", 6)
+    assert len(public6) == len(private6) == 6

@@ -1,0 +1,216 @@
+"""Stack config validation: every class of bad value is named, with what is allowed."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from weightshift.config import CONFIG_KEYS, ConfigError, StackConfig, load
+from weightshift.stages import Colour, Strategy
+
+
+def with_value(values: dict[str, Any], key: str, path: list[str], value: Any) -> dict[str, Any]:
+    result = copy.deepcopy(values)
+    node = result[key]
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return result
+
+
+def problems(values: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(values)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_the_prod_stack_is_valid(prod_values: dict[str, Any]) -> None:
+    config = load(prod_values)
+    assert isinstance(config, StackConfig)
+    assert config.rollout.strategy is Strategy.CANARY
+    assert config.rollout.candidate is Colour.GREEN
+    assert config.rollout.stable is Colour.BLUE
+    assert config.colour(Colour.BLUE).bundle is not None
+    assert config.partition == "aws"
+
+
+def test_objects_may_arrive_as_json_text_as_the_engine_sends_them(
+    prod_values: dict[str, Any],
+) -> None:
+    import json
+
+    as_engine = {k: v if isinstance(v, str) else json.dumps(v) for k, v in prod_values.items()}
+    assert load(as_engine) == load(prod_values)
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "value", "expected"),
+    [
+        (
+            "weightshift:rollout",
+            ["stage"],
+            99,
+            "weightshift:rollout.stage = 99: not a stage of strategy canary; allowed 0 to 5",
+        ),
+        (
+            "weightshift:rollout",
+            ["stage"],
+            -1,
+            "weightshift:rollout.stage = -1: Input should be greater than or equal to 0",
+        ),
+        (
+            "weightshift:rollout",
+            ["strategy"],
+            "linear",
+            'weightshift:rollout.strategy = "linear": '
+            "Input should be 'canary', 'blue-green' or 'shadow'",
+        ),
+        (
+            "weightshift:rollout",
+            ["candidate"],
+            "red",
+            "weightshift:rollout.candidate = \"red\": Input should be 'blue' or 'green'",
+        ),
+        (
+            "weightshift:rollout",
+            ["stickinessSeconds"],
+            604801,
+            "weightshift:rollout.stickinessSeconds = 604801",
+        ),
+        (
+            "weightshift:rollout",
+            ["thresholds", "maxToxicity"],
+            2,
+            "weightshift:rollout.thresholds.maxToxicity = 2",
+        ),
+        (
+            "weightshift:rollout",
+            ["thresholds", "latencyP99"],
+            2,
+            "weightshift:rollout.thresholds.latencyP99 = 2: Extra inputs are not permitted",
+        ),
+        (
+            "weightshift:blue",
+            ["version"],
+            "support-assistant/v1.4-3f9a1c2b7d4e",
+            'weightshift:blue.version = "support-assistant/v1.4-3f9a1c2b7d4e": '
+            "'support-assistant/v1.4-3f9a1c2b7d4e' is not a bundle id",
+        ),
+        ("weightshift:blue", ["replicas"], "many", 'weightshift:blue.replicas = "many"'),
+        (
+            "weightshift:traffic",
+            ["certificateArn"],
+            "arn:aws:iam::1:server-certificate/x",
+            "weightshift:traffic.certificateArn",
+        ),
+        ("weightshift:traffic", ["sslPolicy"], "ELBSecurityPolicy-2016-08", "allowed TLS policies"),
+        (
+            "weightshift:traffic",
+            ["ingressCidrs"],
+            ["10.0.0.1/8"],
+            'weightshift:traffic.ingressCidrs = ["10.0.0.1/8"]: not an IPv4 CIDR block',
+        ),
+        ("weightshift:traffic", ["testHeader"], "X Colour", "weightshift:traffic.testHeader"),
+        (
+            "weightshift:traffic",
+            ["testRouteCidrs"],
+            ["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"],
+            "weightshift:traffic.testRouteCidrs",
+        ),
+        ("weightshift:network", ["cidr"], "10.0.0.0/8", "must be a /16 to /20 block"),
+        ("weightshift:network", ["cidr"], "10.40.0.0/8", "did you mean 10.0.0.0/8?"),
+        (
+            "weightshift:network",
+            ["availabilityZones"],
+            ["us-east-1a"],
+            "availabilityZones (two or more)",
+        ),
+    ],
+)
+def test_each_bad_value_is_named_with_what_is_allowed(
+    prod_values: dict[str, Any], key: str, path: list[str], value: Any, expected: str
+) -> None:
+    found = problems(with_value(prod_values, key, path, value))
+    assert any(expected in p for p in found), found
+
+
+def test_unknown_keys_are_refused_with_the_allowed_list(prod_values: dict[str, Any]) -> None:
+    prod_values["weightshift:rollot"] = {"stage": 1}
+    (found,) = problems(prod_values)
+    assert found.startswith("weightshift:rollot")
+    for key in CONFIG_KEYS:
+        assert key in found
+
+
+def test_missing_keys_are_reported_all_at_once(prod_values: dict[str, Any]) -> None:
+    del prod_values["weightshift:model"]
+    del prod_values["aws:region"]
+    found = problems(prod_values)
+    assert "weightshift:model missing: Field required" in found
+    assert "aws:region missing: Field required" in found
+
+
+def test_a_version_of_another_model_is_refused(prod_values: dict[str, Any]) -> None:
+    bad = with_value(
+        prod_values, "weightshift:green", ["version"], "other-model/v2.0.0-a1b2c3d4e5f6"
+    )
+    (found,) = problems(bad)
+    assert "bundle of 'other-model'" in found
+
+
+def test_the_same_version_in_both_colours_is_refused(prod_values: dict[str, Any]) -> None:
+    same = prod_values["weightshift:blue"]["version"]
+    (found,) = problems(with_value(prod_values, "weightshift:green", ["version"], same))
+    assert "blue and green both run" in found
+
+
+def test_the_stable_colour_must_have_a_version(prod_values: dict[str, Any]) -> None:
+    (found,) = problems(with_value(prod_values, "weightshift:blue", ["version"], None))
+    assert "blue.version is empty, but blue is the stable colour" in found
+
+
+def test_a_candidate_without_a_version_may_only_stay_at_stage_0(
+    prod_values: dict[str, Any],
+) -> None:
+    idle = with_value(prod_values, "weightshift:green", ["version"], None)
+    assert load(idle).green.version is None
+    moving = with_value(idle, "weightshift:rollout", ["stage"], 1)
+    (found,) = problems(moving)
+    assert "sends traffic to green, which has no version" in found
+
+
+def test_a_candidate_with_no_replicas_gets_no_traffic(prod_values: dict[str, Any]) -> None:
+    bad = with_value(prod_values, "weightshift:green", ["replicas"], 0)
+    bad = with_value(bad, "weightshift:rollout", ["stage"], 2)
+    (found,) = problems(bad)
+    assert "sends traffic to green, which has 0 replicas" in found
+
+
+def test_existing_vpc_needs_its_block_and_two_subnets_of_each_tier(
+    prod_values: dict[str, Any],
+) -> None:
+    prod_values["weightshift:network"] = {
+        "vpcId": "vpc-0123456789abcdef0",
+        "publicSubnetIds": ["subnet-0123456789abcdef0"],
+        "privateSubnetIds": ["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"],
+    }
+    found = " ".join(problems(prod_values))
+    assert "vpcCidr" in found
+    prod_values["weightshift:network"]["vpcCidr"] = "10.0.0.0/16"
+    assert "at least two" in " ".join(problems(prod_values))
+    prod_values["weightshift:network"]["publicSubnetIds"].append("subnet-0123456789abcdef3")
+    assert load(prod_values).network.vpc_id == "vpc-0123456789abcdef0"
+
+
+def test_error_message_is_one_paragraph_saying_nothing_was_deployed(
+    prod_values: dict[str, Any],
+) -> None:
+    bad = with_value(prod_values, "weightshift:rollout", ["stage"], 99)
+    with pytest.raises(ConfigError) as caught:
+        load(bad, source="config of stack prod")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("Invalid config of stack prod: weightshift:rollout.stage = 99")
+    assert message.endswith("nothing was deployed.")

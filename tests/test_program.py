@@ -1,0 +1,248 @@
+"""The whole program, synthesized offline: what `pulumi up` would be asked to create."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import listener_weights, synth
+from weightshift.plan import diff
+from weightshift.stages import Colour, Strategy, schedule, weights_for
+
+STRATEGY_SETS = {
+    Strategy.CANARY: ["rollout.strategy=canary"],
+    Strategy.BLUE_GREEN: ["rollout.strategy=blue-green"],
+    Strategy.SHADOW: ["rollout.strategy=shadow", "rollout.mirrorPercent=15"],
+}
+CANDIDATE_SETS = {
+    Colour.GREEN: [],
+    Colour.BLUE: [
+        "rollout.candidate=blue",
+        "blue.version=support-assistant/v1.5.0-a1b2c3d4e5f6",
+        "green.version=support-assistant/v1.4.2-3f9a1c2b7d4e",
+    ],
+}
+CASES = [
+    (strategy, candidate, stage.index)
+    for strategy in Strategy
+    for candidate in Colour
+    for stage in schedule(strategy)
+]
+
+
+@pytest.mark.parametrize(("strategy", "candidate", "stage"), CASES)
+def test_listener_weights_match_the_stage(
+    strategy: Strategy, candidate: Colour, stage: int
+) -> None:
+    graph = synth(*STRATEGY_SETS[strategy], *CANDIDATE_SETS[candidate], f"rollout.stage={stage}")
+    expected = weights_for(strategy, stage, candidate, 15)
+    found = listener_weights(graph)
+    assert found["blue"] == expected.blue
+    assert found["green"] == expected.green
+    assert found.get("mirror", 0) == expected.mirror
+    assert graph.outputs["rollout"]["weights"] == {
+        "blue": expected.blue,
+        "green": expected.green,
+        "mirror": expected.mirror,
+    }
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+@pytest.mark.parametrize("candidate", list(Colour))
+def test_each_stage_change_touches_only_the_listener(strategy: Strategy, candidate: Colour) -> None:
+    graphs = [
+        synth(*STRATEGY_SETS[strategy], *CANDIDATE_SETS[candidate], f"rollout.stage={stage.index}")
+        for stage in schedule(strategy)
+    ]
+    assert len(graphs) >= 2
+    for before, after in itertools.pairwise(graphs):
+        changes = diff(before, after)
+        assert [(c.name, c.action, c.keys) for c in changes] == [
+            ("traffic-https", "update", ("defaultActions",))
+        ]
+
+
+def test_the_mirror_target_group_exists_only_for_shadow() -> None:
+    canary = synth()
+    shadow = synth(*STRATEGY_SETS[Strategy.SHADOW])
+    names = {r.name for r in canary.of_type("aws:lb/targetGroup:TargetGroup")}
+    assert names == {"traffic-blue", "traffic-green"}
+    names = {r.name for r in shadow.of_type("aws:lb/targetGroup:TargetGroup")}
+    assert names == {"traffic-blue", "traffic-green", "traffic-mirror"}
+
+
+def test_stickiness_follows_config_and_can_be_off() -> None:
+    (sticky,) = synth().named("traffic-https").inputs["defaultActions"]
+    assert sticky["forward"]["stickiness"] == {"enabled": True, "duration": 900}
+    (plain,) = synth("rollout.stickinessSeconds=0").named("traffic-https").inputs["defaultActions"]
+    assert plain["forward"]["stickiness"]["enabled"] is False
+
+
+def test_https_listener_uses_the_certificate_and_a_modern_tls_policy() -> None:
+    https = synth().named("traffic-https").inputs
+    assert https["protocol"] == "HTTPS"
+    assert https["port"] == 443
+    assert https["sslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+    assert https["certificateArn"].startswith("arn:aws:acm:us-east-1:")
+    assert https["routingHttpResponseStrictTransportSecurityHeaderValue"].startswith("max-age=")
+
+
+def test_http_only_redirects_to_https() -> None:
+    http = synth().named("traffic-http").inputs
+    assert http["port"] == 80
+    (action,) = http["defaultActions"]
+    assert action["type"] == "redirect"
+    assert action["redirect"] == {"protocol": "HTTPS", "port": "443", "statusCode": "HTTP_301"}
+
+
+def test_the_load_balancer_is_hardened_and_logs_to_its_own_bucket() -> None:
+    graph = synth()
+    alb = graph.named("traffic-alb", "LoadBalancer").inputs
+    assert alb["dropInvalidHeaderFields"] is True
+    assert alb["enableDeletionProtection"] is True
+    assert alb["internal"] is False
+    assert alb["idleTimeout"] == 600
+    bucket = graph.named("traffic-logs", "Bucket")
+    assert alb["accessLogs"]["enabled"] is True
+    assert alb["accessLogs"]["bucket"] == f"traffic-logs-{_physical_suffix(graph, bucket.urn)}"
+    public_subnets = [r for r in graph.of_type("aws:ec2/subnet:Subnet") if "public" in r.name]
+    assert len(alb["subnets"]) == len(public_subnets) == 3
+
+
+def _physical_suffix(graph: Any, urn: str) -> str:
+    from weightshift.synth import _digest
+
+    resource = graph.by_urn()[urn]
+    return _digest(resource.type, resource.name)[:8]
+
+
+def test_log_bucket_is_private_tls_only_and_accepts_only_alb_delivery() -> None:
+    graph = synth()
+    block = graph.named("traffic-logs-public-access").inputs
+    assert all(
+        block[k] is True
+        for k in (
+            "blockPublicAcls",
+            "blockPublicPolicy",
+            "ignorePublicAcls",
+            "restrictPublicBuckets",
+        )
+    )
+    ownership = graph.named("traffic-logs-ownership").inputs
+    assert ownership["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    policy = json.loads(graph.named("traffic-logs-policy").inputs["policy"])
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    deny = statements["DenyInsecureTransport"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    for sid in ("AlbLogDelivery", "AlbLogDeliveryLegacyRegion"):
+        assert statements[sid]["Action"] == "s3:PutObject"
+        assert statements[sid]["Resource"].endswith("/alb/AWSLogs/*")
+    assert statements["AlbLogDeliveryLegacyRegion"]["Principal"] == {
+        "AWS": "arn:aws:iam::127311923021:root"
+    }
+
+
+def test_target_groups_drain_and_check_the_serving_health_path() -> None:
+    graph = synth()
+    for colour in ("blue", "green"):
+        group = graph.named(f"traffic-{colour}").inputs
+        assert group["targetType"] == "ip"
+        assert group["port"] == 8000
+        assert group["deregistrationDelay"] == 180
+        assert group["loadBalancingAlgorithmType"] == "least_outstanding_requests"
+        assert group["healthCheck"]["path"] == "/health"
+        assert group["healthCheck"]["matcher"] == "200"
+
+
+def test_test_route_sends_the_header_from_allowed_sources_to_one_colour() -> None:
+    graph = synth()
+    arns = graph.outputs["targetGroupArns"]
+    priorities = set()
+    for colour in ("blue", "green"):
+        rule = graph.named(f"traffic-route-{colour}").inputs
+        priorities.add(rule["priority"])
+        header, source = rule["conditions"]
+        assert header["httpHeader"] == {
+            "httpHeaderName": "x-weightshift-colour",
+            "values": [colour],
+        }
+        assert source["sourceIp"]["values"] == ["10.40.0.0/16"]
+        assert rule["actions"] == [{"type": "forward", "targetGroupArn": arns[colour]}]
+    assert len(priorities) == 2
+    custom = synth("traffic.testRouteCidrs=[203.0.113.0/24]").named("traffic-route-green").inputs
+    assert custom["conditions"][1]["sourceIp"]["values"] == ["203.0.113.0/24"]
+
+
+def test_alb_security_group_opens_only_client_ports_and_the_serving_port_to_the_vpc() -> None:
+    graph = synth()
+    ingress = sorted(
+        r.inputs["fromPort"]
+        for r in graph.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    )
+    assert ingress == [80, 443]
+    (egress,) = graph.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+    assert (egress.inputs["fromPort"], egress.inputs["toPort"]) == (8000, 8000)
+    assert egress.inputs["cidrIpv4"] == "10.40.0.0/16"
+
+
+def test_required_tags_are_set_once_on_the_provider() -> None:
+    graph = synth()
+    (provider,) = graph.of_type("pulumi:providers:aws")
+    tags = provider.inputs["defaultTags"]
+    if isinstance(tags, str):
+        tags = json.loads(tags)
+    assert tags["tags"] == {
+        "owner": "ml-platform",
+        "cost-center": "cc-4471",
+        "data-classification": "confidential",
+        "weightshift:model": "support-assistant",
+        "weightshift:stack": "prod",
+        "managed-by": "pulumi",
+    }
+    aws_resources = [r for r in graph.resources if r.type.startswith("aws:")]
+    assert aws_resources
+    assert all(r.provider and r.provider.startswith(provider.urn) for r in aws_resources)
+
+
+def test_new_vpc_has_private_and_public_subnets_in_every_zone_with_nat_and_flow_logs() -> None:
+    graph = synth()
+    subnets = graph.of_type("aws:ec2/subnet:Subnet")
+    zones = {r.inputs["availabilityZone"] for r in subnets}
+    assert zones == {"us-east-1a", "us-east-1b", "us-east-1c"}
+    assert all(r.inputs["mapPublicIpOnLaunch"] is False for r in subnets if "public" in r.name)
+    assert len(graph.of_type("aws:ec2/natGateway:NatGateway")) == 3
+    (flow,) = graph.of_type("aws:ec2/flowLog:FlowLog")
+    assert flow.inputs["trafficType"] == "ALL"
+    (default_sg,) = graph.of_type("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert "ingress" not in default_sg.inputs or default_sg.inputs["ingress"] == []
+    single = synth("network.natGateways=single")
+    assert len(single.of_type("aws:ec2/natGateway:NatGateway")) == 1
+
+
+def test_existing_vpc_creates_no_network_resources() -> None:
+    graph = synth(
+        "network={vpcId: vpc-0123456789abcdef0, vpcCidr: 10.9.0.0/16, "
+        "publicSubnetIds: [subnet-00000000000000001, subnet-00000000000000002], "
+        "privateSubnetIds: [subnet-00000000000000003, subnet-00000000000000004]}"
+    )
+    network = graph.named("network")
+    assert [r.name for r in graph.resources if r.parent == network.urn] == []
+    assert not graph.of_type("aws:ec2/vpc:Vpc")
+    assert graph.named("traffic-alb", "LoadBalancer").inputs["subnets"] == [
+        "subnet-00000000000000001",
+        "subnet-00000000000000002",
+    ]
+    assert graph.named("traffic-blue").inputs["vpcId"] == "vpc-0123456789abcdef0"
+
+
+def test_internal_load_balancer_uses_private_subnets() -> None:
+    graph = synth("traffic.internal=true")
+    alb = graph.named("traffic-alb", "LoadBalancer").inputs
+    assert alb["internal"] is True
+    private = {r.urn for r in graph.of_type("aws:ec2/subnet:Subnet") if "private" in r.name}
+    assert len(alb["subnets"]) == len(private)
+    assert all(s.startswith("subnet-") for s in alb["subnets"])

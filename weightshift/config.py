@@ -1,0 +1,445 @@
+"""The stack configuration: pydantic models of every ``weightshift:*`` key.
+
+The Pulumi program, ``weightshift synth`` and ``weightshift plan`` all go through
+:func:`load`, so an invalid config fails the same way everywhere and before any
+resource is declared: each problem names the key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from weightshift.stages import (
+    DEFAULT_MIRROR_PERCENT,
+    Colour,
+    Strategy,
+    schedule,
+    weights_for,
+)
+from weightshift.versioning import BundleId, is_model_name
+
+NAMESPACE = "weightshift"
+
+MODERN_TLS_POLICIES = (
+    "ELBSecurityPolicy-TLS13-1-2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
+    "ELBSecurityPolicy-TLS13-1-3-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04",
+)
+"""TLS 1.2+ policies with forward-secret ciphers only; TLS 1.0/1.1 policies are refused."""
+
+_ACM_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]{36}$")
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+
+
+def _network(value: str) -> str:
+    """A CIDR block in canonical form, or an error that shows the block meant."""
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except ValueError as exc:
+        try:
+            meant = f"; did you mean {ipaddress.IPv4Network(value, strict=False)}?"
+        except ValueError:
+            meant = ""
+        raise ValueError(f"not an IPv4 CIDR block ({exc}){meant}") from None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ColourConfig(_Model):
+    """One inference stack. ``version`` None means the colour is not deployed."""
+
+    version: str | None = None
+    replicas: int = Field(default=2, ge=0, le=200)
+
+    @field_validator("version")
+    @classmethod
+    def _bundle_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            BundleId.parse(value)
+        return value
+
+    @property
+    def bundle(self) -> BundleId | None:
+        return BundleId.parse(self.version) if self.version else None
+
+
+class Thresholds(_Model):
+    """Gate and rollback thresholds. Defaults follow the seed's evaluation gates."""
+
+    latency_p99_seconds: float = Field(default=10.0, gt=0, le=600)
+    error_rate_percent: float = Field(default=1.0, gt=0, le=100)
+    min_quality_score: float = Field(default=0.8, ge=0, le=1)
+    max_safety_violation_percent: float = Field(default=0.5, ge=0, le=100)
+    max_toxicity: float = Field(default=0.05, ge=0, le=1)
+    min_win_rate: float = Field(default=0.5, ge=0, le=1)
+    max_latency_regression_percent: float = Field(default=20.0, ge=0, le=1000)
+    min_adversarial_pass_rate: float = Field(default=1.0, ge=0, le=1)
+
+
+class RolloutConfig(_Model):
+    strategy: Strategy
+    stage: int = Field(ge=0)
+    candidate: Colour
+    stickiness_seconds: int = Field(default=0, ge=0, le=604_800)
+    """0 turns stickiness off; otherwise 1 s to 7 days (the ALB's range)."""
+    mirror_percent: float = Field(default=DEFAULT_MIRROR_PERCENT, gt=0, le=100)
+    """Shadow only: share of live requests copied to the candidate."""
+    thresholds: Thresholds = Thresholds()
+
+    @field_validator("stage")
+    @classmethod
+    def _stage_exists(cls, value: int, info: ValidationInfo) -> int:
+        strategy = info.data.get("strategy")
+        if strategy is None:
+            return value
+        last = len(schedule(strategy)) - 1
+        if value > last:
+            raise ValueError(f"not a stage of strategy {strategy.value}; allowed 0 to {last}")
+        return value
+
+    @property
+    def stable(self) -> Colour:
+        return self.candidate.other
+
+
+class NetworkConfig(_Model):
+    """Either an existing VPC (``vpcId`` and subnets) or a new one (``cidr`` and zones)."""
+
+    vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    vpc_cidr: str | None = None
+    """The existing VPC's block; given, not looked up, so the plan is reviewable offline."""
+    public_subnet_ids: tuple[str, ...] = ()
+    private_subnet_ids: tuple[str, ...] = ()
+    cidr: str | None = None
+    availability_zones: tuple[str, ...] = ()
+    nat_gateways: Literal["single", "per-az"] = "per-az"
+    flow_log_retention_days: int = Field(default=365, ge=1, le=3653)
+
+    @field_validator("public_subnet_ids", "private_subnet_ids")
+    @classmethod
+    def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for subnet in value:
+            if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet):
+                raise ValueError(f"{subnet!r} is not a subnet id (subnet-0123abcd...)")
+        return value
+
+    @field_validator("cidr", "vpc_cidr")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        net = ipaddress.IPv4Network(_network(value))
+        if not 16 <= net.prefixlen <= 20:
+            raise ValueError(f"{value} must be a /16 to /20 block to hold the subnets")
+        return str(net)
+
+    @field_validator("availability_zones")
+    @classmethod
+    def _zones(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for zone in value:
+            if not _AZ.match(zone):
+                raise ValueError(f"{zone!r} is not an availability zone name such as us-east-1a")
+        if len(set(value)) != len(value):
+            raise ValueError("availability zones must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NetworkConfig:
+        if self.vpc_id is not None:
+            if self.vpc_cidr is None:
+                raise ValueError("an existing VPC needs vpcCidr, its IPv4 block (e.g. 10.0.0.0/16)")
+            if self.cidr is not None or self.availability_zones:
+                raise ValueError(
+                    "give either vpcId with subnet ids (existing VPC) or cidr with "
+                    "availabilityZones (new VPC), not both"
+                )
+            if len(self.public_subnet_ids) < 2 or len(self.private_subnet_ids) < 2:
+                raise ValueError(
+                    "an existing VPC needs publicSubnetIds and privateSubnetIds, at least two "
+                    "each in different zones (an ALB spans two or more zones)"
+                )
+            return self
+        if self.cidr is None or len(self.availability_zones) < 2:
+            raise ValueError(
+                "a new VPC needs cidr (e.g. 10.40.0.0/16) and availabilityZones (two or more); "
+                "or give vpcId, publicSubnetIds and privateSubnetIds to use an existing VPC"
+            )
+        if len(self.availability_zones) > 6:
+            raise ValueError("at most 6 availability zones")
+        if self.public_subnet_ids or self.private_subnet_ids or self.vpc_cidr:
+            raise ValueError(
+                "subnet ids and vpcCidr belong to an existing VPC: set vpcId too, or drop them"
+            )
+        return self
+
+
+class TrafficConfig(_Model):
+    certificate_arn: str
+    ssl_policy: str = MODERN_TLS_POLICIES[0]
+    internal: bool = False
+    ingress_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    serving_port: int = Field(default=8000, ge=1024, le=65535)
+    health_check_path: str = Field(default="/health", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    deregistration_delay_seconds: int = Field(default=120, ge=0, le=3600)
+    idle_timeout_seconds: int = Field(default=300, ge=1, le=4000)
+    test_header: str = "x-weightshift-colour"
+    test_route_cidrs: tuple[str, ...] = Field(default=(), max_length=3)
+    """Sources allowed to pick a colour with the test header; empty means the VPC's block.
+    An ALB rule's source-ip condition takes at most three."""
+    access_log_retention_days: int = Field(default=90, ge=1, le=3653)
+    deletion_protection: bool = True
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _acm(cls, value: str) -> str:
+        if not _ACM_ARN.match(value):
+            raise ValueError(
+                "must be an ACM certificate ARN, arn:aws:acm:REGION:ACCOUNT:certificate/UUID"
+            )
+        return value
+
+    @field_validator("ssl_policy")
+    @classmethod
+    def _tls(cls, value: str) -> str:
+        if value not in MODERN_TLS_POLICIES:
+            raise ValueError(f"allowed TLS policies: {', '.join(MODERN_TLS_POLICIES)}")
+        return value
+
+    @field_validator("ingress_cidrs")
+    @classmethod
+    def _ingress(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one CIDR must be allowed to reach the load balancer")
+        return tuple(_network(cidr) for cidr in value)
+
+    @field_validator("test_route_cidrs")
+    @classmethod
+    def _test_sources(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_network(cidr) for cidr in value)
+
+    @field_validator("test_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError("a header name of lowercase letters, digits and hyphens (at most 40)")
+        return value
+
+
+class StackConfig(_Model):
+    """Everything under the ``weightshift`` namespace, plus ``aws:region``."""
+
+    region: str
+    model: str
+    blue: ColourConfig
+    green: ColourConfig
+    rollout: RolloutConfig
+    network: NetworkConfig
+    traffic: TrafficConfig
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError("an AWS region name such as us-east-1")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not is_model_name(value):
+            raise ValueError("lowercase letters, digits and inner hyphens, at most 40 characters")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tag in value.items():
+            if key.lower().startswith("aws:") or not 1 <= len(key) <= 128 or len(tag) > 256:
+                raise ValueError(
+                    f"tag {key!r}: keys are 1-128 characters and may not start with aws:, "
+                    "values at most 256 characters"
+                )
+        return value
+
+    def colour(self, colour: Colour) -> ColourConfig:
+        return self.blue if colour is Colour.BLUE else self.green
+
+    @property
+    def partition(self) -> str:
+        if self.region.startswith("cn-"):
+            return "aws-cn"
+        if self.region.startswith("us-gov-"):
+            return "aws-us-gov"
+        return "aws"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> StackConfig:
+        problems: list[str] = []
+        for colour in Colour:
+            bundle = self.colour(colour).bundle
+            if bundle is not None and bundle.name != self.model:
+                problems.append(
+                    f"{colour.value}.version {bundle} is a bundle of {bundle.name!r}, but "
+                    f"weightshift:model is {self.model!r}"
+                )
+        stable, candidate = self.colour(self.rollout.stable), self.colour(self.rollout.candidate)
+        if stable.version is None:
+            problems.append(
+                f"{self.rollout.stable.value}.version is empty, but {self.rollout.stable.value} is "
+                "the stable colour: give it the bundle id now serving production"
+            )
+        if candidate.version is not None and candidate.version == stable.version:
+            problems.append(
+                f"blue and green both run {candidate.version}: the candidate "
+                f"({self.rollout.candidate.value}) needs the new bundle id"
+            )
+        weights = weights_for(
+            self.rollout.strategy,
+            self.rollout.stage,
+            self.rollout.candidate,
+            self.rollout.mirror_percent,
+        )
+        for colour in Colour:
+            served = weights.of(colour) > 0 or (
+                weights.mirror > 0 and colour is self.rollout.candidate
+            )
+            spec = self.colour(colour)
+            if served and (spec.version is None or spec.replicas == 0):
+                problems.append(
+                    f"rollout stage {self.rollout.stage} sends traffic to {colour.value}, "
+                    "which has "
+                    f"{'no version' if spec.version is None else '0 replicas'}: give "
+                    f"{colour.value} a version and replicas, or stay at stage 0"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+CONFIG_KEYS = tuple(
+    field.alias or name for name, field in StackConfig.model_fields.items() if name != "region"
+)
+"""The keys under ``weightshift:`` that the program reads."""
+_OBJECT_KEYS = frozenset({"blue", "green", "rollout", "network", "traffic", "tags"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        if self.value is _WHOLE:
+            return f"{self.key}: {self.message}"
+        shown = "missing" if self.value is _MISSING else f"= {json.dumps(self.value, default=str)}"
+        return f"{self.key} {shown}: {self.message}"
+
+
+_MISSING: Any = object()
+_WHOLE: Any = object()
+
+
+class ConfigError(ValueError):
+    """An invalid stack config; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[Problem], source: str = "stack config") -> None:
+        self.problems = problems
+        self.source = source
+        listed = "; ".join(str(p) for p in problems)
+        super().__init__(
+            f"Invalid {source}: {listed}. Fix the named value(s) and run again; "
+            "nothing was deployed."
+        )
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return NAMESPACE
+    head, *rest = (str(part) for part in loc)
+    if head == "region":
+        return "aws:region"
+    return f"{NAMESPACE}:{head}" + "".join(f".{part}" for part in rest)
+
+
+def _lookup(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> Any:
+    value: Any = data
+    for part in loc:
+        in_mapping = isinstance(value, Mapping) and part in value
+        in_sequence = (
+            isinstance(value, list | tuple) and isinstance(part, int) and part < len(value)
+        )
+        if not (in_mapping or in_sequence):
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def load(values: Mapping[str, Any], source: str = "stack config") -> StackConfig:
+    """Validate fully qualified config (``weightshift:model``, ``aws:region``, ...).
+
+    Object-valued keys may be given decoded (from YAML) or as JSON text (as the
+    Pulumi engine hands them to the program).
+    """
+    problems: list[Problem] = []
+    data: dict[str, Any] = {}
+    for full_key, raw in values.items():
+        if raw is None:
+            continue
+        namespace, _, key = full_key.partition(":")
+        if full_key == "aws:region":
+            data["region"] = raw
+        elif namespace != NAMESPACE:
+            continue
+        elif key not in CONFIG_KEYS:
+            problems.append(
+                Problem(full_key, raw, f"unknown key; allowed: {', '.join(CONFIG_KEYS)}")
+            )
+        elif key in _OBJECT_KEYS and isinstance(raw, str):
+            try:
+                data[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(full_key, raw, f"not a JSON object ({exc.msg})"))
+        else:
+            data[key] = raw
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            value = _lookup(data, loc) if loc else _WHOLE
+            problems.append(Problem(_key_path(loc), value, _message(error)))
+        raise ConfigError(problems, source) from None

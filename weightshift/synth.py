@@ -1,0 +1,368 @@
+"""Offline synthesis: run the real Pulumi program under Pulumi's mocks.
+
+No cloud credentials, no Pulumi CLI. The program (``__main__.py`` of the
+project) runs exactly as ``pulumi up`` would run it, but every resource
+registration is answered by :class:`OfflineMocks` and recorded by
+:class:`RecordingMonitor`, which keeps what the engine would have received:
+type, name, parent, provider and inputs. The result is the desired resource
+graph, which ``weightshift synth`` prints, ``weightshift plan`` diffs stage by
+stage and ``weightshift policy check`` validates.
+
+This module imports Pulumi: it is the one place in the package that must.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import hashlib
+import json
+import runpy
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import Mocks, rpc
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, set_mocks
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from weightshift.config import NAMESPACE, StackConfig, load
+
+OFFLINE_ACCOUNT = "123456789012"
+"""The account id mocked resources report; never a real account."""
+
+
+class SynthError(Exception):
+    """Synthesis could not run: a missing project or stack, a bad override, a program error."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    urn: str
+    type: str
+    name: str
+    parent: str | None
+    provider: str | None
+    custom: bool
+    inputs: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "urn": self.urn,
+            "type": self.type,
+            "name": self.name,
+            "parent": self.parent,
+            "provider": self.provider,
+            "custom": self.custom,
+            "inputs": self.inputs,
+        }
+
+
+@dataclass
+class Graph:
+    """The desired state of one stack: resources in registration order and stack outputs."""
+
+    stack: str
+    config: StackConfig
+    resources: list[Resource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def by_urn(self) -> dict[str, Resource]:
+        return {resource.urn: resource for resource in self.resources}
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [resource for resource in self.resources if resource.type == type_]
+
+    def named(self, name: str, kind: str | None = None) -> Resource:
+        """The resource called ``name``; ``kind`` (e.g. ``LoadBalancer``) picks one of several."""
+        found = [
+            r
+            for r in self.resources
+            if r.name == name and (kind is None or r.type.rsplit(":", 1)[-1] == kind)
+        ]
+        if len(found) != 1:
+            kinds = sorted(r.type for r in self.resources if r.name == name)
+            raise KeyError(f"{len(found)} resources named {name!r} (kind {kind}); types: {kinds}")
+        return found[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "resources": [resource.to_json() for resource in self.resources],
+            "outputs": self.outputs,
+        }
+
+
+# --- project and stack config -----------------------------------------------------------
+
+
+def find_project(start: Path) -> Path:
+    """The nearest folder at or above ``start`` holding ``Pulumi.yaml`` and ``__main__.py``."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / "Pulumi.yaml").is_file() and (folder / "__main__.py").is_file():
+            return folder
+    raise SynthError(
+        f"No Pulumi project found at or above {start}: run from the weightshift checkout "
+        "(the folder with Pulumi.yaml and __main__.py) or pass --project DIR."
+    )
+
+
+def project_name(project: Path) -> str:
+    data = yaml.safe_load((project / "Pulumi.yaml").read_text(encoding="utf-8")) or {}
+    return str(data.get("name", "weightshift"))
+
+
+def stack_names(project: Path) -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project.glob("Pulumi.*.yaml"))
+
+
+def stack_config(project: Path, stack: str) -> dict[str, Any]:
+    """The ``config:`` block of ``Pulumi.<stack>.yaml``, keys fully qualified."""
+    path = project / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = ", ".join(stack_names(project)) or "none"
+        raise SynthError(
+            f"Unknown stack {stack!r}: there is no {path.name} in {project}. "
+            f"Stacks here: {known}. Pass --stack with one of them, or create {path.name}."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SynthError(
+            f"{path.name} is not valid YAML: {exc}. Fix the file and run again."
+        ) from None
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise SynthError(f"{path.name}: `config:` must be a mapping of keys to values.")
+    return {str(key): value for key, value in config.items()}
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set key=value`` overrides; keys are relative to ``weightshift:`` unless qualified.
+
+    ``rollout.stage=3`` sets ``weightshift:rollout`` -> ``stage``; values are YAML scalars
+    or flow collections (``3``, ``true``, ``[a, b]``).
+    """
+    result = copy.deepcopy(dict(values))
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SynthError(
+                f"--set {override!r} is not key=value: write e.g. --set rollout.stage=3 "
+                "(keys are relative to weightshift:)."
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        qualified = key if ":" in key else f"{NAMESPACE}:{key}"
+        top, *path = qualified.split(".")
+        if not path:
+            result[top] = value
+            continue
+        node = result.setdefault(top, {})
+        if isinstance(node, str):
+            try:
+                node = result[top] = json.loads(node)
+            except json.JSONDecodeError:
+                node = None
+        for part in path[:-1]:
+            if not isinstance(node, dict):
+                break
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SynthError(
+                f"--set {override!r}: {'.'.join([top, *path[:-1]])} is not an object, so it "
+                "has no fields to set."
+            )
+        node[path[-1]] = value
+    return result
+
+
+# --- mocks ------------------------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("::".join(parts).encode()).hexdigest()
+
+
+_ARN_SERVICE = {"lb": "elasticloadbalancing", "cloudwatch": "logs"}
+
+
+def _tail(type_: str) -> tuple[str, str]:
+    """``aws:lb/targetGroup:TargetGroup`` -> (``elasticloadbalancing``, ``targetGroup``)."""
+    module = type_.split(":")[1] if type_.count(":") >= 2 else type_
+    service, _, kind = module.partition("/")
+    return _ARN_SERVICE.get(service, service), kind or service
+
+
+def mocked_state(
+    type_: str, name: str, inputs: dict[str, Any], region: str, partition: str
+) -> tuple[str, dict[str, Any]]:
+    """What a real provider would report after creating the resource, made up deterministically."""
+    h = _digest(type_, name)
+    state = dict(inputs)
+    service, kind = _tail(type_)
+    resource_id = f"{name}-{h[:8]}"
+    if type_ == "aws:s3/bucket:Bucket":
+        bucket = inputs.get("bucket") or f"{name}-{h[:8]}"
+        resource_id = bucket
+        state.update(bucket=bucket, arn=f"arn:{partition}:s3:::{bucket}")
+    elif type_ == "aws:lb/loadBalancer:LoadBalancer":
+        suffix = f"app/{name[:20]}-{h[:6]}/{h[6:22]}"
+        state.update(
+            arn=f"arn:{partition}:elasticloadbalancing:{region}:{OFFLINE_ACCOUNT}:loadbalancer/{suffix}",
+            arnSuffix=suffix,
+            dnsName=f"{name[:20]}-{h[:6]}.{region}.elb.amazonaws.com",
+            zoneId="Z35SXDOTRQ7X7K",
+        )
+    elif type_ == "aws:lb/targetGroup:TargetGroup":
+        suffix = f"targetgroup/{name[:24]}-{h[:6]}/{h[6:22]}"
+        state.update(
+            arn=f"arn:{partition}:elasticloadbalancing:{region}:{OFFLINE_ACCOUNT}:{suffix}",
+            arnSuffix=suffix,
+        )
+    elif type_ == "aws:ec2/eip:Eip":
+        state.update(publicIp=f"198.51.100.{int(h[:2], 16) % 254 + 1}")
+    elif type_ == "aws:ec2/vpc:Vpc":
+        resource_id = f"vpc-{h[:17]}"
+    elif type_ == "aws:ec2/subnet:Subnet":
+        resource_id = f"subnet-{h[:17]}"
+    elif type_ == "aws:ec2/securityGroup:SecurityGroup":
+        resource_id = f"sg-{h[:17]}"
+    if "arn" not in state:
+        state["arn"] = f"arn:{partition}:{service}:{region}:{OFFLINE_ACCOUNT}:{kind}/{resource_id}"
+    state.setdefault("name", inputs.get("name") or f"{name}-{h[:7]}")
+    return resource_id, state
+
+
+class OfflineMocks(Mocks):
+    """Answers every registration with :func:`mocked_state`; refuses provider functions."""
+
+    def __init__(self, region: str, partition: str) -> None:
+        self.region = region
+        self.partition = partition
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        return mocked_state(args.typ, args.name, args.inputs, self.region, self.partition)
+
+    def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        raise SynthError(
+            f"the program called {args.token}, a provider function that cannot be answered "
+            "offline: declare the value in stack config instead, so reviews see it."
+        )
+
+
+class RecordingMonitor(MockMonitor):
+    """Pulumi's mock monitor, keeping each registration as the engine would receive it."""
+
+    def __init__(self, mocks: Mocks) -> None:
+        super().__init__(mocks)
+        self.records: list[Resource] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if request.type != "pulumi:pulumi:Stack":
+            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            self.records.append(
+                Resource(
+                    urn=response.urn,
+                    type=request.type,
+                    name=request.name,
+                    parent=request.parent or None,
+                    provider=request.provider or None,
+                    custom=bool(request.custom),
+                    inputs=_plain(inputs),
+                )
+            )
+        return response
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready form of deserialized inputs: secrets hidden, whole floats as ints."""
+    if rpc.is_rpc_secret(value):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+@contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _pulumi_config(values: Mapping[str, Any]) -> dict[str, str]:
+    """Config as the engine hands it to a program: strings, objects as JSON."""
+    return {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def synthesize(project: Path, stack: str, values: Mapping[str, Any]) -> Graph:
+    """Run the program of ``project`` for ``stack`` with config ``values``, offline.
+
+    The config is validated first, so a bad value fails with the config's own
+    message before the program starts.
+    """
+    config = load(values, source=f"config of stack {stack}")
+    context = contextvars.Context()
+    return context.run(_run, project, stack, config, values)
+
+
+def _run(project: Path, stack: str, config: StackConfig, values: Mapping[str, Any]) -> Graph:
+    mocks = OfflineMocks(config.region, config.partition)
+    monitor = RecordingMonitor(mocks)
+    set_mocks(mocks, project=project_name(project), stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(_pulumi_config(values))
+    outputs: dict[str, Any] = {}
+
+    async def program() -> None:
+        with _on_path(project):
+            runpy.run_path(str(project / "__main__.py"), run_name="__main__")
+        root = pulumi.runtime.settings.get_root_resource()
+        exported = getattr(root, "outputs", {})
+        resolved = await pulumi.Output.from_input(exported).future()
+        outputs.update(resolved or {})
+
+    try:
+        _sync_await(run_pulumi_func(lambda: _sync_await(program())))
+    except pulumi.RunError as exc:
+        raise SynthError(str(exc)) from None
+    except SynthError:
+        raise
+    except Exception as exc:
+        raise SynthError(
+            f"The program failed while synthesizing stack {stack!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return Graph(
+        stack=stack,
+        config=config,
+        resources=sorted(monitor.records, key=lambda resource: resource.urn),
+        outputs=_plain(outputs),
+    )
+
+
+def synthesize_stack(project: Path, stack: str, overrides: Sequence[str] = ()) -> Graph:
+    """Synthesize ``Pulumi.<stack>.yaml`` with ``--set`` overrides applied."""
+    values = apply_overrides(stack_config(project, stack), overrides)
+    return synthesize(project, stack, values)
