@@ -1,0 +1,809 @@
+"""The bundle store: publish, list, show, verify and pull bundles in S3 (boto3).
+
+Layout in the bucket::
+
+    blobs/sha256/<hex>                  every distinct file content, once (content addressed)
+    manifests/<name>/v<X.Y.Z>.json      one per published version, written last
+
+Every object is written with a conditional create (``If-None-Match: *``) and an
+explicit Object Lock retention equal to the bucket's default, so nothing published
+can be overwritten, shortened or deleted. The manifest pins the S3 version id of
+each blob, so a later object written over a blob key is never read by ``pull``
+and is reported by ``verify``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, cast
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, FlexibleChecksumError
+
+from weightshift.bundle import (
+    CHUNK,
+    BundleDiff,
+    BundleError,
+    LocalBundle,
+    Manifest,
+    canonical,
+    diff,
+)
+from weightshift.versioning import Bump, BundleId, Version
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectLockRetentionTypeDef
+
+MIN_PART = 5 * 1024 * 1024
+"""S3: every part but the last is at least 5 MiB."""
+MAX_PARTS = 10_000
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+class StoreError(Exception):
+    """A store operation that cannot go ahead; the message says why and what to do."""
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256}"
+
+
+def manifest_key(name: str, version: Version) -> str:
+    return f"manifests/{name}/v{version}.json"
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """A part size at least ``preferred`` that keeps the upload within S3's 10,000 parts."""
+    size_needed = -(-size // MAX_PARTS)
+    return max(preferred, MIN_PART, size_needed)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class Progress:
+    """Bytes done of a total, drawn on one terminal line; silent when not a terminal."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._drawn = 0.0
+
+    def add(self, amount: int) -> None:
+        with self._lock:
+            self.done += amount
+            now = time.monotonic()
+            if self.enabled and (now - self._drawn > 0.2 or self.done >= self.total):
+                self._drawn = now
+                rate = self.done / max(now - self.started, 1e-6) / 2**20
+                self.stream.write(
+                    f"\r{self.label}: {self.done / 2**20:,.1f}/{self.total / 2**20:,.1f} MiB "
+                    f"({100 * self.done / self.total:.0f} %) {rate:,.0f} MiB/s"
+                )
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    mode: str
+    days: int
+
+    def until(self, now: datetime | None = None) -> datetime:
+        return (now or datetime.now(UTC)) + timedelta(days=self.days)
+
+    def retention(self, until: datetime | None = None) -> ObjectLockRetentionTypeDef:
+        return cast(
+            "ObjectLockRetentionTypeDef",
+            {"Mode": self.mode, "RetainUntilDate": until or self.until()},
+        )
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """What every blob upload of one publish shares."""
+
+    lock: LockPolicy
+    encryption: dict[str, Any]
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """What a publish will do, decided before anything is uploaded."""
+
+    manifest: Manifest
+    latest: Manifest | None
+    required: Bump | None
+    reasons: tuple[str, ...]
+    missing: dict[str, int]
+    """Blobs (sha256 -> size) the bucket lacks."""
+    present: dict[str, str]
+    """Blobs the bucket already has: sha256 -> pinned version id."""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    id: BundleId
+    bytes_total: int
+    bytes_uploaded: int
+    bytes_skipped: int
+    blobs_uploaded: int
+    blobs_skipped: int
+    manifest_key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "bytesTotal": self.bytes_total,
+            "bytesUploaded": self.bytes_uploaded,
+            "bytesSkipped": self.bytes_skipped,
+            "blobsUploaded": self.blobs_uploaded,
+            "blobsSkipped": self.blobs_skipped,
+            "manifest": self.manifest_key,
+        }
+
+
+@dataclass(frozen=True)
+class Published:
+    """A manifest as stored: the manifest itself and the pinned blob versions."""
+
+    manifest: Manifest
+    blob_versions: dict[str, str]
+    published_at: str
+    key: str
+
+
+def default_client(workers: int = 16) -> S3Client:
+    """An S3 client from the standard AWS environment (AWS_ENDPOINT_URL works)."""
+    config = Config(
+        max_pool_connections=max(10, workers * 2), retries={"mode": "standard", "max_attempts": 8}
+    )
+    client: S3Client = boto3.client("s3", config=config)
+    return client
+
+
+class BundleStore:
+    """Bundles in one bucket."""
+
+    def __init__(
+        self,
+        bucket: str,
+        client: S3Client | None = None,
+        *,
+        workers: int = 8,
+        part_size: int = 64 * 1024 * 1024,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        progress_stream: TextIO | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.s3 = client or default_client(workers)
+        self.workers = workers
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.progress_stream = progress_stream
+
+    # --- bucket checks -----------------------------------------------------------------
+
+    def lock_policy(self) -> LockPolicy:
+        """The bucket's default Object Lock retention; refuse a bucket without one."""
+        try:
+            config = self.s3.get_object_lock_configuration(Bucket=self.bucket)[
+                "ObjectLockConfiguration"
+            ]
+        except ClientError as error:
+            if _code(error) in (
+                "ObjectLockConfigurationNotFoundError",
+                "ObjectLockConfigurationNotFound",
+            ):
+                raise StoreError(
+                    f"Bucket {self.bucket} has no Object Lock: a published bundle there could be "
+                    "overwritten or deleted. Use the bucket the ArtifactStore component creates "
+                    "(versioning, Object Lock, default retention)."
+                ) from None
+            raise self._access(error) from None
+        rule = (config.get("Rule") or {}).get("DefaultRetention") or {}
+        if config.get("ObjectLockEnabled") != "Enabled" or not rule:
+            raise StoreError(
+                f"Bucket {self.bucket} has Object Lock without a default retention rule: set "
+                "one (COMPLIANCE in production) so every published object is locked."
+            )
+        days = int(rule.get("Days") or 0) + 365 * int(rule.get("Years") or 0)
+        return LockPolicy(str(rule.get("Mode", "COMPLIANCE")), days)
+
+    def _encryption(self) -> dict[str, Any]:
+        """Put arguments matching the bucket's default encryption (its policy demands them)."""
+        try:
+            rules = self.s3.get_bucket_encryption(Bucket=self.bucket)[
+                "ServerSideEncryptionConfiguration"
+            ]["Rules"]
+        except ClientError:
+            return {}
+        default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
+        if default.get("SSEAlgorithm") == "aws:kms":
+            args: dict[str, Any] = {"ServerSideEncryption": "aws:kms"}
+            if default.get("KMSMasterKeyID"):
+                args["SSEKMSKeyId"] = default["KMSMasterKeyID"]
+            if rules[0].get("BucketKeyEnabled"):
+                args["BucketKeyEnabled"] = True
+            return args
+        return {"ServerSideEncryption": "AES256"}
+
+    def _access(self, error: ClientError) -> StoreError:
+        return StoreError(
+            f"S3 refused the request on bucket {self.bucket} ({_code(error)}: "
+            f"{error.response.get('Error', {}).get('Message', '')}). Check the bucket name, "
+            "the region and your credentials (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL)."
+        )
+
+    # --- reading ------------------------------------------------------------------------
+
+    def manifest_listing(self, name: str) -> dict[Version, str]:
+        """Published versions of ``name`` -> the oldest S3 version id of each manifest.
+
+        One listing of versions, not objects: a delete marker must not hide a published
+        version, and the oldest version is the one the conditional create wrote (S3 lists a
+        key's versions newest first; timestamps can tie, list order cannot).
+        """
+        prefix = f"manifests/{name}/v"
+        found: dict[Version, str] = {}
+        paginator = self.s3.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Versions", []):
+                    try:
+                        version = Version.parse(item["Key"][len(prefix) :].removesuffix(".json"))
+                    except ValueError:
+                        continue
+                    if item["Key"] == manifest_key(name, version):
+                        found[version] = item["VersionId"]
+        except ClientError as error:
+            raise self._access(error) from None
+        return found
+
+    def versions(self, name: str) -> list[Version]:
+        """Published versions of ``name``, oldest first."""
+        return sorted(self.manifest_listing(name))
+
+    def _first_version(self, key: str) -> str | None:
+        """The oldest version id of ``key``: the one the conditional create wrote."""
+        oldest: str | None = None
+        paginator = self.s3.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+            for item in page.get("Versions", []):
+                if item["Key"] == key:
+                    oldest = item["VersionId"]
+        return oldest
+
+    def published(
+        self, name: str, version: Version, version_id: str | None = None
+    ) -> Published | None:
+        """The manifest of ``name`` ``version`` as first written, or None if unpublished."""
+        key = manifest_key(name, version)
+        try:
+            if version_id is None:
+                version_id = self._first_version(key)
+            if version_id is None:
+                return None
+            body = self.s3.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)[
+                "Body"
+            ].read()
+        except ClientError as error:
+            raise self._access(error) from None
+        try:
+            data = json.loads(body)
+            manifest = Manifest.from_core(data["manifest"])
+        except (KeyError, json.JSONDecodeError, BundleError) as exc:
+            raise StoreError(f"{key} is not a weightshift manifest ({exc}).") from None
+        if manifest.digest != data.get("digest"):
+            raise StoreError(
+                f"{key}: the manifest's content does not match its recorded digest: it was altered "
+                "after publishing. Do not deploy it; investigate the bucket's access log."
+            )
+        return Published(
+            manifest, dict(data.get("blobVersions", {})), str(data.get("publishedAt", "")), key
+        )
+
+    def resolve(self, bundle: BundleId) -> Published:
+        """The published bundle ``bundle``; the hash in the id must match the manifest."""
+        found = self.published(bundle.name, bundle.version)
+        if found is None:
+            raise StoreError(
+                f"{bundle} is not published in bucket {self.bucket}: "
+                f"`weightshift bundle list {bundle.name} --bucket {self.bucket}` shows what is."
+            )
+        if found.manifest.id != bundle:
+            raise StoreError(
+                f"{bundle.name} v{bundle.version} is published as {found.manifest.id}, "
+                f"not {bundle}: "
+                "the hash in the id does not match. Use the id that `bundle list` prints."
+            )
+        return found
+
+    def latest(self, name: str) -> Published | None:
+        return self._latest(name, self.manifest_listing(name))
+
+    def _latest(self, name: str, listing: dict[Version, str]) -> Published | None:
+        if not listing:
+            return None
+        newest = max(listing)
+        return self.published(name, newest, listing[newest])
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def _blob_inventory(self) -> dict[str, tuple[str, int]]:
+        """Every stored blob: sha256 -> (its oldest version id, size), in one paginated listing."""
+        found: dict[str, tuple[str, int]] = {}
+        prefix = "blobs/sha256/"
+        paginator = self.s3.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Versions", []):
+                    # Newest first within a key: the last one seen is the original.
+                    found[item["Key"][len(prefix) :]] = (item["VersionId"], int(item["Size"]))
+        except ClientError as error:
+            raise self._access(error) from None
+        return found
+
+    def _head_blob(self, sha256: str) -> tuple[str, int] | None:
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=blob_key(sha256))
+        except ClientError as error:
+            if _code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._access(error) from None
+        version_id = self._first_version(blob_key(sha256)) or str(head.get("VersionId", ""))
+        return version_id, int(head["ContentLength"])
+
+    def plan_publish(
+        self, local: LocalBundle, version: Version | None, auto_bump: bool = False
+    ) -> PublishPlan:
+        """Everything a publish must check, before a single byte is uploaded."""
+        self.lock_policy()
+        name = local.metadata.name
+        listing = self.manifest_listing(name)
+        latest = self._latest(name, listing)
+        if latest is not None:
+            change: BundleDiff = diff(latest.manifest, local.manifest(latest.manifest.version))
+            if change.bump is None:
+                raise StoreError(
+                    f"Nothing changed since {latest.manifest.id}: every file is identical. "
+                    "There is nothing to publish."
+                )
+            if auto_bump:
+                version = latest.manifest.version.bumped(change.bump)
+            assert version is not None
+            if version <= latest.manifest.version:
+                raise StoreError(
+                    f"Version {version} is not greater than the latest published, "
+                    f"{latest.manifest.id}: choose "
+                    f"{latest.manifest.version.bumped(change.bump)} or "
+                    "higher (or --bump auto)."
+                )
+            step = latest.manifest.version.bump_to(version)
+            assert step is not None
+            if step < change.bump:
+                raise StoreError(
+                    f"Version {version} is a {step.name} step from {latest.manifest.version}, "
+                    f"but the change needs at least {change.bump.name}: "
+                    f"{'; '.join(change.reasons)}. Publish as "
+                    f"{latest.manifest.version.bumped(change.bump)} (or --bump auto)."
+                )
+            required, reasons = change.bump, change.reasons
+        else:
+            if version is None:
+                version = Version(1, 0, 0) if auto_bump else None
+            if version is None:
+                raise StoreError("Give --version X.Y.Z (or --bump auto) for the first release.")
+            required, reasons = None, ("first release of " + name,)
+        manifest = local.manifest(version)
+        if version in listing:
+            raise StoreError(
+                f"{name} v{version} is already published; versions are never replaced."
+            )
+        missing: dict[str, int] = {}
+        present: dict[str, str] = {}
+        blobs = manifest.blobs()
+        inventory = self._blob_inventory()
+        for sha in blobs:
+            head = inventory.get(sha)
+            if head is None:
+                missing[sha] = blobs[sha]
+            elif head[1] != blobs[sha]:
+                raise StoreError(
+                    f"{blob_key(sha)} exists with {head[1]} bytes but the content with that hash "
+                    f"has "
+                    f"{blobs[sha]}: the bucket is corrupt. Run `weightshift bundle verify`."
+                )
+            else:
+                present[sha] = head[0]
+        return PublishPlan(
+            manifest,
+            latest.manifest if latest else None,
+            required,
+            tuple(reasons),
+            missing,
+            present,
+        )
+
+    def publish(
+        self, local: LocalBundle, version: Version | None, auto_bump: bool = False
+    ) -> PublishResult:
+        """Upload what the bucket lacks, then write the manifest last, exactly once."""
+        plan = self.plan_publish(local, version, auto_bump)
+        lock = self.lock_policy()
+        encryption = self._encryption()
+        paths = {entry.sha256: entry.path for entry in plan.manifest.files}
+        versions = dict(plan.present)
+        progress = Progress("publish", sum(plan.missing.values()), self.progress_stream)
+        shared = _Upload(lock, encryption, progress)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.workers // 4)) as pool:
+
+                def upload(sha: str) -> tuple[str, str]:
+                    path = paths[sha]
+                    version_id = self._upload_blob(
+                        shared,
+                        local.root / path,
+                        sha,
+                        plan.missing[sha],
+                        unchanged=lambda: local.unchanged(path),
+                    )
+                    return sha, version_id
+
+                versions.update(dict(pool.map(upload, list(plan.missing))))
+            self._extend_retention(plan.present, lock)
+        finally:
+            progress.close()
+        key = manifest_key(plan.manifest.name, plan.manifest.version)
+        document = {
+            "manifest": plan.manifest.core(),
+            "id": str(plan.manifest.id),
+            "digest": plan.manifest.digest,
+            "blobVersions": versions,
+            "publishedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        try:
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=canonical(document),
+                ContentType="application/json",
+                IfNoneMatch="*",
+                ObjectLockMode=lock.mode,  # type: ignore[arg-type]
+                ObjectLockRetainUntilDate=lock.until(),
+                ChecksumAlgorithm="SHA256",
+                **encryption,
+            )
+        except ClientError as error:
+            if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise StoreError(
+                    f"{plan.manifest.name} v{plan.manifest.version} was published by someone else "
+                    "while this publish ran; versions are never replaced. Publish the next version."
+                ) from None
+            raise self._access(error) from None
+        skipped = sum(plan.manifest.blobs()[sha] for sha in plan.present)
+        return PublishResult(
+            plan.manifest.id,
+            plan.manifest.size,
+            sum(plan.missing.values()),
+            skipped,
+            len(plan.missing),
+            len(plan.present),
+            key,
+        )
+
+    def _extend_retention(self, present: dict[str, str], lock: LockPolicy) -> None:
+        """A reused blob must stay locked as long as the newest bundle using it."""
+        until = lock.until()
+
+        def extend(item: tuple[str, str]) -> None:
+            sha, version_id = item
+            key = blob_key(sha)
+            head = self.s3.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            current = head.get("ObjectLockRetainUntilDate")
+            if current is None or current < until:
+                self.s3.put_object_retention(
+                    Bucket=self.bucket,
+                    Key=key,
+                    VersionId=version_id,
+                    Retention=lock.retention(until),
+                )
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            list(pool.map(extend, present.items()))
+
+    def _upload_blob(
+        self, shared: _Upload, path: Path, sha: str, size: int, unchanged: Callable[[], bool]
+    ) -> str:
+        key = blob_key(sha)
+        lock, encryption, progress = shared.lock, shared.encryption, shared.progress
+        changed = StoreError(
+            f"{path} changed after it was hashed; nothing of it was published. Run publish again."
+        )
+        try:
+            if size < self.multipart_threshold:
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise changed
+                response = self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    IfNoneMatch="*",
+                    ObjectLockMode=lock.mode,  # type: ignore[arg-type]
+                    ObjectLockRetainUntilDate=lock.until(),
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
+                    **encryption,
+                )
+                progress.add(size)
+                return str(response.get("VersionId", ""))
+            if not unchanged():
+                raise changed
+            version_id = self._multipart(shared, path, key, size, unchanged)
+            if version_id is None:
+                raise changed
+            return version_id
+        except ClientError as error:
+            if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                # Another publish wrote this content first: content addressing makes it ours too.
+                head = self._head_blob(sha)
+                if head is None or head[1] != size:
+                    raise StoreError(
+                        f"{key} was written concurrently and is not readable."
+                    ) from None
+                progress.add(size)
+                return head[0]
+            raise self._access(error) from None
+
+    def _multipart(
+        self, shared: _Upload, path: Path, key: str, size: int, unchanged: Callable[[], bool]
+    ) -> str | None:
+        """Upload in parts (resuming an interrupted upload); None if the file changed meanwhile."""
+        lock, encryption, progress = shared.lock, shared.encryption, shared.progress
+        part_size = part_size_for(size, self.part_size)
+        count = -(-size // part_size)
+        upload_id, done = self._resumable_upload(key, path, part_size, lock, encryption)
+        for number in done:
+            progress.add(min(part_size, size - (number - 1) * part_size))
+
+        def send(number: int) -> dict[str, Any]:
+            if number in done:
+                return done[number]
+            with path.open("rb") as handle:
+                handle.seek((number - 1) * part_size)
+                data = handle.read(part_size)
+            checksum = _b64(hashlib.sha256(data).digest())
+            response = self.s3.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumSHA256=checksum,
+            )
+            progress.add(len(data))
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            parts = list(pool.map(send, range(1, count + 1)))
+        if not unchanged():
+            # The parts read may mix two contents: never complete them under this hash.
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            return None
+        response = self.s3.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            IfNoneMatch="*",
+        )
+        version_id = str(response.get("VersionId", ""))
+        # The lock was requested when the upload began; set it on the version too, so the
+        # blob is locked even where a store (or an emulator) skips that for multipart.
+        self.s3.put_object_retention(
+            Bucket=self.bucket,
+            Key=key,
+            VersionId=version_id,
+            Retention=lock.retention(),
+        )
+        return version_id
+
+    def _resumable_upload(
+        self, key: str, path: Path, part_size: int, lock: LockPolicy, encryption: dict[str, Any]
+    ) -> tuple[str, dict[int, dict[str, Any]]]:
+        """An interrupted upload of this blob with the parts matching the local file, or a new one.
+
+        A listed part is kept only if its checksum (or, where the service reports none, its
+        MD5 ETag) matches the same range of the local file.
+        """
+        uploads = self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])
+        for upload in sorted(uploads, key=lambda u: u["Initiated"], reverse=True):
+            if upload["Key"] != key:
+                continue
+            upload_id = upload["UploadId"]
+            kept: dict[int, dict[str, Any]] = {}
+            paginator = self.s3.get_paginator("list_parts")
+            with path.open("rb") as handle:
+                for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                    for part in page.get("Parts", []):
+                        number = part["PartNumber"]
+                        handle.seek((number - 1) * part_size)
+                        data = handle.read(part_size)
+                        if len(data) != part["Size"]:
+                            continue
+                        checksum = _b64(hashlib.sha256(data).digest())
+                        etag = part["ETag"].strip('"')
+                        if part.get("ChecksumSHA256") == checksum or (
+                            not part.get("ChecksumSHA256") and etag == hashlib.md5(data).hexdigest()
+                        ):
+                            kept[number] = {
+                                "PartNumber": number,
+                                "ETag": part["ETag"],
+                                "ChecksumSHA256": checksum,
+                            }
+            return upload_id, kept
+        created = self.s3.create_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm="SHA256",
+            ObjectLockMode=lock.mode,  # type: ignore[arg-type]
+            ObjectLockRetainUntilDate=lock.until(),
+            **encryption,
+        )
+        return created["UploadId"], {}
+
+    # --- verify and pull ------------------------------------------------------------------
+
+    def _stream_hash(
+        self, sha: str, version_id: str, sink: Callable[[bytes], None] | None = None
+    ) -> tuple[str, int]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": blob_key(sha)}
+        if version_id:
+            args["VersionId"] = version_id
+        body = self.s3.get_object(**args)["Body"]
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in iter(lambda: body.read(CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+                if sink is not None:
+                    sink(chunk)
+        except FlexibleChecksumError:
+            # S3's own checksum of the stored object failed: the bytes are not what was written.
+            return "checksum-mismatch", size
+        return digest.hexdigest(), size
+
+    def verify(self, bundle: BundleId) -> list[str]:
+        """Every problem with a published bundle: hashes, sizes, locks, overwrites (empty: good)."""
+        published = self.resolve(bundle)
+        now = datetime.now(UTC)
+        blobs = published.manifest.blobs()
+
+        def check(sha: str) -> list[str]:
+            problems: list[str] = []
+            key = blob_key(sha)
+            version_id = published.blob_versions.get(sha, "")
+            try:
+                pinned: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+                head = self.s3.head_object(Bucket=self.bucket, Key=key, **pinned)
+            except ClientError as error:
+                return [f"{key}: missing ({_code(error)})"]
+            if head.get("ObjectLockMode") is None:
+                problems.append(f"{key}: not under Object Lock")
+            elif (head.get("ObjectLockRetainUntilDate") or now) <= now:
+                problems.append(f"{key}: Object Lock retention has expired")
+            newest = self.s3.head_object(Bucket=self.bucket, Key=key).get("VersionId")
+            if version_id and newest and newest != version_id:
+                problems.append(
+                    f"{key}: a newer object ({newest}) was written over the published one "
+                    f"({version_id}); pull still reads the published one"
+                )
+            digest, size = self._stream_hash(sha, version_id)
+            if digest != sha or size != blobs[sha]:
+                problems.append(
+                    f"{key}: content hash {digest[:12]}... ({size} bytes) "
+                    "does not match the manifest"
+                )
+            return problems
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return [problem for problems in pool.map(check, sorted(blobs)) for problem in problems]
+
+    def pull(self, bundle: BundleId, dest: Path) -> Manifest:
+        """Download ``bundle`` to ``dest`` (which must not exist), verifying every hash; atomic."""
+        if dest.exists():
+            raise StoreError(
+                f"{dest} already exists: pull into a new folder (nothing is overwritten)."
+            )
+        published = self.resolve(bundle)
+        manifest = published.manifest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+        progress = Progress("pull", manifest.size, self.progress_stream)
+        try:
+            by_blob: dict[str, list[str]] = {}
+            for entry in manifest.files:
+                by_blob.setdefault(entry.sha256, []).append(entry.path)
+
+            def fetch(sha: str) -> None:
+                first, *copies = by_blob[sha]
+                target = staging / first
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as handle:
+
+                    def sink(chunk: bytes) -> None:
+                        handle.write(chunk)
+                        progress.add(len(chunk))
+
+                    digest, size = self._stream_hash(
+                        sha, published.blob_versions.get(sha, ""), sink
+                    )
+                if digest != sha or size != manifest.blobs()[sha]:
+                    raise StoreError(
+                        f"{blob_key(sha)} (for {first}) does not match the manifest: content "
+                        f"hash {digest[:12]}..., {size} bytes. The bucket copy is damaged or was "
+                        f"tampered with; nothing was written to {dest}. "
+                        f"Run `weightshift bundle verify {bundle}`."
+                    )
+                for copy in copies:
+                    (staging / copy).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(target, staging / copy)
+
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                list(pool.map(fetch, sorted(by_blob)))
+            os.replace(staging, dest)
+        except ClientError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise self._access(error) from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            progress.close()
+        return manifest
+
+
+def iter_published(store: BundleStore, name: str) -> Iterator[Published]:
+    for version, version_id in sorted(store.manifest_listing(name).items()):
+        found = store.published(name, version, version_id)
+        if found is not None:
+            yield found
+
+
+def parse_id(text: str) -> BundleId:
+    try:
+        return BundleId.parse(text)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
