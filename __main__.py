@@ -1,6 +1,7 @@
 """weightshift: one model's rollout on AWS.
 
-Deploys the network, and an Application Load Balancer whose HTTPS listener splits
+Deploys the artifact store (the Object-Locked bucket every bundle is published to),
+the network, and an Application Load Balancer whose HTTPS listener splits
 requests between the blue and green inference stacks by weight. The weights
 come from the configured strategy and stage (``weightshift:rollout``), so a
 rollout stage is one ``pulumi up`` that changes only the listener.
@@ -10,6 +11,7 @@ Config is read and validated here, once, and passed down as models.
 import pulumi
 import pulumi_aws as aws
 
+from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.network import Network, NetworkArgs
 from components.traffic import Traffic, TrafficArgs
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
@@ -48,6 +50,11 @@ provider = aws.Provider(
 )
 with_provider = pulumi.ResourceOptions(providers=[provider])
 
+artifacts = ArtifactStore(
+    "artifacts",
+    ArtifactStoreArgs(settings=config.artifacts, region=config.region, partition=config.partition),
+    opts=with_provider,
+)
 network = Network("network", NetworkArgs(settings=config.network), opts=with_provider)
 traffic = Traffic(
     "traffic",
@@ -68,6 +75,8 @@ traffic = Traffic(
 )
 
 pulumi.export("endpoint", traffic.dns_name)
+pulumi.export("artifactBucket", artifacts.bucket_name)
+pulumi.export("artifactKeyArn", artifacts.key_arn)
 pulumi.export("listenerArn", traffic.listener_arn)
 pulumi.export("targetGroupArns", traffic.target_group_arns)
 pulumi.export("natPublicIps", network.nat_public_ips)

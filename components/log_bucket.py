@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -45,9 +46,13 @@ class LogBucketArgs:
     retention_days: int
     elb_prefix: str | None = None
     """Grant ALB access-log delivery under this prefix."""
+    s3_prefix: str | None = None
+    """Grant S3 server access-log delivery under this prefix, from ``s3_sources`` only."""
+    s3_sources: Sequence[pulumi.Input[str]] = ()
+    """ARNs of the buckets whose server access logs land here."""
 
 
-def _policy(args: LogBucketArgs, bucket_arn: str) -> str:
+def _policy(args: LogBucketArgs, bucket_arn: str, s3_sources: Sequence[str] = ()) -> str:
     statements: list[dict[str, object]] = [
         {
             "Sid": "DenyInsecureTransport",
@@ -80,6 +85,17 @@ def _policy(args: LogBucketArgs, bucket_arn: str) -> str:
                     "Resource": objects,
                 }
             )
+    if args.s3_prefix is not None and s3_sources:
+        statements.append(
+            {
+                "Sid": "S3ServerAccessLogDelivery",
+                "Effect": "Allow",
+                "Principal": {"Service": "logging.s3.amazonaws.com"},
+                "Action": "s3:PutObject",
+                "Resource": f"{bucket_arn}/{args.s3_prefix}/*",
+                "Condition": {"ArnLike": {"aws:SourceArn": sorted(s3_sources)}},
+            }
+        )
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
@@ -166,7 +182,9 @@ class LogBucket(pulumi.ComponentResource):
         policy = aws.s3.BucketPolicy(
             f"{name}-policy",
             bucket=bucket.id,
-            policy=bucket.arn.apply(lambda arn: _policy(args, arn)),
+            policy=pulumi.Output.all(bucket.arn, *args.s3_sources).apply(
+                lambda arns: _policy(args, arns[0], arns[1:])
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public]),
         )
         self.bucket = bucket.bucket

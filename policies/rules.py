@@ -29,6 +29,7 @@ PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+OBJECT_LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
 
 MIN_DRAIN_SECONDS = 30
 """A target group must give in-flight generations at least this long to finish."""
@@ -174,6 +175,20 @@ def _inline_rules(args: ResourceValidationArgs, report: ReportViolation) -> None
         report("declare rules as SecurityGroupIngressRule/EgressRule resources, not inline.", None)
 
 
+@_only(OBJECT_LOCK)
+def _compliance_lock(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Published bundles are locked in COMPLIANCE mode: no one can delete or shorten a lock."""
+    rule = (args.props.get("rule") or {}).get("defaultRetention") or {}
+    if rule.get("mode") != "COMPLIANCE":
+        report(
+            f"default retention mode is {rule.get('mode')}: GOVERNANCE locks can be bypassed; "
+            "production bundles need COMPLIANCE.",
+            None,
+        )
+    if not (rule.get("days") or rule.get("years")):
+        report("the bucket needs a default retention period.", None)
+
+
 def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name,
@@ -192,6 +207,7 @@ POLICIES: tuple[ResourceValidationPolicy, ...] = (
     _policy("target-group-drains", _drains, MANDATORY),
     _policy("s3-no-public-access", _no_public_buckets, MANDATORY),
     _policy("s3-tls-only", _bucket_tls_only, MANDATORY),
+    _policy("s3-object-lock-compliance", _compliance_lock, MANDATORY),
     _policy("sg-only-https-open", _open_ingress, MANDATORY),
     _policy("sg-rules-as-resources", _inline_rules, EnforcementLevel.ADVISORY),
 )

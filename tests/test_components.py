@@ -132,3 +132,102 @@ def test_subnets_are_carved_without_overlap_and_private_ones_are_largest() -> No
     assert all(ipaddress.IPv4Network(n).prefixlen == 22 for n in public)
     public6, private6 = carve("10.0.0.0/20", 6)
     assert len(public6) == len(private6) == 6
+
+
+# --- ArtifactStore (read policy; the bucket's resources are asserted in test_artifact_store.py)
+
+from weightshift.versioning import BundleId  # noqa: E402
+
+
+def test_the_pod_read_policy_names_one_bundle_and_nothing_else() -> None:
+    from components.artifact_store import bundle_read_policy
+
+    bundle = BundleId.parse("support-assistant/v1.5.0-a1b2c3d4e5f6")
+    digests = ["a" * 64, "b" * 64, "a" * 64]
+    policy = json.loads(
+        bundle_read_policy(
+            "arn:aws:s3:::arts", "arn:aws:kms:eu-west-1:1:key/k", "eu-west-1", bundle, digests
+        )
+    )
+    read, listing, decrypt = policy["Statement"]
+    assert read["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert read["Resource"] == [
+        "arn:aws:s3:::arts/manifests/support-assistant/v1.5.0.json",
+        f"arn:aws:s3:::arts/blobs/sha256/{'a' * 64}",
+        f"arn:aws:s3:::arts/blobs/sha256/{'b' * 64}",
+    ]
+    assert listing["Condition"] == {
+        "StringEquals": {"s3:prefix": "manifests/support-assistant/v1.5.0.json"}
+    }
+    assert decrypt["Condition"] == {
+        "StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}
+    }
+    actions = [a for st in policy["Statement"] for a in _listed(st["Action"])]
+    assert not [a for a in actions if "Put" in a or "Delete" in a or a.endswith("*")]
+    resources = [r for st in policy["Statement"] for r in _listed(st["Resource"])]
+    assert not [r for r in resources if r.endswith("*")]
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+@pulumi.runtime.test
+def test_artifact_store_locks_encrypts_blocks_public_access_and_is_tls_only() -> pulumi.Output[
+    None
+]:
+    from components.artifact_store import ArtifactStore, ArtifactStoreArgs
+    from weightshift.config import ArtifactsConfig
+
+    store = ArtifactStore(
+        "arts1",
+        ArtifactStoreArgs(
+            settings=ArtifactsConfig(retention_mode="COMPLIANCE", retention_days=730),
+            region="eu-west-1",
+            partition="aws",
+        ),
+    )
+
+    def check(values: list[str]) -> None:
+        bucket_arn, key_arn = values[:2]
+        prefix = "aws:s3/"
+        assert REGISTERED["aws:s3/bucket:Bucket::arts1"]["objectLockEnabled"] is True
+        versioning = REGISTERED[f"{prefix}bucketVersioning:BucketVersioning::arts1-versioning"]
+        assert versioning["versioningConfiguration"]["status"] == "Enabled"
+        lock = REGISTERED[
+            f"{prefix}bucketObjectLockConfiguration:BucketObjectLockConfiguration::arts1-object-lock"
+        ]
+        assert lock["rule"]["defaultRetention"] == {"mode": "COMPLIANCE", "days": 730}
+        sse = REGISTERED[
+            f"{prefix}bucketServerSideEncryptionConfiguration:"
+            "BucketServerSideEncryptionConfiguration::arts1-encryption"
+        ]["rules"][0]
+        assert sse["applyServerSideEncryptionByDefault"] == {
+            "sseAlgorithm": "aws:kms",
+            "kmsMasterKeyId": key_arn,
+        }
+        assert sse["bucketKeyEnabled"] is True
+        assert REGISTERED["aws:kms/key:Key::arts1-key"]["enableKeyRotation"] is True
+        block = REGISTERED[
+            f"{prefix}bucketPublicAccessBlock:BucketPublicAccessBlock::arts1-public-access"
+        ]
+        assert all(
+            block[flag] is True
+            for flag in (
+                "blockPublicAcls",
+                "blockPublicPolicy",
+                "ignorePublicAcls",
+                "restrictPublicBuckets",
+            )
+        )
+        policy = json.loads(
+            REGISTERED[f"{prefix}bucketPolicy:BucketPolicy::arts1-policy"]["policy"]
+        )
+        tls = next(s for s in policy["Statement"] if s["Sid"] == "DenyInsecureTransport")
+        assert tls["Effect"] == "Deny"
+        assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert tls["Resource"] == [bucket_arn, f"{bucket_arn}/*"]
+
+    return pulumi.Output.all(
+        store.bucket_arn, store.key_arn, *[resource.urn for resource in store.ready]
+    ).apply(check)

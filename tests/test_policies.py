@@ -107,6 +107,18 @@ def test_target_groups_must_drain_in_flight_generations() -> None:
     assert violations("target-group-drains", group, {**ok, "deregistrationDelay": 0})
 
 
+def test_artifact_locks_must_be_compliance_mode() -> None:
+    lock = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
+    ok = {"rule": {"defaultRetention": {"mode": "COMPLIANCE", "days": 365}}}
+    assert violations("s3-object-lock-compliance", lock, ok) == []
+    weak = {"rule": {"defaultRetention": {"mode": "GOVERNANCE", "days": 365}}}
+    (found,) = violations("s3-object-lock-compliance", lock, weak)
+    assert "GOVERNANCE locks can be bypassed" in found
+    assert violations(
+        "s3-object-lock-compliance", lock, {"rule": {"defaultRetention": {"mode": "COMPLIANCE"}}}
+    )
+
+
 def test_policies_ignore_other_resource_types() -> None:
     for policy in BY_NAME:
         assert violations(policy, "aws:iam/role:Role", {"anything": 1}) == []

@@ -250,6 +250,15 @@ class TrafficConfig(_Model):
         return value
 
 
+class ArtifactsConfig(_Model):
+    """The artifact store: the bucket every bundle is published to."""
+
+    retention_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    """COMPLIANCE: nobody, not even the account root, can delete or shorten a lock."""
+    retention_days: int = Field(default=365, ge=1, le=36_500)
+    access_log_retention_days: int = Field(default=365, ge=1, le=3653)
+
+
 class StackConfig(_Model):
     """Everything under the ``weightshift`` namespace, plus ``aws:region``."""
 
@@ -260,6 +269,7 @@ class StackConfig(_Model):
     rollout: RolloutConfig
     network: NetworkConfig
     traffic: TrafficConfig
+    artifacts: ArtifactsConfig = ArtifactsConfig()
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("region")
@@ -346,7 +356,7 @@ CONFIG_KEYS = tuple(
     field.alias or name for name, field in StackConfig.model_fields.items() if name != "region"
 )
 """The keys under ``weightshift:`` that the program reads."""
-_OBJECT_KEYS = frozenset({"blue", "green", "rollout", "network", "traffic", "tags"})
+_OBJECT_KEYS = frozenset({"blue", "green", "rollout", "network", "traffic", "artifacts", "tags"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,273 @@
+"""The artifact store: where every bundle version lives, immutable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.log_bucket import LogBucket, LogBucketArgs
+from weightshift.config import ArtifactsConfig
+from weightshift.store import blob_key, manifest_key
+from weightshift.versioning import BundleId
+
+PUBLISHED_PREFIXES = ("blobs/", "manifests/")
+
+
+@dataclass(frozen=True)
+class ArtifactStoreArgs:
+    settings: ArtifactsConfig
+    region: str
+    partition: str
+
+
+def bucket_policy(bucket_arn: str, key_arn: str) -> str:
+    """Deny anything that could weaken a published bundle, whoever asks."""
+    published = [f"{bucket_arn}/{prefix}*" for prefix in PUBLISHED_PREFIXES]
+    statements = [
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, f"{bucket_arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "DenyPutsWithoutKms",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/*",
+            # Absent, the bucket default (this key) applies; present, it must say aws:kms.
+            "Condition": {
+                "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+            },
+        },
+        {
+            "Sid": "DenyPutsWithAnotherKey",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/*",
+            "Condition": {
+                "StringNotEqualsIfExists": {
+                    "s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn
+                }
+            },
+        },
+        {
+            # Objects are only ever created, never written over: PutObject and
+            # CompleteMultipartUpload must carry If-None-Match (the multipart steps that
+            # cannot carry it are exempt by s3:ObjectCreationOperation).
+            "Sid": "DenyOverwrites",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": published,
+            "Condition": {
+                "Null": {"s3:if-none-match": "true"},
+                "Bool": {"s3:ObjectCreationOperation": "true"},
+            },
+        },
+        {
+            "Sid": "DenyDeletesAndLockBypass",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": [
+                "s3:DeleteObject",
+                "s3:DeleteObjectVersion",
+                "s3:BypassGovernanceRetention",
+                "s3:PutObjectLegalHold",
+            ],
+            "Resource": published,
+        },
+    ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+def bundle_read_policy(
+    bucket_arn: str, key_arn: str, region: str, bundle: BundleId, blob_digests: Sequence[str]
+) -> str:
+    """Read one bundle: its manifest and the blobs it lists, decrypted through S3 only."""
+    manifest = manifest_key(bundle.name, bundle.version)
+    objects = [f"{bucket_arn}/{manifest}"] + [
+        f"{bucket_arn}/{blob_key(digest)}" for digest in sorted(set(blob_digests))
+    ]
+    statements = [
+        {
+            "Sid": "ReadBundleObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": objects,
+        },
+        {
+            "Sid": "FindTheManifestVersion",
+            "Effect": "Allow",
+            "Action": "s3:ListBucketVersions",
+            "Resource": bucket_arn,
+            "Condition": {"StringEquals": {"s3:prefix": manifest}},
+        },
+        {
+            "Sid": "DecryptThroughS3",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+        },
+    ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+class ArtifactStore(pulumi.ComponentResource):
+    """The bucket bundles are published to: versioned, Object Lock with a default retention
+    (COMPLIANCE in production), SSE-KMS with a customer managed key and bucket key, every
+    public access blocked, bucket-owner-enforced, TLS only, KMS-only puts, no overwrites,
+    no deletes, incomplete multipart uploads aborted after 7 days, and server access logs
+    to a separate bucket (a lock-enabled bucket cannot receive access logs).
+
+    Children: ``{name}-key`` KMS Key (rotated) and ``{name}-key`` Alias, ``{name}`` Bucket
+    (protected), ``{name}-versioning``, ``{name}-object-lock``, ``{name}-encryption``,
+    ``{name}-public-access``, ``{name}-ownership``, ``{name}-lifecycle``, ``{name}-logging``,
+    ``{name}-policy``, and ``{name}-access-logs`` LogBucket.
+    """
+
+    bucket_name: pulumi.Output[str]
+    """The artifact bucket's name: pass it to ``weightshift bundle publish --bucket``."""
+    bucket_arn: pulumi.Output[str]
+    """The artifact bucket's ARN."""
+    key_arn: pulumi.Output[str]
+    """The customer managed KMS key that encrypts every object."""
+    ready: list[pulumi.Resource]
+    """Every setting that must hold before a bundle is published or read: depend on these."""
+
+    def __init__(
+        self, name: str, args: ArtifactStoreArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("weightshift:index:ArtifactStore", name, None, opts)
+        self._region = args.region
+        settings = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        keep = pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True)
+        key = aws.kms.Key(
+            f"{name}-key",
+            description="weightshift artifact bundles",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            opts=keep,
+        )
+        aws.kms.Alias(
+            f"{name}-key",
+            name_prefix="alias/weightshift-artifacts-",
+            target_key_id=key.key_id,
+            opts=child,
+        )
+        bucket = aws.s3.Bucket(name, object_lock_enabled=True, force_destroy=False, opts=keep)
+        versioning = aws.s3.BucketVersioning(
+            f"{name}-versioning",
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
+                status="Enabled"
+            ),
+            opts=child,
+        )
+        lock = aws.s3.BucketObjectLockConfiguration(
+            f"{name}-object-lock",
+            bucket=bucket.id,
+            object_lock_enabled="Enabled",
+            rule=aws.s3.BucketObjectLockConfigurationRuleArgs(
+                default_retention=aws.s3.BucketObjectLockConfigurationRuleDefaultRetentionArgs(
+                    mode=settings.retention_mode, days=settings.retention_days
+                )
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
+        )
+        encryption = aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-encryption",
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="aws:kms", kms_master_key_id=key.arn
+                    ),
+                    bucket_key_enabled=True,
+                )
+            ],
+            opts=child,
+        )
+        public = aws.s3.BucketPublicAccessBlock(
+            f"{name}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        ownership = aws.s3.BucketOwnershipControls(
+            f"{name}-ownership",
+            bucket=bucket.id,
+            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            opts=child,
+        )
+        lifecycle = aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle",
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="abort-incomplete-uploads",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=7
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        logs = LogBucket(
+            f"{name}-access-logs",
+            LogBucketArgs(
+                region=args.region,
+                partition=args.partition,
+                retention_days=settings.access_log_retention_days,
+                s3_prefix="s3",
+                s3_sources=[bucket.arn],
+            ),
+            opts=child,
+        )
+        logging = aws.s3.BucketLogging(
+            f"{name}-logging",
+            bucket=bucket.id,
+            target_bucket=logs.bucket,
+            target_prefix="s3/",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.ready]),
+        )
+        policy = aws.s3.BucketPolicy(
+            f"{name}-policy",
+            bucket=bucket.id,
+            policy=pulumi.Output.all(bucket.arn, key.arn).apply(
+                lambda arns: bucket_policy(arns[0], arns[1])
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[public]),
+        )
+        self.bucket_name = bucket.bucket
+        self.bucket_arn = bucket.arn
+        self.key_arn = key.arn
+        self.ready = [versioning, lock, encryption, public, ownership, lifecycle, logging, policy]
+        self.register_outputs(
+            {
+                "bucket_name": self.bucket_name,
+                "bucket_arn": self.bucket_arn,
+                "key_arn": self.key_arn,
+            }
+        )
+
+    def read_policy(self, bundle: BundleId, blob_digests: Sequence[str]) -> pulumi.Output[str]:
+        """A read-only IAM policy document for one bundle (its manifest and blobs)."""
+        return pulumi.Output.all(self.bucket_arn, self.key_arn).apply(
+            lambda arns: bundle_read_policy(arns[0], arns[1], self._region, bundle, blob_digests)
+        )
