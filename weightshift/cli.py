@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weightshift.config import ConfigError
+
+if TYPE_CHECKING:
+    from weightshift.bundle import Manifest
+    from weightshift.store import BundleStore
+    from weightshift.versioning import BundleId
 
 EXIT_USAGE = 2
 
@@ -60,6 +67,162 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 1 if mandatory else 0
 
 
+def _store(args: argparse.Namespace) -> BundleStore:
+    from weightshift.store import BundleStore
+
+    bucket = args.bucket or os.environ.get("WEIGHTSHIFT_BUCKET")
+    if not bucket:
+        raise CommandError("No bucket: pass --bucket NAME or set WEIGHTSHIFT_BUCKET.")
+    return BundleStore(bucket, workers=args.workers)
+
+
+def _bundle_id(text: str) -> BundleId:
+    from weightshift.versioning import BundleId
+
+    return BundleId.parse(text)
+
+
+def cmd_bundle_init(args: argparse.Namespace) -> int:
+    from weightshift.bundle import init_bundle
+
+    todo = init_bundle(Path(args.dir), args.name)
+    print(f"Created a bundle skeleton for {args.name} in {args.dir}. Replace before publishing:")
+    for item in todo:
+        print(f"  - {item}")
+    return 0
+
+
+def cmd_bundle_validate(args: argparse.Namespace) -> int:
+    from weightshift.bundle import load_local
+
+    local = load_local(Path(args.dir))
+    size = sum(entry.size for entry in local.entries)
+    print(
+        f"{args.dir}: valid bundle of {local.metadata.name}, "
+        f"{len(local.entries)} files, {size:,} bytes"
+    )
+    return 0
+
+
+def cmd_bundle_publish(args: argparse.Namespace) -> int:
+    from weightshift.bundle import load_local
+    from weightshift.versioning import Version
+
+    if (args.version is None) == (args.bump is None):
+        raise CommandError("Give exactly one of --version X.Y.Z or --bump auto.")
+    version = Version.parse(args.version) if args.version else None
+    store = _store(args)
+    local = load_local(Path(args.dir))
+    if args.dry_run:
+        plan = store.plan_publish(local, version, auto_bump=args.bump == "auto")
+        report = {
+            "id": str(plan.manifest.id),
+            "requiredBump": plan.required.name if plan.required else None,
+            "reasons": list(plan.reasons),
+            "blobsToUpload": len(plan.missing),
+            "bytesToUpload": sum(plan.missing.values()),
+            "blobsPresent": len(plan.present),
+        }
+        print(
+            json.dumps(report, indent=2) if args.json else f"would publish {report['id']}: {report}"
+        )
+        return 0
+    result = store.publish(local, version, auto_bump=args.bump == "auto")
+    print(json.dumps(result.to_json(), indent=2) if args.json else str(result.id))
+    return 0
+
+
+def cmd_bundle_list(args: argparse.Namespace) -> int:
+    from weightshift.store import iter_published
+
+    rows = [
+        {
+            "id": str(p.manifest.id),
+            "publishedAt": p.published_at,
+            "bytes": p.manifest.size,
+            "files": len(p.manifest.files),
+        }
+        for p in iter_published(_store(args), args.name)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no published versions of {args.name}")
+    for row in [] if args.json else rows:
+        print(f"{row['id']}  {row['publishedAt']}  {row['files']} files  {row['bytes']:,} bytes")
+    return 0
+
+
+def cmd_bundle_show(args: argparse.Namespace) -> int:
+    published = _store(args).resolve(_bundle_id(args.id))
+    manifest = published.manifest
+    document = {
+        "id": str(manifest.id),
+        "digest": manifest.digest,
+        "publishedAt": published.published_at,
+        "bytes": manifest.size,
+        "metadata": dict(manifest.metadata),
+        "files": [entry.to_json() for entry in manifest.files],
+    }
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(f"{manifest.id}  published {published.published_at}  {manifest.size:,} bytes")
+    for key in ("base_model", "architecture", "parent_version", "source_commit"):
+        print(f"  {key}: {manifest.metadata.get(key)}")
+    for entry in manifest.files:
+        print(f"  {entry.sha256[:12]}  {entry.size:>14,}  {entry.path}")
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    bundle = _bundle_id(args.id)
+    problems = _store(args).verify(bundle)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    print(f"{bundle}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def cmd_bundle_pull(args: argparse.Namespace) -> int:
+    manifest = _store(args).pull(_bundle_id(args.id), Path(args.dest))
+    print(f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {args.dest}")
+    return 0
+
+
+def _manifest_of(ref: str, args: argparse.Namespace) -> Manifest:
+    from weightshift.bundle import load_local
+    from weightshift.versioning import Version
+
+    if Path(ref).is_dir():
+        local = load_local(Path(ref))
+        return local.manifest(Version(0, 0, 0))
+    return _store(args).resolve(_bundle_id(ref)).manifest
+
+
+def cmd_bundle_diff(args: argparse.Namespace) -> int:
+    from weightshift.bundle import diff
+
+    change = diff(_manifest_of(args.a, args), _manifest_of(args.b, args))
+    if args.json:
+        print(json.dumps(change.to_json(), indent=2))
+        return 0
+    for part in change.changes:
+        for kind, paths in (("+", part.added), ("-", part.removed), ("~", part.changed)):
+            for path in paths:
+                print(f"{kind} {part.part}: {path}")
+    print(f"required bump: {change.bump.name if change.bump else 'none (identical)'}")
+    for reason in change.reasons:
+        print(f"  {reason}")
+    return 0
+
+
+def _bucket_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", help="the artifact bucket (default: $WEIGHTSHIFT_BUCKET)")
+    parser.add_argument("--workers", type=int, default=8, help="parallel transfers (default 8)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stack", default="prod", help="stack name: reads Pulumi.<stack>.yaml (default: prod)"
@@ -108,6 +271,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _stack_options(policy_check)
     policy_check.set_defaults(func=cmd_policy_check)
+
+    bundle = commands.add_parser("bundle", help="artifact bundles: create, publish, inspect, pull")
+    sub = bundle.add_subparsers(dest="bundle_command", required=True, metavar="COMMAND")
+    init = sub.add_parser("init", help="write a valid skeleton bundle to fill in")
+    init.add_argument("dir")
+    init.add_argument("--name", required=True, help="the model name (lowercase, digits, hyphens)")
+    init.set_defaults(func=cmd_bundle_init)
+    check = sub.add_parser("validate", help="check a bundle folder's layout and schemas offline")
+    check.add_argument("dir")
+    check.set_defaults(func=cmd_bundle_validate)
+    publish = sub.add_parser("publish", help="publish a bundle folder as a new immutable version")
+    publish.add_argument("dir")
+    publish.add_argument(
+        "--version", help="X.Y.Z; must exceed the latest by at least the required bump"
+    )
+    publish.add_argument("--bump", choices=["auto"], help="auto: the smallest legal next version")
+    publish.add_argument("--dry-run", action="store_true", help="check and report; upload nothing")
+    _bucket_options(publish)
+    publish.set_defaults(func=cmd_bundle_publish)
+    listing = sub.add_parser("list", help="published versions of a model")
+    listing.add_argument("name")
+    _bucket_options(listing)
+    listing.set_defaults(func=cmd_bundle_list)
+    show = sub.add_parser("show", help="a published bundle's metadata and files")
+    show.add_argument("id")
+    _bucket_options(show)
+    show.set_defaults(func=cmd_bundle_show)
+    verify = sub.add_parser("verify", help="check every blob's hash and lock; exit 1 on a problem")
+    verify.add_argument("id")
+    _bucket_options(verify)
+    verify.set_defaults(func=cmd_bundle_verify)
+    pull = sub.add_parser("pull", help="download a bundle, verified, into a new folder (atomic)")
+    pull.add_argument("id")
+    pull.add_argument("dest")
+    _bucket_options(pull)
+    pull.set_defaults(func=cmd_bundle_pull)
+    compare = sub.add_parser("diff", help="changed parts between two bundles and the bump required")
+    compare.add_argument("a", help="a bundle folder or a published id")
+    compare.add_argument("b", help="a bundle folder or a published id")
+    _bucket_options(compare)
+    compare.set_defaults(func=cmd_bundle_diff)
     return parser
 
 
@@ -116,12 +320,21 @@ def _paragraph(message: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError
+
+    from weightshift.bundle import BundleError
+    from weightshift.store import StoreError
     from weightshift.synth import SynthError
+    from weightshift.versioning import VersionError
 
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except (CommandError, ConfigError, SynthError) as error:
+    except BotoCoreError as error:
+        message = f"AWS request failed: {error}. Check credentials, region and AWS_ENDPOINT_URL."
+        print(f"weightshift {args.command}: error: {_paragraph(message)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CommandError, ConfigError, SynthError, BundleError, StoreError, VersionError) as error:
         print(f"weightshift {args.command}: error: {_paragraph(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
