@@ -1,15 +1,19 @@
-"""Shared fixtures: the project folder and its production stack config."""
+"""Shared fixtures: the project folder, its production stack config, an emulated bucket."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
 
 PROJECT = Path(__file__).resolve().parent.parent
+BUCKET = "weightshift-artifacts-test"
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,42 @@ def listener_weights(graph: Graph) -> dict[str, int]:
     assert action["type"] == "forward"
     by_arn = {group["arn"]: group["weight"] for group in action["forward"]["targetGroups"]}
     return {target: by_arn[arn] for target, arn in graph.outputs["targetGroupArns"].items()}
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for var, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+        client.put_object_lock_configuration(
+            Bucket=BUCKET,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}},
+            },
+        )
+        key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
+        client.put_bucket_encryption(
+            Bucket=BUCKET,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": "aws:kms",
+                            "KMSMasterKeyID": key,
+                        },
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
+        )
+        yield client

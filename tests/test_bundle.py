@@ -113,6 +113,14 @@ def test_symlinks_are_refused(bundle: Path, tmp_path: Path) -> None:
     assert any("link.json: only regular files" in p for p in problems)
 
 
+def test_files_that_would_collide_in_the_serving_layout_are_refused(bundle: Path) -> None:
+    (bundle / "model/weights/config.json").write_text("{}")
+    _, _, problems = validate(bundle)
+    assert any(
+        "model/weights/config.json: same file name as model/config.json" in p for p in problems
+    )
+
+
 def test_hashing_matches_hashlib_and_runs_files_in_parallel(tmp_path: Path) -> None:
     import hashlib
 

@@ -3,62 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
+from tests.conftest import BUCKET
 from weightshift.bundle import init_bundle, load_local
 from weightshift.store import BundleStore, StoreError, blob_key, manifest_key
 from weightshift.versioning import BundleId, Version
 
 MiB = 1024 * 1024
-BUCKET = "weightshift-artifacts-test"
 NAME = "support-assistant"
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for var, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-        client.put_object_lock_configuration(
-            Bucket=BUCKET,
-            ObjectLockConfiguration={
-                "ObjectLockEnabled": "Enabled",
-                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}},
-            },
-        )
-        key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
-        client.put_bucket_encryption(
-            Bucket=BUCKET,
-            ServerSideEncryptionConfiguration={
-                "Rules": [
-                    {
-                        "ApplyServerSideEncryptionByDefault": {
-                            "SSEAlgorithm": "aws:kms",
-                            "KMSMasterKeyID": key,
-                        },
-                        "BucketKeyEnabled": True,
-                    }
-                ]
-            },
-        )
-        yield client
 
 
 def make_store(s3: Any, **kwargs: Any) -> BundleStore:
@@ -117,6 +75,24 @@ def test_publish_then_pull_is_byte_identical(
     assert files_of(dest) == files_of(bundle)
     assert store.verify(result.id) == []
     assert [str(p.manifest.id) for p in [store.resolve(result.id)]] == [str(result.id)]
+
+
+def test_pull_can_link_the_serving_layout_without_copying(
+    store: BundleStore, bundle: Path, tmp_path: Path
+) -> None:
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    dest = tmp_path / "served"
+    store.pull(result.id, dest, serving_layout=True)
+    served = sorted(p.name for p in (dest / "hf").iterdir())
+    assert served == [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "tokenizer_config.json",
+    ]
+    shard = dest / "model/weights/model-00001-of-00002.safetensors"
+    assert (dest / "hf" / shard.name).stat().st_ino == shard.stat().st_ino
+    assert (dest / "hf/config.json").read_bytes() == (bundle / "model/config.json").read_bytes()
 
 
 def test_every_published_object_is_locked_and_encrypted(

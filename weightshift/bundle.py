@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -311,6 +312,16 @@ def validate(root: Path) -> tuple[list[str], Metadata | None, list[str]]:
             _json(root / rel, problems, rel)
         if rel.startswith("prompt/few_shot/"):
             _few_shot(root / rel, rel, problems)
+    served: dict[str, str] = {}
+    for rel in files:
+        if rel == "model/config.json" or rel.startswith(("model/weights/", "model/tokenizer/")):
+            name = PurePosixPath(rel).name
+            if name in served:
+                problems.append(
+                    f"{rel}: same file name as {served[name]}; the serving layout puts the "
+                    "model's config, weights and tokenizer side by side, so rename one"
+                )
+            served[name] = rel
     if (
         isinstance(metadata, Metadata)
         and isinstance(model_config, ModelConfig)
@@ -497,6 +508,40 @@ def load_local(
         )
     entries = tuple(FileEntry(rel, hashed[rel][1], hashed[rel][0]) for rel in files)
     return LocalBundle(root, metadata, entries, stamps)
+
+
+SERVING_DIR = "hf"
+
+
+def link_serving_layout(root: Path) -> Path:
+    """Link the model's files side by side in ``root/hf`` (the Hugging Face layout servers
+    such as vLLM load: config.json, weight shards and tokenizer files in one folder).
+
+    Hard links, so no byte is copied; two files that would land on one name are refused.
+    """
+    target = root / SERVING_DIR
+    sources = [root / "model/config.json"]
+    for folder in ("model/weights", "model/tokenizer"):
+        sources += sorted(p for p in (root / folder).rglob("*") if p.is_file())
+    placed: dict[str, Path] = {}
+    for source in sources:
+        name = source.name
+        if name in placed:
+            raise BundleError(
+                [
+                    f"{source.relative_to(root)} and {placed[name].relative_to(root)} would both "
+                    f"be {SERVING_DIR}/{name} in the serving layout: rename one"
+                ],
+                f"bundle {root}",
+            )
+        placed[name] = source
+    target.mkdir()
+    for name, source in placed.items():
+        try:
+            os.link(source, target / name)
+        except OSError:
+            shutil.copyfile(source, target / name)
+    return target
 
 
 # --- diff and bump rules -------------------------------------------------------------------

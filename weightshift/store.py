@@ -42,6 +42,7 @@ from weightshift.bundle import (
     Manifest,
     canonical,
     diff,
+    link_serving_layout,
 )
 from weightshift.versioning import Bump, BundleId, Version
 
@@ -741,7 +742,7 @@ class BundleStore:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return [problem for problems in pool.map(check, sorted(blobs)) for problem in problems]
 
-    def pull(self, bundle: BundleId, dest: Path) -> Manifest:
+    def pull(self, bundle: BundleId, dest: Path, serving_layout: bool = False) -> Manifest:
         """Download ``bundle`` to ``dest`` (which must not exist), verifying every hash; atomic."""
         if dest.exists():
             raise StoreError(
@@ -783,6 +784,8 @@ class BundleStore:
 
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 list(pool.map(fetch, sorted(by_blob)))
+            if serving_layout:
+                link_serving_layout(staging)
             os.replace(staging, dest)
         except ClientError as error:
             shutil.rmtree(staging, ignore_errors=True)
