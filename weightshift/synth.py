@@ -32,9 +32,12 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, se
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from weightshift.catalog import OFFLINE_CATALOG, BundleCatalog, LocalCatalog
 from weightshift.config import NAMESPACE, StackConfig, load
 
 OFFLINE_ACCOUNT = "123456789012"
+DEFAULT_CATALOG = "bundles"
+"""The offline catalog's folder in the project: ``bundles/<name>/v<X.Y.Z>/``."""
 """The account id mocked resources report; never a real account."""
 
 
@@ -237,6 +240,17 @@ def mocked_state(
         resource_id = f"subnet-{h[:17]}"
     elif type_ == "aws:ec2/securityGroup:SecurityGroup":
         resource_id = f"sg-{h[:17]}"
+    elif type_ == "aws:eks/cluster:Cluster":
+        state.update(
+            endpoint=f"https://{h[:32].upper()}.gr7.{region}.eks.amazonaws.com",
+            certificateAuthority={
+                "data": "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2c9PQ=="
+            },
+            vpcConfig={**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{h[:17]}"},
+        )
+    elif type_ == "aws:ec2/launchTemplate:LaunchTemplate":
+        resource_id = f"lt-{h[:17]}"
+        state.update(latestVersion=1)
     if "arn" not in state:
         state["arn"] = f"arn:{partition}:{service}:{region}:{OFFLINE_ACCOUNT}:{kind}/{resource_id}"
     state.setdefault("name", inputs.get("name") or f"{name}-{h[:7]}")
@@ -318,18 +332,36 @@ def _pulumi_config(values: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def synthesize(project: Path, stack: str, values: Mapping[str, Any]) -> Graph:
+def offline_catalog(project: Path, folder: Path | None = None) -> LocalCatalog:
+    """The local bundle folders synthesis reads manifests from (default: ``bundles/``)."""
+    return LocalCatalog(folder if folder is not None else project / DEFAULT_CATALOG)
+
+
+def synthesize(
+    project: Path,
+    stack: str,
+    values: Mapping[str, Any],
+    catalog: BundleCatalog | None = None,
+) -> Graph:
     """Run the program of ``project`` for ``stack`` with config ``values``, offline.
 
     The config is validated first, so a bad value fails with the config's own
-    message before the program starts.
+    message before the program starts. Bundle manifests come from ``catalog``
+    (default: the project's ``bundles/`` folder), never from S3.
     """
     config = load(values, source=f"config of stack {stack}")
     context = contextvars.Context()
-    return context.run(_run, project, stack, config, values)
+    return context.run(_run, project, stack, config, values, catalog or offline_catalog(project))
 
 
-def _run(project: Path, stack: str, config: StackConfig, values: Mapping[str, Any]) -> Graph:
+def _run(
+    project: Path,
+    stack: str,
+    config: StackConfig,
+    values: Mapping[str, Any],
+    catalog: BundleCatalog,
+) -> Graph:
+    OFFLINE_CATALOG.set(catalog)
     mocks = OfflineMocks(config.region, config.partition)
     monitor = RecordingMonitor(mocks)
     set_mocks(mocks, project=project_name(project), stack=stack, preview=False, monitor=monitor)
@@ -362,7 +394,12 @@ def _run(project: Path, stack: str, config: StackConfig, values: Mapping[str, An
     )
 
 
-def synthesize_stack(project: Path, stack: str, overrides: Sequence[str] = ()) -> Graph:
+def synthesize_stack(
+    project: Path,
+    stack: str,
+    overrides: Sequence[str] = (),
+    catalog: BundleCatalog | None = None,
+) -> Graph:
     """Synthesize ``Pulumi.<stack>.yaml`` with ``--set`` overrides applied."""
     values = apply_overrides(stack_config(project, stack), overrides)
-    return synthesize(project, stack, values)
+    return synthesize(project, stack, values, catalog)

@@ -1,0 +1,129 @@
+"""Where the program reads the manifests of the bundles it deploys.
+
+The inference stacks need, at deploy time, a bundle's manifest (the blobs its pods may
+read, its size) and its generation parameters (the server's arguments, visible in review).
+``pulumi up`` and ``pulumi preview`` read them from the artifact bucket with the deployer's
+credentials (:class:`S3Catalog`); ``weightshift synth`` and ``plan`` read them from local
+bundle folders, ``<root>/<name>/v<X.Y.Z>/`` (:class:`LocalCatalog`), so reviews need no
+credentials. Either way the manifest's digest must match the hash in the configured id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from weightshift.bundle import BundleError, Generation, Manifest, load_local
+from weightshift.store import BundleStore, StoreError, blob_key
+from weightshift.versioning import BundleId
+
+GENERATION_PATH = "config/generation.json"
+
+
+class CatalogError(Exception):
+    """A configured bundle cannot be read; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class ResolvedBundle:
+    """What the program needs of one bundle."""
+
+    id: BundleId
+    manifest: Manifest
+    generation: Generation
+
+    @property
+    def blob_digests(self) -> list[str]:
+        return sorted(self.manifest.blobs())
+
+
+class BundleCatalog(Protocol):
+    def resolve(self, bundle: BundleId) -> ResolvedBundle: ...
+
+
+def _generation(bundle: BundleId, data: bytes) -> Generation:
+    try:
+        return Generation.model_validate(json.loads(data))
+    except ValueError as exc:
+        raise CatalogError(f"{bundle}: {GENERATION_PATH} is not valid ({exc}).") from None
+
+
+def _check_id(bundle: BundleId, manifest: Manifest, where: str) -> None:
+    if manifest.id != bundle:
+        raise CatalogError(
+            f"{where} holds {manifest.id}, not {bundle}: the hash in the configured id does not "
+            "match the bundle's content. Use the id `weightshift bundle publish` printed."
+        )
+
+
+class LocalCatalog:
+    """Bundle folders on disk: ``<root>/<name>/v<X.Y.Z>/`` (the offline catalog)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[BundleId, ResolvedBundle] = {}
+
+    def resolve(self, bundle: BundleId) -> ResolvedBundle:
+        if bundle in self._cache:
+            return self._cache[bundle]
+        folder = self.root / bundle.name / f"v{bundle.version}"
+        if not folder.is_dir():
+            raise CatalogError(
+                f"{bundle} is not in the offline catalog: {folder} does not exist. Put the "
+                "bundle folder there (small placeholder weights will do), or point --catalog "
+                "at the folder that holds it."
+            )
+        try:
+            local = load_local(folder)
+        except BundleError as error:
+            raise CatalogError(str(error)) from None
+        manifest = local.manifest(bundle.version)
+        _check_id(bundle, manifest, str(folder))
+        resolved = ResolvedBundle(
+            bundle, manifest, _generation(bundle, (folder / GENERATION_PATH).read_bytes())
+        )
+        self._cache[bundle] = resolved
+        return resolved
+
+
+class S3Catalog:
+    """The artifact bucket, through :class:`weightshift.store.BundleStore`."""
+
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.store = BundleStore(bucket, client)
+
+    def resolve(self, bundle: BundleId) -> ResolvedBundle:
+        try:
+            published = self.store.resolve(bundle)
+        except StoreError as error:
+            raise CatalogError(
+                f"{error} Publish the bundle before naming it in the stack config."
+            ) from None
+        manifest = published.manifest
+        entry = manifest.by_path().get(GENERATION_PATH)
+        if entry is None:
+            raise CatalogError(f"{bundle} has no {GENERATION_PATH}.")
+        args: dict[str, Any] = {"Bucket": self.store.bucket, "Key": blob_key(entry.sha256)}
+        if published.blob_versions.get(entry.sha256):
+            args["VersionId"] = published.blob_versions[entry.sha256]
+        data = self.store.s3.get_object(**args)["Body"].read()
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise CatalogError(
+                f"{blob_key(entry.sha256)} ({GENERATION_PATH} of {bundle}) does not match its "
+                f"hash: run `weightshift bundle verify {bundle}`."
+            )
+        return ResolvedBundle(bundle, manifest, _generation(bundle, data))
+
+
+OFFLINE_CATALOG: ContextVar[BundleCatalog | None] = ContextVar("OFFLINE_CATALOG", default=None)
+"""Set by ``weightshift synth`` for the run it makes; unset under ``pulumi up``."""
+
+
+def catalog_for(bucket: str) -> BundleCatalog:
+    """The offline catalog during ``weightshift synth``; otherwise the artifact bucket."""
+    offline = OFFLINE_CATALOG.get()
+    return offline if offline is not None else S3Catalog(bucket)
