@@ -1,7 +1,8 @@
 """weightshift: one model's rollout on AWS.
 
 Deploys the artifact store (the Object-Locked bucket every bundle is published to),
-the network, and an Application Load Balancer whose HTTPS listener splits
+the network, the GPU cluster, one inference stack per colour that has a version, and an
+Application Load Balancer whose HTTPS listener splits
 requests between the blue and green inference stacks by weight. The weights
 come from the configured strategy and stage (``weightshift:rollout``), so a
 rollout stage is one ``pulumi up`` that changes only the listener.
@@ -12,10 +13,13 @@ import pulumi
 import pulumi_aws as aws
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
+from components.gpu_cluster import GpuCluster, GpuClusterArgs
+from components.inference_stack import InferenceStack, InferenceStackArgs
 from components.network import Network, NetworkArgs
 from components.traffic import Traffic, TrafficArgs
+from weightshift.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
-from weightshift.stages import Strategy, stage_of, weights_for
+from weightshift.stages import Colour, Strategy, stage_of, weights_for
 
 
 def read_config() -> StackConfig:
@@ -30,7 +34,24 @@ def read_config() -> StackConfig:
         raise pulumi.RunError(str(error)) from None
 
 
+def resolve_bundles(config: StackConfig) -> dict[Colour, ResolvedBundle]:
+    """The manifest and generation parameters of each colour's bundle (a colour with no
+    version is not deployed)."""
+    catalog = catalog_for(config.artifacts.bucket_name)
+    resolved: dict[Colour, ResolvedBundle] = {}
+    for colour in Colour:
+        bundle = config.colour(colour).bundle
+        if bundle is None:
+            continue
+        try:
+            resolved[colour] = catalog.resolve(bundle)
+        except CatalogError as error:
+            raise pulumi.RunError(f"weightshift:{colour.value}.version: {error}") from None
+    return resolved
+
+
 config = read_config()
+bundles = resolve_bundles(config)
 rollout = config.rollout
 stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
 weights = weights_for(rollout.strategy, rollout.stage, rollout.candidate, rollout.mirror_percent)
@@ -74,7 +95,62 @@ traffic = Traffic(
     opts=with_provider,
 )
 
+cluster = GpuCluster(
+    "cluster",
+    GpuClusterArgs(
+        settings=config.cluster,
+        vpc_id=network.vpc_id,
+        subnet_ids=network.private_subnet_ids,
+        target_group_arns=pulumi.Output.all(*traffic.target_group_arns.values()),
+        region=config.region,
+        partition=config.partition,
+    ),
+    opts=with_provider,
+)
+alb_subnet_cidrs = (
+    network.private_subnet_cidrs if config.traffic.internal else network.public_subnet_cidrs
+)
+# The same code and serving config for both colours: they differ only in colour, names,
+# bundle and replicas.
+stacks = {
+    colour: InferenceStack(
+        colour.value,
+        InferenceStackArgs(
+            colour=colour,
+            model=config.model,
+            bundle=bundle,
+            replicas=config.colour(colour).replicas,
+            serving=config.serving,
+            port=config.traffic.serving_port,
+            health_path=config.traffic.health_check_path,
+            deregistration_delay_seconds=config.traffic.deregistration_delay_seconds,
+            target_group_arn=traffic.target_group_arns[colour.value],
+            bucket_name=artifacts.bucket_name,
+            bucket_arn=artifacts.bucket_arn,
+            key_arn=artifacts.key_arn,
+            cluster_name=cluster.cluster_name,
+            cluster_security_group_id=cluster.security_group_id,
+            alb_security_group_id=traffic.security_group_id,
+            alb_subnet_cidrs=alb_subnet_cidrs,
+            gpu_node_labels=cluster.gpu_node_labels,
+            region=config.region,
+            depends_on=cluster.ready,
+        ),
+        provider=cluster.kubernetes,
+        opts=with_provider,
+    )
+    for colour, bundle in sorted(bundles.items(), key=lambda item: item[0].value)
+}
+
 pulumi.export("endpoint", traffic.dns_name)
+pulumi.export("cluster", cluster.cluster_name)
+pulumi.export(
+    "inference",
+    {
+        colour.value: {"namespace": stack.namespace, "bundle": str(bundles[colour].id)}
+        for colour, stack in stacks.items()
+    },
+)
 pulumi.export("artifactBucket", artifacts.bucket_name)
 pulumi.export("artifactKeyArn", artifacts.key_arn)
 pulumi.export("listenerArn", traffic.listener_arn)

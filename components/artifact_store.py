@@ -165,7 +165,13 @@ class ArtifactStore(pulumi.ComponentResource):
             target_key_id=key.key_id,
             opts=child,
         )
-        bucket = aws.s3.Bucket(name, object_lock_enabled=True, force_destroy=False, opts=keep)
+        bucket = aws.s3.Bucket(
+            name,
+            bucket=settings.bucket_name,
+            object_lock_enabled=True,
+            force_destroy=False,
+            opts=keep,
+        )
         versioning = aws.s3.BucketVersioning(
             f"{name}-versioning",
             bucket=bucket.id,

@@ -48,6 +48,10 @@ class Network(pulumi.ComponentResource):
     """Subnets for nodes, pods and an internal load balancer."""
     nat_public_ips: pulumi.Output[list[str]]
     """Egress addresses of the NAT gateways (empty for an existing VPC)."""
+    public_subnet_cidrs: list[str]
+    """The public subnets' blocks (known before deployment)."""
+    private_subnet_cidrs: list[str]
+    """The private subnets' blocks (known before deployment)."""
 
     def __init__(
         self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -61,6 +65,8 @@ class Network(pulumi.ComponentResource):
             self.public_subnet_ids = pulumi.Output.from_input(list(settings.public_subnet_ids))
             self.private_subnet_ids = pulumi.Output.from_input(list(settings.private_subnet_ids))
             self.nat_public_ips = pulumi.Output.from_input([])
+            self.public_subnet_cidrs = list(settings.public_subnet_cidrs)
+            self.private_subnet_cidrs = list(settings.private_subnet_cidrs)
         else:
             self._create(name, settings)
         self.register_outputs(
@@ -78,6 +84,7 @@ class Network(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         zones = settings.availability_zones
         public_cidrs, private_cidrs = carve(settings.cidr, len(zones))
+        self.public_subnet_cidrs, self.private_subnet_cidrs = public_cidrs, private_cidrs
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block=settings.cidr,

@@ -94,7 +94,7 @@ def test_access_logs_go_to_a_separate_unlocked_bucket_only_this_bucket_writes(gr
     delivery = next(s for s in policy["Statement"] if s["Sid"] == "S3ServerAccessLogDelivery")
     assert delivery["Principal"] == {"Service": "logging.s3.amazonaws.com"}
     (source,) = delivery["Condition"]["ArnLike"]["aws:SourceArn"]
-    assert source.startswith("arn:aws:s3:::artifacts-")
+    assert source == "arn:aws:s3:::support-assistant-artifacts-210987654321-use1"
     assert source != f"arn:aws:s3:::{logging['targetBucket']}"
 
 
@@ -106,7 +106,7 @@ def test_incomplete_uploads_are_aborted_and_nothing_published_expires(graph: Gra
 
 
 def test_the_bucket_name_is_a_stack_output(graph: Graph) -> None:
-    assert graph.outputs["artifactBucket"].startswith("artifacts-")
+    assert graph.outputs["artifactBucket"] == "support-assistant-artifacts-210987654321-use1"
     assert graph.outputs["artifactKeyArn"].startswith("arn:aws:kms:")
 
 

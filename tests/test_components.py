@@ -182,7 +182,9 @@ def test_artifact_store_locks_encrypts_blocks_public_access_and_is_tls_only() ->
     store = ArtifactStore(
         "arts1",
         ArtifactStoreArgs(
-            settings=ArtifactsConfig(retention_mode="COMPLIANCE", retention_days=730),
+            settings=ArtifactsConfig(
+                bucket_name="arts1-bucket", retention_mode="COMPLIANCE", retention_days=730
+            ),
             region="eu-west-1",
             partition="aws",
         ),

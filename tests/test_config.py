@@ -171,6 +171,18 @@ def test_the_stable_colour_must_have_a_version(prod_values: dict[str, Any]) -> N
     assert "blue.version is empty, but blue is the stable colour" in found
 
 
+def test_bootstrap_with_no_versions_stays_at_stage_0(prod_values: dict[str, Any]) -> None:
+    empty = with_value(
+        with_value(prod_values, "weightshift:blue", ["version"], None),
+        "weightshift:green",
+        ["version"],
+        None,
+    )
+    assert load(empty).blue.version is None
+    (found,) = problems(with_value(empty, "weightshift:rollout", ["stage"], 1))
+    assert "both empty: only stage 0 is possible" in found
+
+
 def test_a_candidate_without_a_version_may_only_stay_at_stage_0(
     prod_values: dict[str, Any],
 ) -> None:
@@ -201,6 +213,9 @@ def test_existing_vpc_needs_its_block_and_two_subnets_of_each_tier(
     prod_values["weightshift:network"]["vpcCidr"] = "10.0.0.0/16"
     assert "at least two" in " ".join(problems(prod_values))
     prod_values["weightshift:network"]["publicSubnetIds"].append("subnet-0123456789abcdef3")
+    assert "publicSubnetCidrs and privateSubnetCidrs" in " ".join(problems(prod_values))
+    prod_values["weightshift:network"]["publicSubnetCidrs"] = ["10.0.0.0/24", "10.0.1.0/24"]
+    prod_values["weightshift:network"]["privateSubnetCidrs"] = ["10.0.32.0/19", "10.0.64.0/19"]
     assert load(prod_values).network.vpc_id == "vpc-0123456789abcdef0"
 
 
@@ -214,3 +229,53 @@ def test_error_message_is_one_paragraph_saying_nothing_was_deployed(
     assert "\n" not in message
     assert message.startswith("Invalid config of stack prod: weightshift:rollout.stage = 99")
     assert message.endswith("nothing was deployed.")
+
+
+def test_an_unquoted_kubernetes_version_is_refused_with_the_fix(
+    prod_values: dict[str, Any],
+) -> None:
+    (found,) = problems(with_value(prod_values, "weightshift:cluster", ["version"], 1.3))
+    assert found.startswith("weightshift:cluster.version = 1.3: quote the version")
+    (found,) = problems(with_value(prod_values, "weightshift:cluster", ["version"], "1.20"))
+    assert "allowed Kubernetes versions: 1.31, 1.32, 1.33, 1.34, 1.35" in found
+
+
+def test_images_must_be_pinned_by_digest(prod_values: dict[str, Any]) -> None:
+    (found,) = problems(
+        with_value(prod_values, "weightshift:serving", ["image"], "vllm/vllm-openai:latest")
+    )
+    assert found.startswith('weightshift:serving.image = "vllm/vllm-openai:latest": an image')
+    assert "pinned by digest" in found
+
+
+def test_node_group_sizes_and_ami_are_checked(prod_values: dict[str, Any]) -> None:
+    group = prod_values["weightshift:cluster"]["gpuNodeGroups"][0]
+    (found,) = problems(
+        with_value(
+            prod_values, "weightshift:cluster", ["gpuNodeGroups"], [{**group, "minSize": 20}]
+        )
+    )
+    assert "need minSize <= desiredSize <= maxSize (got 20, 12, 16)" in found
+    (found,) = problems(
+        with_value(
+            prod_values,
+            "weightshift:cluster",
+            ["gpuNodeGroups"],
+            [{**group, "amiType": "AL2023_x86_64_STANDARD"}],
+        )
+    )
+    assert "a GPU node group needs one of AL2023_x86_64_NVIDIA, BOTTLEROCKET_x86_64_NVIDIA" in found
+
+
+def test_a_public_api_endpoint_needs_source_cidrs(prod_values: dict[str, Any]) -> None:
+    (found,) = problems(
+        with_value(prod_values, "weightshift:cluster", ["endpointPublicAccess"], True)
+    )
+    assert "endpointPublicAccess needs publicAccessCidrs" in found
+
+
+def test_the_artifact_bucket_name_is_checked(prod_values: dict[str, Any]) -> None:
+    (found,) = problems(
+        with_value(prod_values, "weightshift:artifacts", ["bucketName"], "Bad.Bucket")
+    )
+    assert found.startswith('weightshift:artifacts.bucketName = "Bad.Bucket": an S3 bucket name')

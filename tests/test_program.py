@@ -21,8 +21,8 @@ CANDIDATE_SETS = {
     Colour.GREEN: [],
     Colour.BLUE: [
         "rollout.candidate=blue",
-        "blue.version=support-assistant/v1.5.0-a1b2c3d4e5f6",
-        "green.version=support-assistant/v1.4.2-3f9a1c2b7d4e",
+        "blue.version=support-assistant/v1.5.0-d93b4b8ffe77",
+        "green.version=support-assistant/v1.4.2-827fdc9cd556",
     ],
 }
 CASES = [
@@ -182,6 +182,7 @@ def test_alb_security_group_opens_only_client_ports_and_the_serving_port_to_the_
     ingress = sorted(
         r.inputs["fromPort"]
         for r in graph.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.name.startswith("traffic-")
     )
     assert ingress == [80, 443]
     (egress,) = graph.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
@@ -227,7 +228,9 @@ def test_existing_vpc_creates_no_network_resources() -> None:
     graph = synth(
         "network={vpcId: vpc-0123456789abcdef0, vpcCidr: 10.9.0.0/16, "
         "publicSubnetIds: [subnet-00000000000000001, subnet-00000000000000002], "
-        "privateSubnetIds: [subnet-00000000000000003, subnet-00000000000000004]}"
+        "privateSubnetIds: [subnet-00000000000000003, subnet-00000000000000004], "
+        "publicSubnetCidrs: [10.9.0.0/24, 10.9.1.0/24], "
+        "privateSubnetCidrs: [10.9.32.0/19, 10.9.64.0/19]}"
     )
     network = graph.named("network")
     assert [r.name for r in graph.resources if r.parent == network.urn] == []

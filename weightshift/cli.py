@@ -15,6 +15,7 @@ from weightshift.config import ConfigError
 
 if TYPE_CHECKING:
     from weightshift.bundle import Manifest
+    from weightshift.catalog import LocalCatalog
     from weightshift.store import BundleStore
     from weightshift.versioning import BundleId
 
@@ -31,10 +32,17 @@ def _project(args: argparse.Namespace) -> Path:
     return find_project(Path(args.project) if args.project else Path.cwd())
 
 
+def _catalog(args: argparse.Namespace, project: Path) -> LocalCatalog:
+    from weightshift.synth import offline_catalog
+
+    return offline_catalog(project, Path(args.catalog) if args.catalog else None)
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from weightshift.synth import synthesize_stack
 
-    graph = synthesize_stack(_project(args), args.stack, args.set)
+    project = _project(args)
+    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project))
     text = json.dumps(graph.to_json(), indent=2, sort_keys=False)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
@@ -46,7 +54,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from weightshift.plan import build_plan, render
 
-    plan = build_plan(_project(args), args.stack, args.set)
+    project = _project(args)
+    plan = build_plan(project, args.stack, args.set, _catalog(args, project))
     print(json.dumps(plan.to_json(), indent=2) if args.json else render(plan))
     return 0
 
@@ -56,7 +65,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     from weightshift.synth import synthesize_stack
 
     project = _project(args)
-    violations = check(synthesize_stack(project, args.stack, args.set), load_policies(project))
+    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project))
+    violations = check(graph, load_policies(project))
     for violation in violations:
         print(violation)
     mandatory = sum(1 for v in violations if v.mandatory)
@@ -185,7 +195,9 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_pull(args: argparse.Namespace) -> int:
-    manifest = _store(args).pull(_bundle_id(args.id), Path(args.dest))
+    manifest = _store(args).pull(
+        _bundle_id(args.id), Path(args.dest), serving_layout=args.serving_layout
+    )
     print(f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {args.dest}")
     return 0
 
@@ -236,6 +248,12 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--project", metavar="DIR", help="the Pulumi project folder (default: found from here up)"
+    )
+    parser.add_argument(
+        "--catalog",
+        metavar="DIR",
+        help="bundle folders <name>/v<X.Y.Z>/ to read the configured bundles' manifests from "
+        "(default: the project's bundles/)",
     )
 
 
@@ -305,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="download a bundle, verified, into a new folder (atomic)")
     pull.add_argument("id")
     pull.add_argument("dest")
+    pull.add_argument(
+        "--serving-layout",
+        action="store_true",
+        help="also link config, weights and tokenizer side by side in DEST/hf for the server",
+    )
     _bucket_options(pull)
     pull.set_defaults(func=cmd_bundle_pull)
     compare = sub.add_parser("diff", help="changed parts between two bundles and the bump required")

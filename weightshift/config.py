@@ -135,6 +135,10 @@ class NetworkConfig(_Model):
     """The existing VPC's block; given, not looked up, so the plan is reviewable offline."""
     public_subnet_ids: tuple[str, ...] = ()
     private_subnet_ids: tuple[str, ...] = ()
+    public_subnet_cidrs: tuple[str, ...] = ()
+    private_subnet_cidrs: tuple[str, ...] = ()
+    """An existing VPC's subnet blocks, in the order of the ids: the pods accept requests
+    only from the load balancer's subnets."""
     cidr: str | None = None
     availability_zones: tuple[str, ...] = ()
     nat_gateways: Literal["single", "per-az"] = "per-az"
@@ -147,6 +151,11 @@ class NetworkConfig(_Model):
             if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet):
                 raise ValueError(f"{subnet!r} is not a subnet id (subnet-0123abcd...)")
         return value
+
+    @field_validator("public_subnet_cidrs", "private_subnet_cidrs")
+    @classmethod
+    def _subnet_cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_network(cidr) for cidr in value)
 
     @field_validator("cidr", "vpc_cidr")
     @classmethod
@@ -183,6 +192,13 @@ class NetworkConfig(_Model):
                     "an existing VPC needs publicSubnetIds and privateSubnetIds, at least two "
                     "each in different zones (an ALB spans two or more zones)"
                 )
+            if len(self.public_subnet_cidrs) != len(self.public_subnet_ids) or len(
+                self.private_subnet_cidrs
+            ) != len(self.private_subnet_ids):
+                raise ValueError(
+                    "an existing VPC needs publicSubnetCidrs and privateSubnetCidrs, the blocks "
+                    "of the subnet ids in the same order (the pods admit only the ALB's subnets)"
+                )
             return self
         if self.cidr is None or len(self.availability_zones) < 2:
             raise ValueError(
@@ -191,9 +207,16 @@ class NetworkConfig(_Model):
             )
         if len(self.availability_zones) > 6:
             raise ValueError("at most 6 availability zones")
-        if self.public_subnet_ids or self.private_subnet_ids or self.vpc_cidr:
+        if (
+            self.public_subnet_ids
+            or self.private_subnet_ids
+            or self.public_subnet_cidrs
+            or self.private_subnet_cidrs
+            or self.vpc_cidr
+        ):
             raise ValueError(
-                "subnet ids and vpcCidr belong to an existing VPC: set vpcId too, or drop them"
+                "subnet ids, subnet blocks and vpcCidr belong to an existing VPC: "
+                "set vpcId too, or drop them"
             )
         return self
 
@@ -253,10 +276,218 @@ class TrafficConfig(_Model):
 class ArtifactsConfig(_Model):
     """The artifact store: the bucket every bundle is published to."""
 
+    bucket_name: str
+    """Named in config, not generated: ``pulumi up`` reads the manifests of the configured
+    bundles from it before declaring the inference stacks."""
+
+    @field_validator("bucket_name")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if (
+            not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", value)
+            or "--" in value
+            or value.startswith(("xn-", "sthree-"))
+            or value.endswith(("-s3alias", "--ol-s3"))
+        ):
+            raise ValueError(
+                "an S3 bucket name: 3-63 lowercase letters, digits and single hyphens "
+                "(no dots: TLS to a dotted bucket name breaks virtual-host addressing)"
+            )
+        return value
+
     retention_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
     """COMPLIANCE: nobody, not even the account root, can delete or shorten a lock."""
     retention_days: int = Field(default=365, ge=1, le=36_500)
     access_log_retention_days: int = Field(default=365, ge=1, le=3653)
+
+
+_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+_LABEL = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_CLUSTER_NAME = re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$")
+
+GPU_AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
+"""AMIs with the NVIDIA driver; only AL2023 needs the device plugin installed (Bottlerocket
+ships it)."""
+
+EKS_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
+"""Kubernetes versions weightshift is tested against (the manifests are validated against
+each one's JSON schema)."""
+
+
+def _image(value: str) -> str:
+    if not _IMAGE_BY_DIGEST.match(value):
+        raise ValueError(
+            "an image pinned by digest, REPOSITORY@sha256:<64 hex> (a tag can move; "
+            "`docker buildx imagetools inspect IMAGE:TAG` prints the digest)"
+        )
+    return value
+
+
+class NodeGroupConfig(_Model):
+    """One managed node group."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    instance_types: tuple[str, ...] = Field(min_length=1, max_length=10)
+    ami_type: str = GPU_AMI_TYPES[0]
+    disk_gib: int = Field(default=200, ge=20, le=16_384)
+    """Encrypted root volume; it also holds the pulled bundle (size it for the weights)."""
+    min_size: int = Field(default=0, ge=0, le=450)
+    desired_size: int = Field(default=2, ge=0, le=450)
+    max_size: int = Field(default=4, ge=1, le=450)
+    gpus_per_node: int = Field(default=1, ge=0, le=16)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("instance_types")
+    @classmethod
+    def _types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for kind in value:
+            if not re.fullmatch(r"[a-z][a-z0-9-]*\.[0-9a-z]+", kind):
+                raise ValueError(f"{kind!r} is not an EC2 instance type such as g6e.12xlarge")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL.match(key) or not _LABEL_VALUE.match(label):
+                raise ValueError(f"label {key}={label!r} is not a valid Kubernetes label")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> NodeGroupConfig:
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise ValueError(
+                f"node group {self.name}: need minSize <= desiredSize <= maxSize "
+                f"(got {self.min_size}, {self.desired_size}, {self.max_size})"
+            )
+        return self
+
+
+class ExistingClusterConfig(_Model):
+    """A cluster made elsewhere. It must already run the EKS Pod Identity agent, GPU nodes
+    labelled ``gpuNodeLabels`` and tainted ``nvidia.com/gpu:NoSchedule`` with the NVIDIA
+    device plugin, and the AWS Load Balancer Controller."""
+
+    name: str
+    endpoint: str = Field(pattern=r"^https://[A-Za-z0-9.-]+$")
+    certificate_authority: str = Field(min_length=20)
+    """Base64 PEM, as ``aws eks describe-cluster`` prints it (certificateAuthority.data)."""
+    security_group_id: str = Field(pattern=r"^sg-[0-9a-f]{8,17}$")
+    """The cluster security group the nodes (and so the pods) use."""
+    gpu_node_labels: dict[str, str] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CLUSTER_NAME.match(value):
+            raise ValueError("an EKS cluster name: letters, digits, - and _, at most 100")
+        return value
+
+
+class ClusterConfig(_Model):
+    """A new EKS cluster with GPU node groups, or ``existing``."""
+
+    existing: ExistingClusterConfig | None = None
+    version: str = "1.33"
+    endpoint_public_access: bool = False
+    """False: the API server is reachable only from inside the VPC (private endpoint)."""
+    public_access_cidrs: tuple[str, ...] = ()
+    log_retention_days: int = Field(default=365, ge=1, le=3653)
+    system_nodes: NodeGroupConfig = NodeGroupConfig(
+        name="system",
+        instance_types=("m7i.xlarge",),
+        ami_type="AL2023_x86_64_STANDARD",
+        disk_gib=50,
+        min_size=2,
+        desired_size=2,
+        max_size=4,
+        gpus_per_node=0,
+    )
+    gpu_node_groups: tuple[NodeGroupConfig, ...] = ()
+    device_plugin_chart_version: str = Field(default="0.17.1", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
+    load_balancer_controller_chart_version: str = Field(
+        default="1.14.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$"
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(
+                'quote the version, e.g. "1.33": YAML reads an unquoted 1.30 as the number 1.3'
+            )
+        if value not in EKS_VERSIONS:
+            raise ValueError(f"allowed Kubernetes versions: {', '.join(EKS_VERSIONS)}")
+        return value
+
+    @field_validator("public_access_cidrs")
+    @classmethod
+    def _public(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_network(cidr) for cidr in value)
+
+    @field_validator("gpu_node_groups")
+    @classmethod
+    def _gpu_groups(cls, value: tuple[NodeGroupConfig, ...]) -> tuple[NodeGroupConfig, ...]:
+        for group in value:
+            if group.ami_type not in GPU_AMI_TYPES:
+                raise ValueError(
+                    f"node group {group.name}: amiType {group.ami_type!r}; a GPU node group "
+                    f"needs one of {', '.join(GPU_AMI_TYPES)}"
+                )
+            if group.gpus_per_node < 1:
+                raise ValueError(f"node group {group.name}: gpusPerNode must be at least 1")
+        if len({group.name for group in value}) != len(value):
+            raise ValueError("node group names must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> ClusterConfig:
+        if self.existing is None and not self.gpu_node_groups:
+            raise ValueError(
+                "a new cluster needs gpuNodeGroups (at least one), or give existing "
+                "to use a cluster made elsewhere"
+            )
+        if self.endpoint_public_access and not self.public_access_cidrs:
+            raise ValueError(
+                "endpointPublicAccess needs publicAccessCidrs (your egress addresses): "
+                "an API server open to the internet is refused"
+            )
+        return self
+
+    @property
+    def gpu_node_labels(self) -> dict[str, str]:
+        """Labels every GPU node carries (the pods' node affinity)."""
+        if self.existing is not None:
+            return dict(self.existing.gpu_node_labels)
+        return {"weightshift.io/pool": "gpu"}
+
+
+class ServingConfig(_Model):
+    """The inference server each colour runs (an OpenAI-compatible server; vLLM by default)."""
+
+    image: str
+    """The server image, pinned by digest."""
+    puller_image: str
+    """An image with weightshift installed (the init container runs `weightshift bundle
+    pull`), pinned by digest."""
+    gpus_per_replica: int = Field(default=1, ge=1, le=16)
+    cpu: str = Field(default="8", pattern=r"^[0-9]+(\.[0-9]+|m)?$")
+    memory: str = Field(default="64Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
+    shared_memory: str = Field(default="16Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    """/dev/shm for tensor-parallel workers."""
+    max_model_len: int | None = Field(default=None, ge=256, le=10_000_000)
+    startup_timeout_seconds: int = Field(default=1800, ge=60, le=7200)
+    """How long loading the weights may take before the pod is restarted."""
+    drain_seconds: int | None = Field(default=None, ge=0, le=3600)
+    """How long a stopping pod keeps answering in-flight requests; default: the target
+    group's deregistration delay."""
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("image", "puller_image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        return _image(value)
 
 
 class StackConfig(_Model):
@@ -269,7 +500,9 @@ class StackConfig(_Model):
     rollout: RolloutConfig
     network: NetworkConfig
     traffic: TrafficConfig
-    artifacts: ArtifactsConfig = ArtifactsConfig()
+    artifacts: ArtifactsConfig
+    cluster: ClusterConfig
+    serving: ServingConfig
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("region")
@@ -319,7 +552,14 @@ class StackConfig(_Model):
                     f"weightshift:model is {self.model!r}"
                 )
         stable, candidate = self.colour(self.rollout.stable), self.colour(self.rollout.candidate)
-        if stable.version is None:
+        bootstrap = stable.version is None and candidate.version is None
+        if bootstrap:
+            if self.rollout.stage != 0:
+                problems.append(
+                    "blue.version and green.version are both empty: only stage 0 is possible "
+                    "until a bundle is published and named as the stable colour's version"
+                )
+        elif stable.version is None:
             problems.append(
                 f"{self.rollout.stable.value}.version is empty, but {self.rollout.stable.value} is "
                 "the stable colour: give it the bundle id now serving production"
@@ -340,7 +580,7 @@ class StackConfig(_Model):
                 weights.mirror > 0 and colour is self.rollout.candidate
             )
             spec = self.colour(colour)
-            if served and (spec.version is None or spec.replicas == 0):
+            if served and not bootstrap and (spec.version is None or spec.replicas == 0):
                 problems.append(
                     f"rollout stage {self.rollout.stage} sends traffic to {colour.value}, "
                     "which has "
@@ -356,7 +596,9 @@ CONFIG_KEYS = tuple(
     field.alias or name for name, field in StackConfig.model_fields.items() if name != "region"
 )
 """The keys under ``weightshift:`` that the program reads."""
-_OBJECT_KEYS = frozenset({"blue", "green", "rollout", "network", "traffic", "artifacts", "tags"})
+_OBJECT_KEYS = frozenset(
+    {"blue", "green", "rollout", "network", "traffic", "artifacts", "cluster", "serving", "tags"}
+)
 
 
 @dataclass(frozen=True)

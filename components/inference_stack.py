@@ -1,0 +1,429 @@
+"""One colour's inference stack: the pods that serve one bundle, registered in its target group.
+
+``__main__.py`` builds it twice, once per colour, from the same code and the same serving
+config: blue and green differ only in colour, names, bundle and replica count (a test
+compares the two graphs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from components.artifact_store import bundle_read_policy
+from components.gpu_cluster import GPU_TAINT_KEY, POD_IDENTITY_TRUST
+from weightshift.catalog import ResolvedBundle
+from weightshift.config import ServingConfig
+from weightshift.stages import Colour
+
+BUNDLE_ROOT = "/bundle"
+SERVING_LAYOUT = "hf"
+"""Inside the pulled bundle: the Hugging Face layout (config, weights, tokenizer side by
+side) that ``weightshift bundle pull --serving-layout`` links for the server."""
+TARGET_GROUP_BINDING_API = "elbv2.k8s.aws/v1beta1"
+
+
+def manifest(fields: dict[str, Any]) -> Any:
+    """Kubernetes fields as a manifest spells them (camelCase). The SDK's typed dicts cannot
+    follow nested literals; the tests validate every object against the Kubernetes JSON
+    schema of the configured version instead."""
+    return fields
+
+
+@dataclass(frozen=True)
+class InferenceStackArgs:
+    colour: Colour
+    model: str
+    bundle: ResolvedBundle
+    replicas: int
+    serving: ServingConfig
+    port: int
+    health_path: str
+    deregistration_delay_seconds: int
+    target_group_arn: pulumi.Input[str]
+    bucket_name: pulumi.Input[str]
+    bucket_arn: pulumi.Input[str]
+    key_arn: pulumi.Input[str]
+    cluster_name: pulumi.Input[str]
+    cluster_security_group_id: pulumi.Input[str]
+    alb_security_group_id: pulumi.Input[str]
+    alb_subnet_cidrs: Sequence[str]
+    gpu_node_labels: dict[str, str]
+    region: str
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+def server_args(args: InferenceStackArgs) -> list[str]:
+    """The OpenAI-compatible server's arguments: the bundle's generation parameters included,
+    so a change to them shows in review as a change to the Deployment."""
+    generation = args.bundle.generation
+    defaults: dict[str, Any] = {
+        "temperature": generation.temperature,
+        "top_p": generation.top_p,
+        "top_k": generation.top_k,
+        "max_new_tokens": generation.max_tokens,
+        "repetition_penalty": generation.repetition_penalty,
+        "presence_penalty": generation.presence_penalty,
+        "frequency_penalty": generation.frequency_penalty,
+    }
+    result = [
+        "--model",
+        f"{BUNDLE_ROOT}/{SERVING_LAYOUT}",
+        "--served-model-name",
+        args.model,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(args.port),
+        "--tensor-parallel-size",
+        str(args.serving.gpus_per_replica),
+        "--generation-config",
+        "vllm",
+        "--override-generation-config",
+        json.dumps(defaults, sort_keys=True),
+    ]
+    if args.serving.max_model_len is not None:
+        result += ["--max-model-len", str(args.serving.max_model_len)]
+    return result + list(args.serving.extra_args)
+
+
+def drain_seconds(args: InferenceStackArgs) -> int:
+    """How long a stopping pod keeps serving: the ALB drains a target this long."""
+    if args.serving.drain_seconds is not None:
+        return args.serving.drain_seconds
+    return args.deregistration_delay_seconds
+
+
+def _ephemeral(size: int) -> str:
+    """Room for the bundle on the node's disk, with 10 % headroom, in MiB."""
+    return f"{max(1024, -(-size * 11 // 10) // 2**20)}Mi"
+
+
+class InferenceStack(pulumi.ComponentResource):
+    """One colour: namespace, Pod Identity role reading only its bundle, service account,
+    Deployment (init container pulls and verifies the bundle; vLLM serves it on the GPU
+    nodes), PodDisruptionBudget, Service, TargetGroupBinding to the colour's target group,
+    a NetworkPolicy admitting only the ALB's subnets on the serving port, and the cluster
+    security group rule admitting the ALB's security group on that port.
+
+    Children: ``{name}-pods`` Role and RolePolicy, ``{name}`` PodIdentityAssociation;
+    ``{name}`` Namespace, ServiceAccount, Deployment, PodDisruptionBudget, Service,
+    TargetGroupBinding, NetworkPolicy; ``{name}-from-alb`` SecurityGroupIngressRule.
+    """
+
+    namespace: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: InferenceStackArgs,
+        provider: k8s.Provider,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("weightshift:index:InferenceStack", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        kube = pulumi.ResourceOptions(
+            parent=self, provider=provider, depends_on=list(args.depends_on)
+        )
+        bundle = args.bundle.id
+        namespace_name = f"{args.model}-{args.colour.value}"[:63]
+        labels = {
+            "app.kubernetes.io/name": args.model,
+            "app.kubernetes.io/instance": namespace_name,
+            "app.kubernetes.io/part-of": "weightshift",
+            "weightshift.io/colour": args.colour.value,
+        }
+        versioned = {**labels, "weightshift.io/version": f"v{bundle.version}-{bundle.digest}"}
+        annotations = {"weightshift.io/bundle": str(bundle)}
+        account = "inference"
+
+        role = aws.iam.Role(f"{name}-pods", assume_role_policy=POD_IDENTITY_TRUST, opts=child)
+        policy = aws.iam.RolePolicy(
+            f"{name}-pods",
+            role=role.id,
+            policy=pulumi.Output.all(args.bucket_arn, args.key_arn).apply(
+                lambda arns: bundle_read_policy(
+                    arns[0], arns[1], args.region, bundle, args.bundle.blob_digests
+                )
+            ),
+            opts=child,
+        )
+        identity = aws.eks.PodIdentityAssociation(
+            name,
+            cluster_name=args.cluster_name,
+            namespace=namespace_name,
+            service_account=account,
+            role_arn=role.arn,
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-from-alb",
+            security_group_id=args.cluster_security_group_id,
+            referenced_security_group_id=args.alb_security_group_id,
+            ip_protocol="tcp",
+            from_port=args.port,
+            to_port=args.port,
+            description=f"ALB to {namespace_name} inference pods",
+            opts=child,
+        )
+
+        namespace = k8s.core.v1.Namespace(
+            name,
+            metadata={
+                "name": namespace_name,
+                "labels": {
+                    **labels,
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+            opts=kube,
+        )
+        in_namespace = pulumi.ResourceOptions.merge(
+            kube, pulumi.ResourceOptions(depends_on=[namespace])
+        )
+        service_account = k8s.core.v1.ServiceAccount(
+            name,
+            metadata={"name": account, "namespace": namespace_name, "labels": labels},
+            automount_service_account_token=False,
+            opts=in_namespace,
+        )
+        deployment = k8s.apps.v1.Deployment(
+            name,
+            metadata=manifest(
+                {
+                    "name": "inference",
+                    "namespace": namespace_name,
+                    "labels": versioned,
+                    "annotations": annotations,
+                }
+            ),
+            spec=manifest(self._deployment_spec(args, labels, versioned, annotations, account)),
+            opts=pulumi.ResourceOptions.merge(
+                in_namespace,
+                pulumi.ResourceOptions(depends_on=[service_account, identity, policy]),
+            ),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            name,
+            metadata=manifest({"name": "inference", "namespace": namespace_name, "labels": labels}),
+            spec=manifest({"maxUnavailable": 1, "selector": {"matchLabels": labels}}),
+            opts=in_namespace,
+        )
+        service = k8s.core.v1.Service(
+            name,
+            metadata=manifest({"name": "inference", "namespace": namespace_name, "labels": labels}),
+            spec=manifest(
+                {
+                    "type": "ClusterIP",
+                    "selector": labels,
+                    "ports": [
+                        {"name": "http", "port": args.port, "targetPort": "http", "protocol": "TCP"}
+                    ],
+                }
+            ),
+            opts=in_namespace,
+        )
+        k8s.apiextensions.CustomResource(
+            name,
+            api_version=TARGET_GROUP_BINDING_API,
+            kind="TargetGroupBinding",
+            metadata={"name": "inference", "namespace": namespace_name, "labels": labels},
+            spec={
+                "targetGroupARN": args.target_group_arn,
+                "targetType": "ip",
+                "serviceRef": {"name": "inference", "port": args.port},
+            },
+            opts=pulumi.ResourceOptions.merge(
+                in_namespace, pulumi.ResourceOptions(depends_on=[service, deployment])
+            ),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            name,
+            metadata=manifest({"name": "only-the-load-balancer", "namespace": namespace_name}),
+            spec=manifest(
+                {
+                    "podSelector": {},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [
+                        {
+                            "from": [{"ipBlock": {"cidr": cidr}} for cidr in args.alb_subnet_cidrs],
+                            "ports": [{"protocol": "TCP", "port": args.port}],
+                        }
+                    ],
+                }
+            ),
+            opts=in_namespace,
+        )
+        self.namespace = namespace.metadata.apply(lambda meta: str(meta.name))
+        self.role_arn = role.arn
+        self.register_outputs({"namespace": self.namespace, "role_arn": self.role_arn})
+
+    @staticmethod
+    def _deployment_spec(
+        args: InferenceStackArgs,
+        labels: dict[str, str],
+        versioned: dict[str, str],
+        annotations: dict[str, str],
+        account: str,
+    ) -> dict[str, Any]:
+        serving = args.serving
+        bundle = args.bundle
+        drain = drain_seconds(args)
+        probe = {"httpGet": {"path": args.health_path, "port": "http"}, "timeoutSeconds": 5}
+        restricted = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        disk = _ephemeral(bundle.manifest.size)
+        gpus = str(serving.gpus_per_replica)
+        return {
+            "replicas": args.replicas,
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": labels},
+            # Surge, never fewer ready pods than asked: a GPU pod takes minutes to load.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "progressDeadlineSeconds": serving.startup_timeout_seconds + 600,
+            "template": {
+                "metadata": {"labels": versioned, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": account,
+                    "automountServiceAccountToken": False,
+                    # The ALB drains a target for the deregistration delay; the pod keeps
+                    # answering in-flight requests that long (preStop), then stops.
+                    "terminationGracePeriodSeconds": drain + 30,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 1000,
+                        "runAsGroup": 1000,
+                        "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "tolerations": [
+                        {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [
+                                    {
+                                        "matchExpressions": [
+                                            {"key": key, "operator": "In", "values": [value]}
+                                            for key, value in sorted(args.gpu_node_labels.items())
+                                        ]
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": labels},
+                        },
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": labels},
+                        },
+                    ],
+                    "initContainers": [
+                        {
+                            "name": "pull-bundle",
+                            "image": serving.puller_image,
+                            "command": ["weightshift"],
+                            "args": [
+                                "bundle",
+                                "pull",
+                                str(bundle.id),
+                                f"{BUNDLE_ROOT}/current",
+                                "--serving-layout",
+                            ],
+                            "env": [
+                                {"name": "WEIGHTSHIFT_BUCKET", "value": args.bucket_name},
+                                {"name": "AWS_REGION", "value": args.region},
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "2", "memory": "2Gi"},
+                                "limits": {"memory": "4Gi"},
+                            },
+                            "securityContext": {**restricted, "readOnlyRootFilesystem": True},
+                            "volumeMounts": [{"name": "bundle", "mountPath": BUNDLE_ROOT}],
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": serving.image,
+                            "args": server_args(args),
+                            "ports": [
+                                {"name": "http", "containerPort": args.port, "protocol": "TCP"}
+                            ],
+                            "env": [
+                                {"name": "HF_HUB_OFFLINE", "value": "1"},
+                                {"name": "HOME", "value": "/tmp"},
+                                {"name": "WEIGHTSHIFT_BUNDLE", "value": str(bundle.id)},
+                            ],
+                            "resources": {
+                                "requests": {
+                                    "cpu": serving.cpu,
+                                    "memory": serving.memory,
+                                    "nvidia.com/gpu": gpus,
+                                },
+                                "limits": {"memory": serving.memory, "nvidia.com/gpu": gpus},
+                            },
+                            "startupProbe": {
+                                **probe,
+                                "periodSeconds": 10,
+                                "failureThreshold": serving.startup_timeout_seconds // 10,
+                            },
+                            "readinessProbe": {
+                                **probe,
+                                "periodSeconds": 5,
+                                "failureThreshold": 3,
+                            },
+                            "livenessProbe": {
+                                **probe,
+                                "periodSeconds": 15,
+                                "failureThreshold": 4,
+                            },
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(drain)]}}},
+                            "securityContext": restricted,
+                            "volumeMounts": [
+                                {
+                                    "name": "bundle",
+                                    "mountPath": BUNDLE_ROOT,
+                                    "subPath": "current",
+                                    "readOnly": True,
+                                },
+                                {"name": "shm", "mountPath": "/dev/shm"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "bundle", "emptyDir": {"sizeLimit": disk}},
+                        {
+                            "name": "shm",
+                            "emptyDir": {"medium": "Memory", "sizeLimit": serving.shared_memory},
+                        },
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+                    ],
+                },
+            },
+        }
