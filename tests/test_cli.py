@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,20 @@ def test_policy_check_passes_prod_and_fails_a_weakened_stack() -> None:
     assert weak.returncode == 1
     assert "[mandatory] target-group-drains: TargetGroup traffic-blue" in weak.stdout
     assert "2 mandatory and 0 advisory violation(s)" in weak.stdout
+
+
+def test_plan_in_parallel_workers_equals_the_serial_plan() -> None:
+    # A fresh single-threaded process forks one worker per core; WEIGHTSHIFT_SERIAL does not.
+    parallel = run("plan", "--json")
+    serial = subprocess.run(
+        [sys.executable, "-m", "weightshift.cli", "plan", "--json"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "WEIGHTSHIFT_SERIAL": "1"},
+    )
+    assert parallel.returncode == serial.returncode == 0, parallel.stderr + serial.stderr
+    assert json.loads(parallel.stdout) == json.loads(serial.stdout)
+    assert len(json.loads(parallel.stdout)["stages"]) == 6

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weightshift.catalog import BundleCatalog
 from weightshift.config import NAMESPACE, ConfigError, load
 from weightshift.stages import Weights, schedule, weights_for
-from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
+from weightshift.synth import Graph, apply_overrides, offline_catalog, stack_config, synthesize
 
 
 @dataclass(frozen=True)
@@ -123,14 +129,56 @@ def _with_stage(values: Mapping[str, Any], stage: int) -> dict[str, Any]:
     return apply_overrides(values, [f"rollout.stage={stage}"])
 
 
-def build_plan(project: Path, stack: str, overrides: Sequence[str] = ()) -> Plan:
+def _synthesize_one(
+    job: tuple[Path, str, dict[str, Any], BundleCatalog],
+) -> Graph | str:
+    """One stage's graph, or why the config cannot reach it."""
+    project, stack, values, catalog = job
+    try:
+        return synthesize(project, stack, values, catalog)
+    except ConfigError as error:
+        return "; ".join(str(p) for p in error.problems)
+
+
+def _synthesize_stages(
+    project: Path, stack: str, stage_values: list[dict[str, Any]], catalog: BundleCatalog
+) -> list[Graph | str]:
+    """Every stage synthesized; on Linux in forked workers, one per core (each synthesis is
+    independent and CPU-bound), else here. ``WEIGHTSHIFT_SERIAL=1`` forces this process."""
+    jobs = [(project, stack, values, catalog) for values in stage_values]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    # Forking is safe only from a single-threaded process: a lock another thread holds at
+    # the fork stays locked forever in the child.
+    if (
+        workers < 2
+        or sys.platform != "linux"
+        or threading.active_count() > 1
+        or os.environ.get("WEIGHTSHIFT_SERIAL")
+    ):
+        return [_synthesize_one(job) for job in jobs]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_synthesize_one, jobs))
+
+
+def build_plan(
+    project: Path,
+    stack: str,
+    overrides: Sequence[str] = (),
+    catalog: BundleCatalog | None = None,
+) -> Plan:
     """Synthesize every stage of the stack's strategy and diff each against the previous."""
+    catalog = catalog or offline_catalog(project)
     values = apply_overrides(stack_config(project, stack), overrides)
     config = load(values, source=f"config of stack {stack}")
     rollout = config.rollout
+    stages = schedule(rollout.strategy, rollout.mirror_percent)
+    outcomes = _synthesize_stages(
+        project, stack, [_with_stage(values, stage.index) for stage in stages], catalog
+    )
     rows: list[StageRow] = []
     previous: Graph | None = None
-    for stage in schedule(rollout.strategy, rollout.mirror_percent):
+    for stage, outcome in zip(stages, outcomes, strict=True):
         row = StageRow(
             index=stage.index,
             weights=weights_for(
@@ -140,12 +188,11 @@ def build_plan(project: Path, stack: str, overrides: Sequence[str] = ()) -> Plan
             gate=stage.gate,
             current=stage.index == rollout.stage,
         )
-        try:
-            graph = synthesize(project, stack, _with_stage(values, stage.index))
-        except ConfigError as error:
-            row.blocked = "; ".join(str(p) for p in error.problems)
+        if isinstance(outcome, str):
+            row.blocked = outcome
             previous = None
         else:
+            graph = outcome
             row.resources = len(graph.resources)
             if previous is not None:
                 row.changes = diff(previous, graph)
