@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,10 @@ BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 OBJECT_LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+EKS_CLUSTER = "aws:eks/cluster:Cluster"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+IMAGE_BY_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 MIN_DRAIN_SECONDS = 30
 """A target group must give in-flight generations at least this long to finish."""
@@ -189,6 +194,53 @@ def _compliance_lock(args: ResourceValidationArgs, report: ReportViolation) -> N
         report("the bucket needs a default retention period.", None)
 
 
+@_only(LAUNCH_TEMPLATE)
+def _nodes_hardened(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Nodes require IMDSv2 with a hop limit of 1 (pods cannot take the node's credentials)
+    and encrypt every volume (the pulled bundle lands there)."""
+    metadata = args.props.get("metadataOptions") or {}
+    if metadata.get("httpTokens") != "required":
+        report("metadataOptions.httpTokens must be 'required' (IMDSv2 only).", None)
+    if int(metadata.get("httpPutResponseHopLimit") or 2) > 1:
+        report(
+            "metadataOptions.httpPutResponseHopLimit must be 1: with 2, any pod can read the "
+            "node role's credentials.",
+            None,
+        )
+    for mapping in args.props.get("blockDeviceMappings") or []:
+        if str((mapping.get("ebs") or {}).get("encrypted")).lower() != "true":
+            report(f"volume {mapping.get('deviceName')} is not encrypted.", None)
+
+
+@_only(EKS_CLUSTER)
+def _cluster_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """The Kubernetes API is private, or public only to listed addresses; secrets are
+    encrypted with KMS; audit logs are on."""
+    vpc = args.props.get("vpcConfig") or {}
+    if vpc.get("endpointPublicAccess", True):
+        cidrs = vpc.get("publicAccessCidrs") or ["0.0.0.0/0"]
+        if "0.0.0.0/0" in cidrs:
+            report("the API endpoint is open to the internet: list publicAccessCidrs.", None)
+    encryption = args.props.get("encryptionConfig") or {}
+    if "secrets" not in (encryption.get("resources") or []):
+        report("encryptionConfig must encrypt secrets with a KMS key.", None)
+    if "audit" not in (args.props.get("enabledClusterLogTypes") or []):
+        report("enabledClusterLogTypes must include audit.", None)
+
+
+@_only(DEPLOYMENT)
+def _images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every container image is pinned by digest: a tag can move under a running rollout,
+    and then blue and green are no longer what was reviewed."""
+    pod = ((args.props.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        image = str(container.get("image", ""))
+        if not IMAGE_BY_DIGEST.search(image):
+            report(
+                f"container {container.get('name')}: image {image!r} is not pinned by digest.", None
+            )
+
+
 def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name,
@@ -210,4 +262,7 @@ POLICIES: tuple[ResourceValidationPolicy, ...] = (
     _policy("s3-object-lock-compliance", _compliance_lock, MANDATORY),
     _policy("sg-only-https-open", _open_ingress, MANDATORY),
     _policy("sg-rules-as-resources", _inline_rules, EnforcementLevel.ADVISORY),
+    _policy("nodes-imdsv2-encrypted", _nodes_hardened, MANDATORY),
+    _policy("eks-private-encrypted-audited", _cluster_private, MANDATORY),
+    _policy("images-pinned-by-digest", _images_pinned, MANDATORY),
 )

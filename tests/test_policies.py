@@ -119,6 +119,51 @@ def test_artifact_locks_must_be_compliance_mode() -> None:
     )
 
 
+def test_nodes_must_require_imdsv2_and_encrypt_volumes() -> None:
+    template = "aws:ec2/launchTemplate:LaunchTemplate"
+    ok = {
+        "metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 1},
+        "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"encrypted": "true"}}],
+    }
+    assert violations("nodes-imdsv2-encrypted", template, ok) == []
+    weak = {
+        "metadataOptions": {"httpTokens": "optional", "httpPutResponseHopLimit": 2},
+        "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"encrypted": "false"}}],
+    }
+    assert len(violations("nodes-imdsv2-encrypted", template, weak)) == 3
+
+
+def test_the_cluster_api_must_not_be_open_to_the_internet() -> None:
+    cluster = "aws:eks/cluster:Cluster"
+    ok = {
+        "vpcConfig": {"endpointPublicAccess": False},
+        "encryptionConfig": {"resources": ["secrets"]},
+        "enabledClusterLogTypes": ["api", "audit"],
+    }
+    assert violations("eks-private-encrypted-audited", cluster, ok) == []
+    (found,) = violations(
+        "eks-private-encrypted-audited",
+        cluster,
+        {**ok, "vpcConfig": {"endpointPublicAccess": True}},
+    )
+    assert "open to the internet" in found
+    listed = {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}
+    assert violations("eks-private-encrypted-audited", cluster, {**ok, "vpcConfig": listed}) == []
+
+
+def test_container_images_must_be_pinned_by_digest() -> None:
+    digest = "vllm/vllm-openai@sha256:" + "a" * 64
+
+    def deployment(image: str) -> dict[str, Any]:
+        pod = {"containers": [{"name": "server", "image": image}]}
+        return {"spec": {"template": {"spec": pod}}}
+
+    kind = "kubernetes:apps/v1:Deployment"
+    assert violations("images-pinned-by-digest", kind, deployment(digest)) == []
+    (found,) = violations("images-pinned-by-digest", kind, deployment("vllm/vllm-openai:v0.10"))
+    assert "container server: image 'vllm/vllm-openai:v0.10' is not pinned by digest" in found
+
+
 def test_policies_ignore_other_resource_types() -> None:
     for policy in BY_NAME:
         assert violations(policy, "aws:iam/role:Role", {"anything": 1}) == []
