@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,24 @@ def listener_weights(graph: Graph) -> dict[str, int]:
     assert action["type"] == "forward"
     by_arn = {group["arn"]: group["weight"] for group in action["forward"]["targetGroups"]}
     return {target: by_arn[arn] for target, arn in graph.outputs["targetGroupArns"].items()}
+
+
+def serialize(monkeypatch: pytest.MonkeyPatch, handler: type, *names: str) -> None:
+    """Make moto's handlers ``names`` of ``handler`` mutually exclusive.
+
+    AWS makes a conditional write (S3 ``If-None-Match``, SSM ``Overwrite=False``) atomic;
+    moto checks, then writes. Serialising its handlers gives the guarantee AWS gives, so a
+    concurrency test exercises our code's use of it, not moto's race.
+    """
+    lock = threading.Lock()
+    for name in names:
+        original = getattr(handler, name)
+
+        def atomic(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(handler, name, atomic)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, serialize
 from weightshift.bundle import init_bundle, load_local
 from weightshift.store import BundleStore, StoreError, blob_key, manifest_key
 from weightshift.versioning import BundleId, Version
@@ -199,19 +199,9 @@ def test_nothing_changed_is_refused(store: BundleStore, bundle: Path) -> None:
 def test_two_concurrent_publishes_of_one_version_exactly_one_wins(
     s3: Any, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # S3 makes a conditional create atomic; moto checks then writes. Serialise moto's
-    # object-creating handlers so it gives the guarantee S3 gives.
     from moto.s3.responses import S3Response
 
-    lock = threading.Lock()
-    for name in ("put_object", "_key_response_post"):
-        original = getattr(S3Response, name)
-
-        def atomic(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            with lock:
-                return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(S3Response, name, atomic)
+    serialize(monkeypatch, S3Response, "put_object", "_key_response_post")
     other = tmp_path / "other"
     init_bundle(other, NAME)
     (other / "prompt/system.txt").write_text("A different team's prompt.\n")
