@@ -16,10 +16,13 @@ from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.gpu_cluster import GpuCluster, GpuClusterArgs
 from components.inference_stack import InferenceStack, InferenceStackArgs
 from components.network import Network, NetworkArgs
+from components.rollback import Rollback, RollbackArgs
 from components.traffic import Traffic, TrafficArgs
 from weightshift.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
-from weightshift.stages import Colour, Strategy, stage_of, weights_for
+from weightshift.rollback_record import RecordError, parameter_name
+from weightshift.rollback_record import read as read_record
+from weightshift.stages import Colour, Strategy, schedule, stage_of, weights_for
 
 
 def read_config() -> StackConfig:
@@ -54,7 +57,24 @@ config = read_config()
 bundles = resolve_bundles(config)
 rollout = config.rollout
 stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
-weights = weights_for(rollout.strategy, rollout.stage, rollout.candidate, rollout.mirror_percent)
+candidate_version = config.colour(rollout.candidate).version
+record_parameter = parameter_name(config.model, pulumi.get_stack())
+try:
+    record = read_record(record_parameter)
+except RecordError as error:
+    raise pulumi.RunError(str(error)) from None
+# No drift: while the rollback function's record names this candidate, the stable colour
+# keeps all traffic whatever the configured stage, exactly as the function left it.
+rolled_back = record is not None and record.candidate == candidate_version
+rendered_stage = 0 if rolled_back else rollout.stage
+weights = weights_for(rollout.strategy, rendered_stage, rollout.candidate, rollout.mirror_percent)
+stickiness = 0 if rolled_back else rollout.stickiness_seconds
+if rolled_back and record is not None:
+    pulumi.log.warn(
+        f"{record.summary()}. Configured stage {rollout.stage} is not applied: traffic stays "
+        "on the stable colour."
+    )
+candidate_active = weights.of(rollout.candidate) > 0 or weights.mirror > 0
 
 # Required tags live here and nowhere else: the provider stamps them on every resource.
 provider = aws.Provider(
@@ -82,7 +102,7 @@ traffic = Traffic(
     TrafficArgs(
         settings=config.traffic,
         weights=weights,
-        stickiness_seconds=rollout.stickiness_seconds,
+        stickiness_seconds=stickiness,
         mirror=rollout.strategy is Strategy.SHADOW,
         vpc_id=network.vpc_id,
         vpc_cidr=network.vpc_cidr,
@@ -142,6 +162,46 @@ stacks = {
     for colour, bundle in sorted(bundles.items(), key=lambda item: item[0].value)
 }
 
+rollback = None
+if candidate_version is not None:
+    rollback = Rollback(
+        "rollback",
+        RollbackArgs(
+            settings=config.rollback,
+            thresholds=rollout.thresholds,
+            model=config.model,
+            stack=pulumi.get_stack(),
+            candidate=rollout.candidate,
+            candidate_version=candidate_version,
+            active=candidate_active,
+            stage_weights=[
+                weights_for(
+                    rollout.strategy, s.index, rollout.candidate, rollout.mirror_percent
+                ).of(rollout.candidate)
+                + weights_for(
+                    rollout.strategy, s.index, rollout.candidate, rollout.mirror_percent
+                ).mirror
+                for s in schedule(rollout.strategy, rollout.mirror_percent)
+            ],
+            listener_arn=traffic.listener_arn,
+            target_group_arns=traffic.target_group_arns,
+            candidate_target_group_suffix=traffic.target_group_arn_suffixes[
+                rollout.candidate.value
+            ],
+            load_balancer_suffix=traffic.load_balancer_arn_suffix,
+            incident_bucket=artifacts.bucket_name,
+            incident_bucket_arn=artifacts.bucket_arn,
+            incident_key_arn=artifacts.key_arn,
+            record_parameter=record_parameter,
+            region=config.region,
+            partition=config.partition,
+            account=aws.get_caller_identity_output(
+                opts=pulumi.InvokeOutputOptions(provider=provider)
+            ).account_id,
+        ),
+        opts=with_provider,
+    )
+
 pulumi.export("endpoint", traffic.dns_name)
 pulumi.export("cluster", cluster.cluster_name)
 pulumi.export(
@@ -167,5 +227,20 @@ pulumi.export(
         "candidateVersion": config.colour(rollout.candidate).version,
         "stableVersion": config.colour(rollout.stable).version,
         "weights": {"blue": weights.blue, "green": weights.green, "mirror": weights.mirror},
+        "renderedStage": rendered_stage,
+        "rolledBack": rolled_back,
+        "rollbackRecord": record.model_dump() if record is not None else None,
+        "recordParameter": record_parameter,
     },
 )
+if rollback is not None:
+    pulumi.export(
+        "rollback",
+        {
+            "compositeAlarm": rollback.composite_alarm_name,
+            "alarms": rollback.alarm_names,
+            "function": rollback.function_name,
+            "onCallTopic": rollback.topic_arn,
+            "actionsEnabled": candidate_active,
+        },
+    )

@@ -104,6 +104,8 @@ def test_plan_shows_every_stage_and_that_only_the_listener_changes(
     assert rows[0].startswith(">  0")
     for row in rows[1:]:
         assert row.endswith("~ Listener traffic-https (defaultActions)")
+    assert "~ CompositeAlarm rollback (actionsEnabled)" in rows[1]
+    assert all("Alarm" not in row for row in rows[2:])
     assert [row.split()[1:3] if row.startswith(">") else row.split()[0:3] for row in rows][1] == [
         "1",
         "99",
@@ -118,15 +120,20 @@ def test_plan_json_lists_weights_and_changes(capsys: pytest.CaptureFixture[str])
     )
     plan = json.loads(capsys.readouterr().out)
     assert [s["percent"]["green"] for s in plan["stages"]] == [0, 100]
-    assert plan["stages"][1]["changes"] == [
-        {
-            "urn": plan["stages"][1]["changes"][0]["urn"],
-            "type": "aws:lb/listener:Listener",
-            "name": "traffic-https",
-            "action": "update",
-            "keys": ["defaultActions"],
-        }
-    ]
+    changes = {
+        (c["type"], c["name"]): (c["action"], c["keys"]) for c in plan["stages"][1]["changes"]
+    }
+    assert changes == {
+        ("aws:lb/listener:Listener", "traffic-https"): ("update", ["defaultActions"]),
+        ("aws:cloudwatch/compositeAlarm:CompositeAlarm", "rollback"): (
+            "update",
+            ["actionsEnabled"],
+        ),
+        ("aws:cloudwatch/metricAlarm:MetricAlarm", "rollback-no-requests"): (
+            "update",
+            ["treatMissingData"],
+        ),
+    }
 
 
 def test_plan_marks_stages_this_config_cannot_reach(capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,16 +199,22 @@ def test_changing_only_the_candidate_version_changes_only_the_candidate(tmp_path
     bundle = load_local(patched).manifest(Version(1, 5, 1)).id
     after = synth_with(tmp_path, f"green.version={bundle}")
     green = after.named("green", "InferenceStack").urn
+    rollback = after.named("rollback", "Rollback").urn  # the candidate's alarms and function
     changes = diff(before, after)
     assert changes
-    assert {c.urn for c in changes} <= {r.urn for r in after.resources if r.parent == green}
-    changed = {
-        c.urn.rsplit("::", 1)[-1] + " " + c.urn.split("$")[-1].split("::")[0] for c in changes
+    assert {c.urn for c in changes} <= {
+        r.urn for r in after.resources if r.parent in (green, rollback)
     }
-    assert changed == {
+    by_urn = after.by_urn()
+    in_green = {f"{c.name} {c.type}" for c in changes if by_urn[c.urn].parent == green}
+    assert in_green == {
         "green kubernetes:apps/v1:Deployment",
         "green-pods aws:iam/rolePolicy:RolePolicy",
     }
+    # The candidate's alarms follow its version (the custom metrics carry it), and the
+    # function records which version it rolls back.
+    in_rollback = {c.name for c in changes if by_urn[c.urn].parent == rollback}
+    assert in_rollback == {"rollback", "rollback-quality", "rollback-safety", "rollback-function"}
 
 
 def test_a_colour_with_no_version_is_not_deployed() -> None:

@@ -52,17 +52,31 @@ def test_listener_weights_match_the_stage(
 
 @pytest.mark.parametrize("strategy", list(Strategy))
 @pytest.mark.parametrize("candidate", list(Colour))
-def test_each_stage_change_touches_only_the_listener(strategy: Strategy, candidate: Colour) -> None:
+def test_each_stage_change_touches_only_the_listener_and_alarm_actions(
+    strategy: Strategy, candidate: Colour
+) -> None:
     graphs = [
         synth(*STRATEGY_SETS[strategy], *CANDIDATE_SETS[candidate], f"rollout.stage={stage.index}")
         for stage in schedule(strategy)
     ]
     assert len(graphs) >= 2
+    flips = 0
     for before, after in itertools.pairwise(graphs):
+        expected = [("traffic-https", "update", ("defaultActions",))]
+        if (
+            before.outputs["rollback"]["actionsEnabled"]
+            != after.outputs["rollback"]["actionsEnabled"]
+        ):
+            # The candidate starts (or stops) receiving traffic: alarm actions turn on (off)
+            # and the dead man's switch starts treating silence as a breach.
+            flips += 1
+            expected += [
+                ("rollback", "update", ("actionsEnabled",)),
+                ("rollback-no-requests", "update", ("treatMissingData",)),
+            ]
         changes = diff(before, after)
-        assert [(c.name, c.action, c.keys) for c in changes] == [
-            ("traffic-https", "update", ("defaultActions",))
-        ]
+        assert sorted((c.name, c.action, c.keys) for c in changes) == sorted(expected)
+    assert flips == 1
 
 
 def test_the_mirror_target_group_exists_only_for_shadow() -> None:

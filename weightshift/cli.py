@@ -16,6 +16,7 @@ from weightshift.config import ConfigError
 if TYPE_CHECKING:
     from weightshift.bundle import Manifest
     from weightshift.catalog import LocalCatalog
+    from weightshift.rollback_record import RollbackRecord
     from weightshift.store import BundleStore
     from weightshift.versioning import BundleId
 
@@ -38,11 +39,17 @@ def _catalog(args: argparse.Namespace, project: Path) -> LocalCatalog:
     return offline_catalog(project, Path(args.catalog) if args.catalog else None)
 
 
+def _record(args: argparse.Namespace) -> RollbackRecord | None:
+    from weightshift.rollback_record import load_file
+
+    return load_file(Path(args.rollback_record)) if args.rollback_record else None
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from weightshift.synth import synthesize_stack
 
     project = _project(args)
-    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project))
+    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project), _record(args))
     text = json.dumps(graph.to_json(), indent=2, sort_keys=False)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
@@ -55,7 +62,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from weightshift.plan import build_plan, render
 
     project = _project(args)
-    plan = build_plan(project, args.stack, args.set, _catalog(args, project))
+    plan = build_plan(project, args.stack, args.set, _catalog(args, project), _record(args))
     print(json.dumps(plan.to_json(), indent=2) if args.json else render(plan))
     return 0
 
@@ -65,7 +72,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     from weightshift.synth import synthesize_stack
 
     project = _project(args)
-    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project))
+    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project), _record(args))
     violations = check(graph, load_policies(project))
     for violation in violations:
         print(violation)
@@ -255,6 +262,12 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         help="bundle folders <name>/v<X.Y.Z>/ to read the configured bundles' manifests from "
         "(default: the project's bundles/)",
     )
+    parser.add_argument(
+        "--rollback-record",
+        metavar="FILE",
+        help="a rollback record (JSON, as the rollback function writes it) to synthesize with; "
+        "offline runs never read SSM",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError
 
     from weightshift.bundle import BundleError
+    from weightshift.rollback_record import RecordError
     from weightshift.store import StoreError
     from weightshift.synth import SynthError
     from weightshift.versioning import VersionError
@@ -357,7 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"AWS request failed: {error}. Check credentials, region and AWS_ENDPOINT_URL."
         print(f"weightshift {args.command}: error: {_paragraph(message)}", file=sys.stderr)
         return EXIT_USAGE
-    except (CommandError, ConfigError, SynthError, BundleError, StoreError, VersionError) as error:
+    except (
+        CommandError,
+        ConfigError,
+        SynthError,
+        BundleError,
+        StoreError,
+        VersionError,
+        RecordError,
+    ) as error:
         print(f"weightshift {args.command}: error: {_paragraph(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

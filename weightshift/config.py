@@ -490,6 +490,32 @@ class ServingConfig(_Model):
         return _image(value)
 
 
+class RollbackConfig(_Model):
+    """Automated rollback of the candidate: alarm timing and who is paged."""
+
+    period_seconds: Literal[60] = 60
+    """ALB metrics have one-minute resolution; every alarm evaluates one-minute periods."""
+    dead_man_minutes: int = Field(default=3, ge=1, le=60)
+    """Minutes without a single request while the candidate has weight before rollback."""
+    quality_minutes: int = Field(default=3, ge=1, le=60)
+    """Minutes of low quality score (2 of them breaching) before rollback."""
+    on_call: tuple[str, ...] = ()
+    """Email addresses or HTTPS endpoints subscribed to the on-call topic."""
+    log_retention_days: int = Field(default=365, ge=1, le=3653)
+    reserved_concurrency: int = Field(default=5, ge=1, le=100)
+
+    @field_validator("on_call")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for endpoint in value:
+            if not (
+                re.fullmatch(r"[^@\s]+@[^@\s]+\.[a-z]{2,}", endpoint)
+                or endpoint.startswith("https://")
+            ):
+                raise ValueError(f"{endpoint!r}: an email address or an https:// endpoint")
+        return value
+
+
 class StackConfig(_Model):
     """Everything under the ``weightshift`` namespace, plus ``aws:region``."""
 
@@ -503,6 +529,7 @@ class StackConfig(_Model):
     artifacts: ArtifactsConfig
     cluster: ClusterConfig
     serving: ServingConfig
+    rollback: RollbackConfig = RollbackConfig()
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("region")
@@ -597,7 +624,18 @@ CONFIG_KEYS = tuple(
 )
 """The keys under ``weightshift:`` that the program reads."""
 _OBJECT_KEYS = frozenset(
-    {"blue", "green", "rollout", "network", "traffic", "artifacts", "cluster", "serving", "tags"}
+    {
+        "blue",
+        "green",
+        "rollout",
+        "network",
+        "traffic",
+        "artifacts",
+        "cluster",
+        "serving",
+        "rollback",
+        "tags",
+    }
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from weightshift.catalog import BundleCatalog
 from weightshift.config import NAMESPACE, ConfigError, load
+from weightshift.rollback_record import RollbackRecord
 from weightshift.stages import Weights, schedule, weights_for
 from weightshift.synth import Graph, apply_overrides, offline_catalog, stack_config, synthesize
 
@@ -130,22 +131,26 @@ def _with_stage(values: Mapping[str, Any], stage: int) -> dict[str, Any]:
 
 
 def _synthesize_one(
-    job: tuple[Path, str, dict[str, Any], BundleCatalog],
+    job: tuple[Path, str, dict[str, Any], BundleCatalog, RollbackRecord | None],
 ) -> Graph | str:
     """One stage's graph, or why the config cannot reach it."""
-    project, stack, values, catalog = job
+    project, stack, values, catalog, record = job
     try:
-        return synthesize(project, stack, values, catalog)
+        return synthesize(project, stack, values, catalog, record)
     except ConfigError as error:
         return "; ".join(str(p) for p in error.problems)
 
 
 def _synthesize_stages(
-    project: Path, stack: str, stage_values: list[dict[str, Any]], catalog: BundleCatalog
+    project: Path,
+    stack: str,
+    stage_values: list[dict[str, Any]],
+    catalog: BundleCatalog,
+    record: RollbackRecord | None,
 ) -> list[Graph | str]:
     """Every stage synthesized; on Linux in forked workers, one per core (each synthesis is
     independent and CPU-bound), else here. ``WEIGHTSHIFT_SERIAL=1`` forces this process."""
-    jobs = [(project, stack, values, catalog) for values in stage_values]
+    jobs = [(project, stack, values, catalog, record) for values in stage_values]
     workers = min(len(jobs), os.cpu_count() or 1)
     # Forking is safe only from a single-threaded process: a lock another thread holds at
     # the fork stays locked forever in the child.
@@ -166,6 +171,7 @@ def build_plan(
     stack: str,
     overrides: Sequence[str] = (),
     catalog: BundleCatalog | None = None,
+    record: RollbackRecord | None = None,
 ) -> Plan:
     """Synthesize every stage of the stack's strategy and diff each against the previous."""
     catalog = catalog or offline_catalog(project)
@@ -174,7 +180,11 @@ def build_plan(
     rollout = config.rollout
     stages = schedule(rollout.strategy, rollout.mirror_percent)
     outcomes = _synthesize_stages(
-        project, stack, [_with_stage(values, stage.index) for stage in stages], catalog
+        project,
+        stack,
+        [_with_stage(values, stage.index) for stage in stages],
+        catalog,
+        record,
     )
     rows: list[StageRow] = []
     previous: Graph | None = None

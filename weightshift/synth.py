@@ -34,6 +34,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from weightshift.catalog import OFFLINE_CATALOG, BundleCatalog, LocalCatalog
 from weightshift.config import NAMESPACE, StackConfig, load
+from weightshift.rollback_record import RollbackRecord, set_offline
 
 OFFLINE_ACCOUNT = "123456789012"
 DEFAULT_CATALOG = "bundles"
@@ -248,6 +249,18 @@ def mocked_state(
             },
             vpcConfig={**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{h[:17]}"},
         )
+    elif type_ == "aws:lambda/function:Function":
+        function = inputs.get("name") or resource_id
+        state.update(arn=f"arn:{partition}:lambda:{region}:{OFFLINE_ACCOUNT}:function:{function}")
+    elif type_ == "aws:sns/topic:Topic":
+        topic = inputs.get("name") or resource_id
+        state.update(arn=f"arn:{partition}:sns:{region}:{OFFLINE_ACCOUNT}:{topic}")
+    elif type_ in (
+        "aws:cloudwatch/metricAlarm:MetricAlarm",
+        "aws:cloudwatch/compositeAlarm:CompositeAlarm",
+    ):
+        alarm = inputs.get("name") or inputs.get("alarmName") or resource_id
+        state.update(arn=f"arn:{partition}:cloudwatch:{region}:{OFFLINE_ACCOUNT}:alarm:{alarm}")
     elif type_ == "aws:ec2/launchTemplate:LaunchTemplate":
         resource_id = f"lt-{h[:17]}"
         state.update(latestVersion=1)
@@ -268,6 +281,15 @@ class OfflineMocks(Mocks):
         return mocked_state(args.typ, args.name, args.inputs, self.region, self.partition)
 
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            # Who deploys is not config; offline it is the made-up account.
+            identity = {
+                "accountId": OFFLINE_ACCOUNT,
+                "arn": f"arn:{self.partition}:iam::{OFFLINE_ACCOUNT}:role/offline",
+                "userId": "AROAOFFLINE",
+                "id": OFFLINE_ACCOUNT,
+            }
+            return identity, []
         raise SynthError(
             f"the program called {args.token}, a provider function that cannot be answered "
             "offline: declare the value in stack config instead, so reviews see it."
@@ -311,6 +333,12 @@ def _plain(value: Any) -> Any:
         return int(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, pulumi.FileAsset):
+        # What the engine compares: the content, not the object.
+        content = Path(str(value.path)).read_bytes()
+        return {"file": Path(str(value.path)).name, "sha256": hashlib.sha256(content).hexdigest()}
+    if isinstance(value, pulumi.AssetArchive):
+        return {"archive": {name: _plain(asset) for name, asset in sorted(value.assets.items())}}
     return str(value)
 
 
@@ -342,16 +370,26 @@ def synthesize(
     stack: str,
     values: Mapping[str, Any],
     catalog: BundleCatalog | None = None,
+    record: RollbackRecord | None = None,
 ) -> Graph:
     """Run the program of ``project`` for ``stack`` with config ``values``, offline.
 
     The config is validated first, so a bad value fails with the config's own
     message before the program starts. Bundle manifests come from ``catalog``
-    (default: the project's ``bundles/`` folder), never from S3.
+    (default: the project's ``bundles/`` folder), never from S3; the rollback record is
+    ``record`` (default: none), never read from SSM.
     """
     config = load(values, source=f"config of stack {stack}")
     context = contextvars.Context()
-    return context.run(_run, project, stack, config, values, catalog or offline_catalog(project))
+    return context.run(
+        _run,
+        project,
+        stack,
+        config,
+        values,
+        catalog=catalog or offline_catalog(project),
+        record=record,
+    )
 
 
 def _run(
@@ -359,9 +397,12 @@ def _run(
     stack: str,
     config: StackConfig,
     values: Mapping[str, Any],
+    *,
     catalog: BundleCatalog,
+    record: RollbackRecord | None,
 ) -> Graph:
     OFFLINE_CATALOG.set(catalog)
+    set_offline(record)
     mocks = OfflineMocks(config.region, config.partition)
     monitor = RecordingMonitor(mocks)
     set_mocks(mocks, project=project_name(project), stack=stack, preview=False, monitor=monitor)
@@ -399,7 +440,8 @@ def synthesize_stack(
     stack: str,
     overrides: Sequence[str] = (),
     catalog: BundleCatalog | None = None,
+    record: RollbackRecord | None = None,
 ) -> Graph:
     """Synthesize ``Pulumi.<stack>.yaml`` with ``--set`` overrides applied."""
     values = apply_overrides(stack_config(project, stack), overrides)
-    return synthesize(project, stack, values, catalog)
+    return synthesize(project, stack, values, catalog, record)

@@ -1,0 +1,459 @@
+"""Automated rollback of the candidate colour: alarms, a composite alarm, the function it
+invokes, and the on-call topic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from weightshift.config import RollbackConfig, Thresholds
+from weightshift.stages import Colour
+
+FUNCTION_SOURCE = Path(__file__).resolve().parent.parent / "weightshift" / "lambdas" / "rollback.py"
+NAMESPACE = "weightshift"
+"""Custom metrics the serving layer or the evaluation job emits, dimensions Model, Version."""
+QUALITY_METRIC = "QualityScore"
+SAFETY_METRIC = "SafetyViolationRate"
+ALARM_PRINCIPAL = "lambda.alarms.cloudwatch.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class RollbackArgs:
+    settings: RollbackConfig
+    thresholds: Thresholds
+    model: str
+    stack: str
+    candidate: Colour
+    candidate_version: str
+    active: bool
+    """The candidate receives traffic (served or mirrored): alarm actions on."""
+    stage_weights: Sequence[int]
+    """The candidate's served plus mirrored weight at each stage (the function reads the
+    stage off the listener with it)."""
+    listener_arn: pulumi.Input[str]
+    target_group_arns: Mapping[str, pulumi.Input[str]]
+    """By target: blue, green, and mirror for shadow."""
+    candidate_target_group_suffix: pulumi.Input[str]
+    load_balancer_suffix: pulumi.Input[str]
+    incident_bucket: pulumi.Input[str]
+    incident_bucket_arn: pulumi.Input[str]
+    incident_key_arn: pulumi.Input[str]
+    record_parameter: str
+    region: str
+    partition: str
+    account: pulumi.Input[str]
+
+
+def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": list(actions), "Resource": list(resources)}
+
+
+def function_policy(
+    *,
+    listener_arn: str,
+    parameter_arn: str,
+    incident_objects: str,
+    incident_key_arn: str,
+    topic_arn: str,
+    topic_key_arn: str,
+    log_group_arn: str,
+) -> str:
+    """Exactly what the function does, on exactly its own resources."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                # Describe calls support no resource-level permissions; it only reads weights.
+                _statement("ReadWeights", ["elasticloadbalancing:DescribeListeners"], ["*"]),
+                _statement(
+                    "SendTrafficToStable", ["elasticloadbalancing:ModifyListener"], [listener_arn]
+                ),
+                _statement(
+                    "RollbackRecord", ["ssm:PutParameter", "ssm:GetParameter"], [parameter_arn]
+                ),
+                _statement("IncidentRecord", ["s3:PutObject"], [incident_objects]),
+                {
+                    **_statement(
+                        "EncryptIncidentRecord",
+                        ["kms:GenerateDataKey", "kms:Decrypt"],
+                        [incident_key_arn],
+                    ),
+                    "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}},
+                },
+                _statement("PageOnCall", ["sns:Publish"], [topic_arn]),
+                _statement("EncryptPage", ["kms:GenerateDataKey", "kms:Decrypt"], [topic_key_arn]),
+                _statement(
+                    "Logs", ["logs:CreateLogStream", "logs:PutLogEvents"], [f"{log_group_arn}:*"]
+                ),
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def topic_key_policy(account: str, partition: str) -> str:
+    """The on-call topic's key: administered by the account; CloudWatch may use it to
+    publish alarm notifications from this account only."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "AccountAdministers",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                },
+                {
+                    "Sid": "CloudWatchPublishes",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                    "Resource": "*",
+                    "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+                },
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def topic_policy(topic_arn: str, account: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "CloudWatchAlarmsOfThisAccount",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                    "Action": "sns:Publish",
+                    "Resource": topic_arn,
+                    "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+                },
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": ["sns:Publish", "sns:Subscribe", "sns:Receive"],
+                    "Resource": topic_arn,
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                },
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+class Rollback(pulumi.ComponentResource):
+    """Alarms on the candidate, a composite alarm over them that invokes the rollback
+    function and pages on-call, and the function itself.
+
+    Children: ``{name}-latency-p99``, ``{name}-errors``, ``{name}-quality``,
+    ``{name}-safety``, ``{name}-no-healthy-hosts``, ``{name}-no-requests`` MetricAlarms;
+    ``{name}`` CompositeAlarm; ``{name}-on-call`` KMS Key, Topic, TopicPolicy and
+    subscriptions; ``{name}-function`` Role, RolePolicy, LogGroup, Function and Permission.
+    """
+
+    composite_alarm_name: pulumi.Output[str]
+    alarm_names: list[pulumi.Output[str]]
+    function_name: pulumi.Output[str]
+    topic_arn: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: RollbackArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("weightshift:index:Rollback", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = f"{args.model}-{args.stack}-{args.candidate.value}"
+        period = args.settings.period_seconds
+        thresholds = args.thresholds
+        alb = {
+            "LoadBalancer": args.load_balancer_suffix,
+            "TargetGroup": args.candidate_target_group_suffix,
+        }
+        custom = {"Model": args.model, "Version": args.candidate_version}
+
+        def alarm(suffix: str, description: str, **kwargs: Any) -> aws.cloudwatch.MetricAlarm:
+            return aws.cloudwatch.MetricAlarm(
+                f"{name}-{suffix}",
+                name=f"{prefix}-{suffix}",
+                alarm_description=description,
+                period=kwargs.pop("period", period),
+                actions_enabled=False,  # the composite alarm acts, not these
+                opts=child,
+                **kwargs,
+            )
+
+        alarms = [
+            alarm(
+                "latency-p99",
+                f"p99 target response time above {thresholds.latency_p99_seconds} s",
+                namespace="AWS/ApplicationELB",
+                metric_name="TargetResponseTime",
+                dimensions=alb,
+                extended_statistic="p99",
+                comparison_operator="GreaterThanThreshold",
+                threshold=thresholds.latency_p99_seconds,
+                evaluation_periods=1,
+                datapoints_to_alarm=1,
+                treat_missing_data="notBreaching",
+            ),
+            alarm(
+                "errors",
+                f"target 5xx above {thresholds.error_rate_percent} % of requests",
+                comparison_operator="GreaterThanThreshold",
+                threshold=thresholds.error_rate_percent,
+                evaluation_periods=1,
+                datapoints_to_alarm=1,
+                treat_missing_data="notBreaching",
+                period=None,
+                metric_queries=[
+                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                        id="rate",
+                        expression="IF(FILL(requests, 0) > 0, 100 * FILL(errors, 0) / requests, 0)",
+                        label="5xx percent",
+                        return_data=True,
+                    ),
+                    *[
+                        aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                            id=query_id,
+                            metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
+                                namespace="AWS/ApplicationELB",
+                                metric_name=metric,
+                                dimensions=alb,
+                                period=period,
+                                stat="Sum",
+                            ),
+                            return_data=False,
+                        )
+                        for query_id, metric in (
+                            ("errors", "HTTPCode_Target_5XX_Count"),
+                            ("requests", "RequestCount"),
+                        )
+                    ],
+                ],
+            ),
+            alarm(
+                "quality",
+                f"quality score below {thresholds.min_quality_score}",
+                namespace=NAMESPACE,
+                metric_name=QUALITY_METRIC,
+                dimensions=custom,
+                statistic="Average",
+                comparison_operator="LessThanThreshold",
+                threshold=thresholds.min_quality_score,
+                evaluation_periods=args.settings.quality_minutes,
+                datapoints_to_alarm=min(2, args.settings.quality_minutes),
+                treat_missing_data="notBreaching",
+            ),
+            alarm(
+                "safety",
+                f"safety violations above {thresholds.max_safety_violation_percent} %",
+                namespace=NAMESPACE,
+                metric_name=SAFETY_METRIC,
+                dimensions=custom,
+                statistic="Average",
+                comparison_operator="GreaterThanThreshold",
+                threshold=thresholds.max_safety_violation_percent,
+                evaluation_periods=1,
+                datapoints_to_alarm=1,
+                treat_missing_data="notBreaching",
+            ),
+            alarm(
+                "no-healthy-hosts",
+                "dead man's switch: no healthy candidate target",
+                namespace="AWS/ApplicationELB",
+                metric_name="HealthyHostCount",
+                dimensions=alb,
+                statistic="Minimum",
+                comparison_operator="LessThanThreshold",
+                threshold=1,
+                evaluation_periods=1,
+                datapoints_to_alarm=1,
+                treat_missing_data="breaching",
+            ),
+            alarm(
+                "no-requests",
+                "dead man's switch: the candidate has weight but answers no request",
+                namespace="AWS/ApplicationELB",
+                metric_name="RequestCount",
+                dimensions=alb,
+                statistic="Sum",
+                comparison_operator="LessThanThreshold",
+                threshold=1,
+                evaluation_periods=args.settings.dead_man_minutes,
+                datapoints_to_alarm=args.settings.dead_man_minutes,
+                # No data at weight 0 is expected; with weight it means nobody is answered.
+                treat_missing_data="breaching" if args.active else "notBreaching",
+            ),
+        ]
+
+        key = aws.kms.Key(
+            f"{name}-on-call",
+            description=f"{prefix} on-call topic",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            policy=pulumi.Output.from_input(args.account).apply(
+                lambda account: topic_key_policy(account, args.partition)
+            ),
+            opts=child,
+        )
+        topic = aws.sns.Topic(
+            f"{name}-on-call", name=f"{prefix}-on-call", kms_master_key_id=key.arn, opts=child
+        )
+        aws.sns.TopicPolicy(
+            f"{name}-on-call",
+            arn=topic.arn,
+            policy=pulumi.Output.all(topic.arn, args.account).apply(
+                lambda values: topic_policy(values[0], values[1])
+            ),
+            opts=child,
+        )
+        for index, endpoint in enumerate(args.settings.on_call):
+            aws.sns.TopicSubscription(
+                f"{name}-on-call-{index}",
+                topic=topic.arn,
+                protocol="email" if "@" in endpoint else "https",
+                endpoint=endpoint,
+                opts=child,
+            )
+
+        function_name = f"{prefix}-rollback"[:64]
+        logs = aws.cloudwatch.LogGroup(
+            f"{name}-function",
+            name=f"/aws/lambda/{function_name}",
+            retention_in_days=args.settings.log_retention_days,
+            opts=child,
+        )
+        role = aws.iam.Role(
+            f"{name}-function",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+                sort_keys=True,
+            ),
+            opts=child,
+        )
+        parameter_arn = pulumi.Output.from_input(args.account).apply(
+            lambda account: (
+                f"arn:{args.partition}:ssm:{args.region}:{account}:parameter{args.record_parameter}"
+            )
+        )
+        incident_prefix = f"incidents/{args.model}/{args.stack}"
+        policy = aws.iam.RolePolicy(
+            f"{name}-function",
+            role=role.id,
+            policy=pulumi.Output.all(
+                args.listener_arn,
+                parameter_arn,
+                args.incident_bucket_arn,
+                args.incident_key_arn,
+                topic.arn,
+                key.arn,
+                logs.arn,
+            ).apply(
+                lambda v: function_policy(
+                    listener_arn=v[0],
+                    parameter_arn=v[1],
+                    incident_objects=f"{v[2]}/{incident_prefix}/*",
+                    incident_key_arn=v[3],
+                    topic_arn=v[4],
+                    topic_key_arn=v[5],
+                    log_group_arn=v[6],
+                )
+            ),
+            opts=child,
+        )
+        composite_name = f"{prefix}-rollback"
+        stable = args.candidate.other.value
+        function = aws.lambda_.Function(
+            f"{name}-function",
+            name=function_name,
+            runtime="python3.12",
+            architectures=["arm64"],
+            handler="rollback.handler",
+            code=pulumi.AssetArchive({"rollback.py": pulumi.FileAsset(str(FUNCTION_SOURCE))}),
+            role=role.arn,
+            timeout=60,
+            memory_size=256,
+            reserved_concurrent_executions=args.settings.reserved_concurrency,
+            logging_config=aws.lambda_.FunctionLoggingConfigArgs(
+                log_format="JSON", log_group=logs.name
+            ),
+            environment=aws.lambda_.FunctionEnvironmentArgs(
+                variables={
+                    "LISTENER_ARN": args.listener_arn,
+                    "STABLE_TARGET_GROUP_ARN": args.target_group_arns[stable],
+                    "CANDIDATE_TARGET_GROUP_ARN": args.target_group_arns[args.candidate.value],
+                    **(
+                        {"MIRROR_TARGET_GROUP_ARN": args.target_group_arns["mirror"]}
+                        if "mirror" in args.target_group_arns
+                        else {}
+                    ),
+                    "ALARM_NAME": composite_name,
+                    "RECORD_PARAMETER": args.record_parameter,
+                    "INCIDENT_BUCKET": args.incident_bucket,
+                    "INCIDENT_PREFIX": incident_prefix,
+                    "TOPIC_ARN": topic.arn,
+                    "CANDIDATE_VERSION": args.candidate_version,
+                    "CANDIDATE_COLOUR": args.candidate.value,
+                    "STABLE_COLOUR": stable,
+                    "STAGE_WEIGHTS": ",".join(str(w) for w in args.stage_weights),
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy, logs]),
+        )
+        composite = aws.cloudwatch.CompositeAlarm(
+            name,
+            alarm_name=composite_name,
+            alarm_description=pulumi.Output.from_input(args.listener_arn).apply(
+                lambda arn: (
+                    f"weightshift rollback of {args.candidate_version} "
+                    f"({args.candidate.value}) listener={arn}"
+                )
+            ),
+            alarm_rule=pulumi.Output.all(*[a.name for a in alarms]).apply(
+                lambda names: " OR ".join(f'ALARM("{n}")' for n in names)
+            ),
+            # An idle colour never pages: actions only while the candidate has traffic.
+            actions_enabled=args.active,
+            alarm_actions=[function.arn, topic.arn],
+            ok_actions=[topic.arn],
+            opts=child,
+        )
+        aws.lambda_.Permission(
+            f"{name}-function",
+            action="lambda:InvokeFunction",
+            function=function.name,
+            principal=ALARM_PRINCIPAL,
+            source_arn=composite.arn,
+            source_account=args.account,
+            opts=child,
+        )
+        self.composite_alarm_name = composite.alarm_name
+        self.alarm_names = [a.name for a in alarms]
+        self.function_name = function.name
+        self.topic_arn = topic.arn
+        self.register_outputs(
+            {
+                "composite_alarm_name": self.composite_alarm_name,
+                "function_name": self.function_name,
+                "topic_arn": self.topic_arn,
+            }
+        )
