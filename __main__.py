@@ -242,5 +242,6 @@ if rollback is not None:
             "function": rollback.function_name,
             "onCallTopic": rollback.topic_arn,
             "actionsEnabled": candidate_active,
+            "settings": rollback.settings,
         },
     )

@@ -166,6 +166,8 @@ class Rollback(pulumi.ComponentResource):
     alarm_names: list[pulumi.Output[str]]
     function_name: pulumi.Output[str]
     topic_arn: pulumi.Output[str]
+    settings: pulumi.Output[dict[str, str]]
+    """The function's environment: `weightshift rollout abort` acts with the same settings."""
 
     def __init__(
         self, name: str, args: RollbackArgs, opts: pulumi.ResourceOptions | None = None
@@ -382,6 +384,25 @@ class Rollback(pulumi.ComponentResource):
         )
         composite_name = f"{prefix}-rollback"
         stable = args.candidate.other.value
+        variables: dict[str, pulumi.Input[str]] = {
+            "LISTENER_ARN": args.listener_arn,
+            "STABLE_TARGET_GROUP_ARN": args.target_group_arns[stable],
+            "CANDIDATE_TARGET_GROUP_ARN": args.target_group_arns[args.candidate.value],
+            **(
+                {"MIRROR_TARGET_GROUP_ARN": args.target_group_arns["mirror"]}
+                if "mirror" in args.target_group_arns
+                else {}
+            ),
+            "ALARM_NAME": composite_name,
+            "RECORD_PARAMETER": args.record_parameter,
+            "INCIDENT_BUCKET": args.incident_bucket,
+            "INCIDENT_PREFIX": incident_prefix,
+            "TOPIC_ARN": topic.arn,
+            "CANDIDATE_VERSION": args.candidate_version,
+            "CANDIDATE_COLOUR": args.candidate.value,
+            "STABLE_COLOUR": stable,
+            "STAGE_WEIGHTS": ",".join(str(w) for w in args.stage_weights),
+        }
         function = aws.lambda_.Function(
             f"{name}-function",
             name=function_name,
@@ -396,27 +417,7 @@ class Rollback(pulumi.ComponentResource):
             logging_config=aws.lambda_.FunctionLoggingConfigArgs(
                 log_format="JSON", log_group=logs.name
             ),
-            environment=aws.lambda_.FunctionEnvironmentArgs(
-                variables={
-                    "LISTENER_ARN": args.listener_arn,
-                    "STABLE_TARGET_GROUP_ARN": args.target_group_arns[stable],
-                    "CANDIDATE_TARGET_GROUP_ARN": args.target_group_arns[args.candidate.value],
-                    **(
-                        {"MIRROR_TARGET_GROUP_ARN": args.target_group_arns["mirror"]}
-                        if "mirror" in args.target_group_arns
-                        else {}
-                    ),
-                    "ALARM_NAME": composite_name,
-                    "RECORD_PARAMETER": args.record_parameter,
-                    "INCIDENT_BUCKET": args.incident_bucket,
-                    "INCIDENT_PREFIX": incident_prefix,
-                    "TOPIC_ARN": topic.arn,
-                    "CANDIDATE_VERSION": args.candidate_version,
-                    "CANDIDATE_COLOUR": args.candidate.value,
-                    "STABLE_COLOUR": stable,
-                    "STAGE_WEIGHTS": ",".join(str(w) for w in args.stage_weights),
-                }
-            ),
+            environment=aws.lambda_.FunctionEnvironmentArgs(variables=variables),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[policy, logs]),
         )
         composite = aws.cloudwatch.CompositeAlarm(
@@ -450,6 +451,7 @@ class Rollback(pulumi.ComponentResource):
         self.alarm_names = [a.name for a in alarms]
         self.function_name = function.name
         self.topic_arn = topic.arn
+        self.settings = pulumi.Output.all(**variables)
         self.register_outputs(
             {
                 "composite_alarm_name": self.composite_alarm_name,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from weightshift.bundle import Manifest
     from weightshift.catalog import LocalCatalog
     from weightshift.rollback_record import RollbackRecord
+    from weightshift.rollout import Rollout
     from weightshift.store import BundleStore
     from weightshift.versioning import BundleId
 
@@ -219,6 +220,39 @@ def _manifest_of(ref: str, args: argparse.Namespace) -> Manifest:
     return _store(args).resolve(_bundle_id(ref)).manifest
 
 
+def _rollout(args: argparse.Namespace) -> Rollout:
+    from weightshift.rollout import AutomationBackend, AwsView, Rollout
+
+    return Rollout(args.stack, AutomationBackend(_project(args), args.stack), AwsView())
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    status = _rollout(args).status()
+    print(json.dumps(status.to_json(), indent=2) if args.json else status.render())
+    return 0
+
+
+def cmd_rollout_promote(args: argparse.Namespace) -> int:
+    print(_rollout(args).promote(ignore_bake=args.ignore_bake))
+    return 0
+
+
+def cmd_rollout_abort(args: argparse.Namespace) -> int:
+    outcome = _rollout(args).abort(args.reason)
+    print(json.dumps(outcome.to_json()))
+    return 0
+
+
+def cmd_rollout_ack(args: argparse.Namespace) -> int:
+    print(_rollout(args).ack())
+    return 0
+
+
+def cmd_rollout_finish(args: argparse.Namespace) -> int:
+    print(_rollout(args).finish())
+    return 0
+
+
 def cmd_bundle_diff(args: argparse.Namespace) -> int:
     from weightshift.bundle import diff
 
@@ -348,6 +382,32 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", help="a bundle folder or a published id")
     _bucket_options(compare)
     compare.set_defaults(func=cmd_bundle_diff)
+
+    rollout = commands.add_parser(
+        "rollout", help="operate a rollout (Pulumi Automation API; needs the Pulumi CLI)"
+    )
+    steps = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
+    for name, func, text in (
+        ("status", cmd_rollout_status, "strategy, stage, weights, time in stage, alarms, record"),
+        ("promote", cmd_rollout_promote, "move to the next stage (checks alarms, record, bake)"),
+        ("abort", cmd_rollout_abort, "manual rollback: stable 100 %, record, incident, page"),
+        ("ack", cmd_rollout_ack, "after review: config back to stage 0, clear the record"),
+        ("finish", cmd_rollout_finish, "at 100 %: the candidate becomes the stable colour"),
+    ):
+        step = steps.add_parser(name, help=text)
+        step.add_argument("--stack", default="prod", help="stack name (default: prod)")
+        step.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
+        step.set_defaults(func=func)
+        if name == "status":
+            step.add_argument("--json", action="store_true")
+        if name == "promote":
+            step.add_argument(
+                "--ignore-bake",
+                action="store_true",
+                help="promote before the stage's bake time is over (alarms still block)",
+            )
+        if name == "abort":
+            step.add_argument("--reason", required=True, help="why: goes into the record")
     return parser
 
 
@@ -360,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from weightshift.bundle import BundleError
     from weightshift.rollback_record import RecordError
+    from weightshift.rollout import RolloutError
     from weightshift.store import StoreError
     from weightshift.synth import SynthError
     from weightshift.versioning import VersionError
@@ -379,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StoreError,
         VersionError,
         RecordError,
+        RolloutError,
     ) as error:
         print(f"weightshift {args.command}: error: {_paragraph(str(error))}", file=sys.stderr)
         return EXIT_USAGE

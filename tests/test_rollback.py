@@ -1,0 +1,263 @@
+"""The rollback alarms, the function's wiring and IAM, and no drift, in the synthesized program."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PROJECT, listener_weights, synth
+from weightshift.rollback_record import RollbackRecord
+from weightshift.stages import Strategy, schedule
+from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
+
+PREFIX = "support-assistant-prod-green"
+CANDIDATE = "support-assistant/v1.5.0-d93b4b8ffe77"
+
+
+@pytest.fixture(scope="module")
+def live() -> Graph:
+    """Stage 2: the candidate has traffic, so the alarms act."""
+    return synth("rollout.stage=2")
+
+
+def alarm(graph: Graph, suffix: str) -> dict[str, Any]:
+    return graph.named(f"rollback-{suffix}", "MetricAlarm").inputs
+
+
+def test_latency_alarm_is_p99_of_the_candidates_target_response_time(live: Graph) -> None:
+    latency = alarm(live, "latency-p99")
+    assert latency["name"] == f"{PREFIX}-latency-p99"
+    assert (latency["namespace"], latency["metricName"]) == (
+        "AWS/ApplicationELB",
+        "TargetResponseTime",
+    )
+    assert latency["extendedStatistic"] == "p99"
+    assert "statistic" not in latency
+    assert (latency["period"], latency["evaluationPeriods"], latency["datapointsToAlarm"]) == (
+        60,
+        1,
+        1,
+    )
+    assert latency["comparisonOperator"] == "GreaterThanThreshold"
+    assert latency["threshold"] == 8  # Pulumi.prod.yaml: latencyP99Seconds
+    assert latency["treatMissingData"] == "notBreaching"
+    green_arn = live.outputs["targetGroupArns"]["green"]
+    assert green_arn.endswith(latency["dimensions"]["TargetGroup"])
+    assert latency["dimensions"]["TargetGroup"].startswith("targetgroup/traffic-green-")
+    assert latency["dimensions"]["LoadBalancer"].startswith("app/traffic-alb-")
+
+
+def test_error_rate_is_metric_math_over_5xx_and_requests(live: Graph) -> None:
+    errors = alarm(live, "errors")
+    assert "period" not in errors
+    assert "metricName" not in errors
+    queries = {q["id"]: q for q in errors["metricQueries"]}
+    assert queries["rate"]["expression"] == (
+        "IF(FILL(requests, 0) > 0, 100 * FILL(errors, 0) / requests, 0)"
+    )
+    assert queries["rate"]["returnData"] is True
+    for query_id, metric in (("errors", "HTTPCode_Target_5XX_Count"), ("requests", "RequestCount")):
+        stat = queries[query_id]["metric"]
+        assert (stat["metricName"], stat["stat"], stat["period"]) == (metric, "Sum", 60)
+        assert queries[query_id]["returnData"] is False
+    assert (errors["comparisonOperator"], errors["threshold"]) == ("GreaterThanThreshold", 0.5)
+    assert errors["treatMissingData"] == "notBreaching"
+
+
+def test_quality_and_safety_alarms_read_the_custom_metrics_of_this_version(live: Graph) -> None:
+    quality, safety = alarm(live, "quality"), alarm(live, "safety")
+    for found, metric in ((quality, "QualityScore"), (safety, "SafetyViolationRate")):
+        assert (found["namespace"], found["metricName"]) == ("weightshift", metric)
+        assert found["dimensions"] == {"Model": "support-assistant", "Version": CANDIDATE}
+        assert found["statistic"] == "Average"
+        assert found["treatMissingData"] == "notBreaching"
+    assert (quality["comparisonOperator"], quality["threshold"]) == ("LessThanThreshold", 0.82)
+    assert (quality["evaluationPeriods"], quality["datapointsToAlarm"]) == (3, 2)
+    assert (safety["comparisonOperator"], safety["threshold"]) == ("GreaterThanThreshold", 0.2)
+
+
+def test_the_dead_mans_switch_treats_silence_as_a_breach_while_the_candidate_has_weight(
+    live: Graph,
+) -> None:
+    hosts, requests = alarm(live, "no-healthy-hosts"), alarm(live, "no-requests")
+    assert (hosts["metricName"], hosts["statistic"]) == ("HealthyHostCount", "Minimum")
+    assert (hosts["comparisonOperator"], hosts["threshold"]) == ("LessThanThreshold", 1)
+    assert hosts["treatMissingData"] == "breaching"
+    assert (requests["metricName"], requests["statistic"]) == ("RequestCount", "Sum")
+    assert (requests["comparisonOperator"], requests["threshold"]) == ("LessThanThreshold", 1)
+    assert (requests["evaluationPeriods"], requests["datapointsToAlarm"]) == (3, 3)
+    assert requests["treatMissingData"] == "breaching"
+    idle = synth("rollout.stage=0")
+    assert alarm(idle, "no-requests")["treatMissingData"] == "notBreaching"
+
+
+def test_the_composite_alarm_invokes_the_function_and_pages_only_while_live(live: Graph) -> None:
+    composite = live.named("rollback", "CompositeAlarm").inputs
+    names = [alarm(live, s)["name"] for s in ("latency-p99", "errors", "quality", "safety")]
+    names += [alarm(live, s)["name"] for s in ("no-healthy-hosts", "no-requests")]
+    assert composite["alarmRule"] == " OR ".join(f'ALARM("{n}")' for n in names)
+    function = live.named("rollback-function", "Function").inputs
+    topic = live.outputs["rollback"]["onCallTopic"]
+    assert composite["alarmActions"] == [
+        f"arn:aws:lambda:us-east-1:123456789012:function:{function['name']}",
+        topic,
+    ]
+    assert composite["actionsEnabled"] is True
+    assert f"listener={live.outputs['listenerArn']}" in composite["alarmDescription"]
+    assert function["environment"]["variables"]["ALARM_NAME"] == composite["alarmName"]
+    permission = live.named("rollback-function", "Permission").inputs
+    assert permission["principal"] == "lambda.alarms.cloudwatch.amazonaws.com"
+    assert permission["sourceArn"].endswith(f":alarm:{composite['alarmName']}")
+    assert permission["sourceAccount"] == "123456789012"
+    idle = synth("rollout.stage=0").named("rollback", "CompositeAlarm").inputs
+    assert idle["actionsEnabled"] is False
+    for name in names:  # only the composite acts
+        assert not any(
+            r.inputs.get("actionsEnabled") for r in live.resources if r.inputs.get("name") == name
+        )
+
+
+def test_the_function_is_packaged_with_reserved_concurrency_and_json_logs(live: Graph) -> None:
+    function = live.named("rollback-function", "Function").inputs
+    assert function["handler"] == "rollback.handler"
+    assert function["runtime"].startswith("python3.")
+    source = PROJECT / "weightshift/lambdas/rollback.py"
+    (packaged,) = function["code"]["archive"].items()
+    assert packaged[0] == "rollback.py"
+    assert packaged[1]["file"] == source.name
+    assert function["reservedConcurrentExecutions"] == 5
+    assert function["loggingConfig"]["logFormat"] == "JSON"
+    variables = function["environment"]["variables"]
+    arns = live.outputs["targetGroupArns"]
+    assert variables["STABLE_TARGET_GROUP_ARN"] == arns["blue"]
+    assert variables["CANDIDATE_TARGET_GROUP_ARN"] == arns["green"]
+    assert variables["STAGE_WEIGHTS"] == "0,10,50,250,500,999"
+    assert variables["RECORD_PARAMETER"] == "/weightshift/support-assistant/prod/rollback"
+
+
+def test_the_functions_iam_grants_nothing_beyond_its_own_resources(live: Graph) -> None:
+    policy = json.loads(live.named("rollback-function", "RolePolicy").inputs["policy"])
+    grants = {s["Sid"]: (s["Action"], s["Resource"]) for s in policy["Statement"]}
+    bucket = "arn:aws:s3:::support-assistant-artifacts-210987654321-use1"
+    assert grants["SendTrafficToStable"] == (
+        ["elasticloadbalancing:ModifyListener"],
+        [live.outputs["listenerArn"]],
+    )
+    assert grants["RollbackRecord"] == (
+        ["ssm:PutParameter", "ssm:GetParameter"],
+        [
+            "arn:aws:ssm:us-east-1:123456789012:parameter/weightshift/support-assistant/prod/rollback"
+        ],
+    )
+    assert grants["IncidentRecord"] == (
+        ["s3:PutObject"],
+        [f"{bucket}/incidents/support-assistant/prod/*"],
+    )
+    assert grants["PageOnCall"] == (["sns:Publish"], [live.outputs["rollback"]["onCallTopic"]])
+    assert grants["ReadWeights"] == (["elasticloadbalancing:DescribeListeners"], ["*"])
+    assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+    for sid, (actions, resources) in grants.items():
+        assert not [a for a in actions if a.endswith("*") or a.endswith(":*")], sid
+        if sid != "ReadWeights":  # Describe calls cannot be scoped
+            assert "*" not in resources, sid
+    assert set(grants) == {
+        "ReadWeights",
+        "SendTrafficToStable",
+        "RollbackRecord",
+        "IncidentRecord",
+        "EncryptIncidentRecord",
+        "PageOnCall",
+        "EncryptPage",
+        "Logs",
+    }
+    trust = json.loads(live.named("rollback-function", "Role").inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
+
+
+def test_the_on_call_topic_is_encrypted_and_tls_only(live: Graph) -> None:
+    topic = live.named("rollback-on-call", "Topic").inputs
+    assert topic["kmsMasterKeyId"].startswith("arn:aws:kms:")
+    policy = json.loads(live.named("rollback-on-call", "TopicPolicy").inputs["policy"])
+    deny = next(s for s in policy["Statement"] if s["Effect"] == "Deny")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    allow = next(s for s in policy["Statement"] if s["Effect"] == "Allow")
+    assert allow["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+
+
+def record(candidate: str = CANDIDATE) -> RollbackRecord:
+    return RollbackRecord(
+        incident="4f1c0a9e3b2d7c65",
+        candidate=candidate,
+        alarm=f"{PREFIX}-rollback",
+        reason="errors went to ALARM",
+        stage=3,
+        at="2026-11-25T09:12:04+00:00",
+    )
+
+
+def synth_with_record(found: RollbackRecord | None, *overrides: str) -> Graph:
+    values = apply_overrides(stack_config(PROJECT, "prod"), overrides)
+    return synthesize(PROJECT, "prod", values, record=found)
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_with_a_rollback_record_every_stage_renders_stable_at_100(strategy: Strategy) -> None:
+    sets = {
+        Strategy.CANARY: (),
+        Strategy.BLUE_GREEN: ("rollout.strategy=blue-green",),
+        Strategy.SHADOW: ("rollout.strategy=shadow",),
+    }[strategy]
+    for stage in schedule(strategy):
+        graph = synth_with_record(record(), *sets, f"rollout.stage={stage.index}")
+        assert listener_weights(graph) == {
+            "blue": 999,
+            "green": 0,
+            **({"mirror": 0} if strategy is Strategy.SHADOW else {}),
+        }
+        (action,) = graph.named("traffic-https").inputs["defaultActions"]
+        assert action["forward"]["stickiness"]["enabled"] is False
+        rollout = graph.outputs["rollout"]
+        assert (rollout["rolledBack"], rollout["renderedStage"], rollout["stage"]) == (
+            True,
+            0,
+            stage.index,
+        )
+        assert rollout["rollbackRecord"]["incident"] == "4f1c0a9e3b2d7c65"
+        assert graph.named("rollback", "CompositeAlarm").inputs["actionsEnabled"] is False
+
+
+def test_the_rendered_listener_is_what_the_function_left() -> None:
+    from weightshift.lambdas.rollback import ALB_WEIGHT_ALL
+
+    graph = synth_with_record(record(), "rollout.stage=4")
+    assert listener_weights(graph)["blue"] == ALB_WEIGHT_ALL
+    at_stage_0 = synth("rollout.stage=0", "rollout.stickinessSeconds=0")
+    assert graph.named("traffic-https").inputs == at_stage_0.named("traffic-https").inputs
+
+
+def test_a_record_of_another_candidate_does_not_hold_this_one_back() -> None:
+    graph = synth_with_record(record("support-assistant/v1.4.9-0123456789ab"), "rollout.stage=3")
+    assert listener_weights(graph) == {"blue": 750, "green": 250}
+    assert graph.outputs["rollout"]["rolledBack"] is False
+
+
+def test_synth_reads_a_record_file(tmp_path: Path) -> None:
+    from weightshift.cli import main
+
+    path = tmp_path / "record.json"
+    path.write_text(record().model_dump_json())
+    out = tmp_path / "graph.json"
+    assert (
+        main(
+            ["synth", "--set", "rollout.stage=5", "--rollback-record", str(path), "--out", str(out)]
+        )
+        == 0
+    )
+    graph = json.loads(out.read_text())
+    assert graph["outputs"]["rollout"]["rolledBack"] is True
+    assert graph["outputs"]["rollout"]["weights"] == {"blue": 999, "green": 0, "mirror": 0}
+    path.write_text("{not json")
+    assert main(["synth", "--rollback-record", str(path)]) == 2

@@ -1,0 +1,224 @@
+"""The rollout commands over a fake Automation API backend (the program synthesized offline
+on every `up`) and moto for CloudWatch, SSM and the load balancer."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.alb_world import PARAMETER, REGION, World, alb_world, forward
+from tests.conftest import PROJECT
+from weightshift.cli import main
+from weightshift.plan import diff
+from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError
+from weightshift.synth import Graph, stack_config, synthesize
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class FakeBackend:
+    """The stack as the Automation API would show it: `up` runs the real program offline,
+    reading the rollback record from (emulated) SSM as the program does."""
+
+    def __init__(self, view: AwsView, world: World) -> None:
+        self.values: dict[str, Any] = stack_config(PROJECT, "prod")
+        self.view = view
+        self.world = world
+        self.ups: list[str] = []
+        self.updated_at: datetime | None = NOW - timedelta(days=3)
+        self.graph = self._synth()
+
+    def _synth(self) -> Graph:
+        return synthesize(PROJECT, "prod", self.values, record=self.view.record(PARAMETER))
+
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self.values)
+
+    def set_config(self, key: str, value: Any) -> None:
+        self.values[key] = copy.deepcopy(value)
+
+    def up(self, message: str) -> str:
+        graph = self._synth()
+        changes = diff(self.graph, graph)
+        self.graph = graph
+        self.ups.append(message)
+        self.updated_at = NOW
+        return f"{len(changes)} changed"
+
+    def outputs(self) -> dict[str, Any]:
+        outputs = copy.deepcopy(self.graph.outputs)
+        # The deployed function's settings point at the (emulated) real resources.
+        outputs["rollback"]["settings"] = {
+            **outputs["rollback"]["settings"],
+            **self.world.env,
+            "ALARM_NAME": outputs["rollback"]["compositeAlarm"],
+        }
+        return outputs
+
+    def last_update(self) -> datetime | None:
+        return self.updated_at
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    with alb_world(monkeypatch) as found:
+        yield found
+
+
+@pytest.fixture
+def backend(world: World) -> FakeBackend:
+    return FakeBackend(AwsView(), world)
+
+
+@pytest.fixture
+def rollout(backend: FakeBackend) -> Rollout:
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    outputs = backend.outputs()["rollback"]
+    for name in outputs["alarms"]:
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            MetricName="RequestCount",
+            Namespace="AWS/ApplicationELB",
+            Statistic="Sum",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="LessThanThreshold",
+        )
+        cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="test")
+    return Rollout("prod", backend, AwsView(), now=lambda: NOW)
+
+
+def set_stage(backend: FakeBackend, stage: int, **rollout: Any) -> None:
+    backend.values["weightshift:rollout"] = {
+        **backend.values["weightshift:rollout"],
+        "stage": stage,
+        **rollout,
+    }
+    backend.graph = backend._synth()
+
+
+def test_status_shows_stage_weights_alarms_and_readiness(rollout: Rollout) -> None:
+    status = rollout.status()
+    found = status.to_json()
+    assert (found["strategy"], found["stage"], found["nextStage"]) == ("canary", 0, 1)
+    assert found["weights"] == {"blue": 999, "green": 0, "mirror": 0}
+    assert set(found["alarms"].values()) <= {"OK", "MISSING"}
+    assert found["blockers"] == []
+    assert found["rollbackRecord"] is None
+    assert "promote to 1: ready" in status.render()
+
+
+def test_promote_moves_exactly_one_stage_and_deploys(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    message = rollout.promote()
+    assert message.startswith("promoted to stage 1: ")
+    assert backend.values["weightshift:rollout"]["stage"] == 1
+    assert backend.ups == ["weightshift rollout promote to stage 1"]
+    assert backend.graph.outputs["rollout"]["weights"] == {"blue": 990, "green": 10, "mirror": 0}
+
+
+def test_promote_waits_for_the_stage_to_bake(rollout: Rollout, backend: FakeBackend) -> None:
+    rollout.promote()
+    with pytest.raises(RolloutError, match=r"stage 1 bakes for 1 h 00 min more"):
+        rollout.promote()
+    assert rollout.promote(ignore_bake=True).startswith("promoted to stage 2")
+
+
+def test_promote_refuses_while_an_alarm_is_in_alarm(rollout: Rollout, backend: FakeBackend) -> None:
+    name = backend.outputs()["rollback"]["alarms"][0]
+    boto3.client("cloudwatch", region_name=REGION).set_alarm_state(
+        AlarmName=name, StateValue="ALARM", StateReason="p99 too high"
+    )
+    with pytest.raises(RolloutError, match=f"alarm\\(s\\) in ALARM: {name}"):
+        rollout.promote()
+    assert backend.ups == []
+
+
+def test_abort_rolls_back_by_the_functions_path_and_nothing_undoes_it(
+    rollout: Rollout, backend: FakeBackend, world: World
+) -> None:
+    set_stage(backend, 3)
+    outcome = rollout.abort("customer reports of wrong answers")
+    assert outcome.action == "rolled-back"
+    assert forward(world) == {"weights": {world.stable: 999, world.candidate: 0}, "sticky": False}
+    status = rollout.status()
+    assert status.record is not None
+    assert "manual abort by" in status.record.reason
+    with pytest.raises(RolloutError, match="a rollback record exists"):
+        rollout.promote(ignore_bake=True)
+    # The next deploy, at the configured stage 3, keeps stable at 100 %.
+    backend.up("an unrelated change")
+    assert backend.graph.outputs["rollout"]["weights"] == {"blue": 999, "green": 0, "mirror": 0}
+    assert backend.graph.outputs["rollout"]["rolledBack"] is True
+    # A second abort is the same incident.
+    assert rollout.abort("again").action == "already"
+
+
+def test_ack_returns_the_config_to_stage_0_then_clears_the_record(
+    rollout: Rollout, backend: FakeBackend, world: World
+) -> None:
+    set_stage(backend, 2)
+    with pytest.raises(RolloutError, match="no rollback record"):
+        rollout.ack()
+    rollout.abort("bad canary")
+    message = rollout.ack()
+    assert "acknowledged incident" in message
+    assert backend.values["weightshift:rollout"]["stage"] == 0
+    assert world.ssm.describe_parameters()["Parameters"] == []
+    backend.up("after ack")
+    assert backend.graph.outputs["rollout"]["weights"] == {"blue": 999, "green": 0, "mirror": 0}
+    assert backend.graph.outputs["rollout"]["rolledBack"] is False
+
+
+def test_finish_swaps_the_roles_at_the_last_stage_only(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    with pytest.raises(RolloutError, match="not the last stage"):
+        rollout.finish()
+    set_stage(backend, 5)
+    with pytest.raises(RolloutError, match="is the last stage of canary"):
+        rollout.promote()
+    message = rollout.finish()
+    assert message.startswith("green is now the stable colour")
+    assert backend.values["weightshift:rollout"]["candidate"] == "blue"
+    assert backend.values["weightshift:rollout"]["stage"] == 0
+    # Green keeps all traffic: finishing moves no request.
+    assert backend.graph.outputs["rollout"]["weights"] == {"blue": 0, "green": 999, "mirror": 0}
+    assert backend.graph.outputs["rollout"]["stable"] == "green"
+
+
+def test_shadow_cannot_finish(rollout: Rollout, backend: FakeBackend) -> None:
+    set_stage(backend, 1, strategy="shadow")
+    with pytest.raises(RolloutError, match="never serves the candidate at 100 %"):
+        rollout.finish()
+
+
+@pytest.mark.skipif(shutil.which("pulumi") is not None, reason="the Pulumi CLI is installed")
+def test_without_the_pulumi_cli_the_commands_say_what_is_needed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(RolloutError, match="need the Pulumi CLI on PATH"):
+        AutomationBackend(PROJECT, "prod")
+    assert main(["rollout", "status"]) == 2
+    assert "need the Pulumi CLI on PATH" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    shutil.which("pulumi") is None or not os.environ.get("WEIGHTSHIFT_LIVE_STACK"),
+    reason="needs the Pulumi CLI, AWS credentials and WEIGHTSHIFT_LIVE_STACK (a deployed stack)",
+)
+def test_the_automation_backend_reads_a_real_stack() -> None:
+    stack = os.environ["WEIGHTSHIFT_LIVE_STACK"]
+    backend = AutomationBackend(PROJECT, stack)
+    status = Rollout(stack, backend, AwsView()).status()
+    assert status.config.model == backend.config()["weightshift:model"]
+    assert "rollout" in backend.outputs()

@@ -1,0 +1,361 @@
+"""The operator's rollout commands: status, promote, abort, ack, finish.
+
+Each command reads the stack's config and outputs through :class:`StackBackend` (the
+Pulumi Automation API in real use, :class:`AutomationBackend`; a fake in tests) and the
+live state through :class:`AwsView` (CloudWatch alarm states, the rollback record in SSM).
+A command that changes the rollout edits the stack config (``Pulumi.<stack>.yaml``: commit
+it) and runs ``pulumi up``; nothing moves without the checks below.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import boto3
+from botocore.exceptions import ClientError
+
+from weightshift.config import NAMESPACE, StackConfig, load
+from weightshift.lambdas import rollback as rollback_function
+from weightshift.rollback_record import RollbackRecord
+from weightshift.rollback_record import read as read_record
+from weightshift.stages import Stage, next_stages, schedule, stage_of, weights_for
+
+ROLLOUT_KEY = f"{NAMESPACE}:rollout"
+
+
+class RolloutError(Exception):
+    """A rollout command refused or failed; the message says why and what to do."""
+
+
+class StackBackend(Protocol):
+    """The stack, as the Automation API sees it."""
+
+    def config(self) -> dict[str, Any]:
+        """Fully qualified keys (``weightshift:rollout``, ``aws:region``) to decoded values."""
+        ...
+
+    def set_config(self, key: str, value: Any) -> None: ...
+
+    def up(self, message: str) -> str:
+        """Deploy; return a one-line summary of what changed."""
+        ...
+
+    def outputs(self) -> dict[str, Any]: ...
+
+    def last_update(self) -> datetime | None:
+        """When the last successful update finished."""
+        ...
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+class AutomationBackend:
+    """The real stack through the Pulumi Automation API (needs the Pulumi CLI)."""
+
+    def __init__(self, project: Path, stack: str) -> None:
+        from pulumi import automation as auto  # noqa: PLC0415 (only with the CLI present)
+
+        if shutil.which("pulumi") is None:
+            raise RolloutError(
+                "the rollout commands drive `pulumi up` through the Automation API and need "
+                "the Pulumi CLI on PATH (https://www.pulumi.com/docs/install/). `weightshift "
+                "plan` and `synth` work without it."
+            )
+        self._auto = auto
+        self.stack = auto.select_stack(stack_name=stack, work_dir=str(project))
+
+    def config(self) -> dict[str, Any]:
+        return {key: _decode(value.value) for key, value in self.stack.get_all_config().items()}
+
+    def set_config(self, key: str, value: Any) -> None:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        self.stack.set_config(key, self._auto.ConfigValue(value=text))
+
+    def up(self, message: str) -> str:
+        result = self.stack.up(message=message, on_output=print)
+        changes = result.summary.resource_changes or {}
+        return ", ".join(f"{kind} {count}" for kind, count in sorted(changes.items()))
+
+    def outputs(self) -> dict[str, Any]:
+        return {key: output.value for key, output in self.stack.outputs().items()}
+
+    def last_update(self) -> datetime | None:
+        for update in self.stack.history(page_size=10):
+            if update.result == "succeeded" and update.kind == "update" and update.end_time:
+                end = update.end_time
+                return end if end.tzinfo else end.replace(tzinfo=UTC)
+        return None
+
+
+class AwsView:
+    """Live state: alarm states and the rollback record."""
+
+    def __init__(self, cloudwatch: Any = None, ssm: Any = None) -> None:
+        self.cloudwatch = cloudwatch or boto3.client("cloudwatch")
+        self.ssm = ssm or boto3.client("ssm")
+
+    def alarm_states(self, names: Sequence[str]) -> dict[str, str]:
+        if not names:
+            return {}
+        found: dict[str, str] = {}
+        paginator = self.cloudwatch.get_paginator("describe_alarms")
+        for page in paginator.paginate(
+            AlarmNames=list(names), AlarmTypes=["MetricAlarm", "CompositeAlarm"]
+        ):
+            for alarm in [*page.get("MetricAlarms", []), *page.get("CompositeAlarms", [])]:
+                found[alarm["AlarmName"]] = alarm["StateValue"]
+        return {name: found.get(name, "MISSING") for name in names}
+
+    def record(self, parameter: str) -> RollbackRecord | None:
+        return read_record(parameter, self.ssm)
+
+    def delete_record(self, parameter: str) -> None:
+        try:
+            self.ssm.delete_parameter(Name=parameter)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ParameterNotFound":
+                raise
+
+
+@dataclass
+class Status:
+    stack: str
+    config: StackConfig
+    stage: Stage
+    weights: dict[str, int]
+    rendered_stage: int
+    in_stage_for: timedelta | None
+    alarms: dict[str, str]
+    record: RollbackRecord | None
+    next_stage: int | None
+    blockers: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        rollout = self.config.rollout
+        return {
+            "stack": self.stack,
+            "strategy": rollout.strategy.value,
+            "stage": rollout.stage,
+            "renderedStage": self.rendered_stage,
+            "gate": self.stage.gate,
+            "candidate": rollout.candidate.value,
+            "candidateVersion": self.config.colour(rollout.candidate).version,
+            "stableVersion": self.config.colour(rollout.stable).version,
+            "weights": self.weights,
+            "inStageSeconds": int(self.in_stage_for.total_seconds())
+            if self.in_stage_for is not None
+            else None,
+            "bakeSeconds": int(self.stage.duration.total_seconds())
+            if self.stage.duration
+            else None,
+            "alarms": self.alarms,
+            "rollbackRecord": self.record.model_dump() if self.record else None,
+            "nextStage": self.next_stage,
+            "blockers": self.blockers,
+        }
+
+    def render(self) -> str:
+        rollout = self.config.rollout
+        lines = [
+            f"stack {self.stack}: {rollout.strategy.value}, stage {rollout.stage} "
+            f"({self.stage.gate}); candidate {rollout.candidate.value} "
+            f"{self.config.colour(rollout.candidate).version}, stable {rollout.stable.value} "
+            f"{self.config.colour(rollout.stable).version}",
+            "weights: " + ", ".join(f"{k} {v / 10:g} %" for k, v in self.weights.items() if v),
+            f"in stage for: {_duration(self.in_stage_for)}"
+            + (f" (bake {_duration(self.stage.duration)})" if self.stage.duration else ""),
+        ]
+        if self.record is not None:
+            lines.append(f"ROLLED BACK: {self.record.summary()}")
+        lines += [f"alarm {name}: {state}" for name, state in sorted(self.alarms.items())]
+        if self.next_stage is None:
+            lines.append("next: none (last stage; `weightshift rollout finish` swaps the roles)")
+        elif self.blockers:
+            lines.append(f"promote to {self.next_stage}: blocked: " + "; ".join(self.blockers))
+        else:
+            lines.append(f"promote to {self.next_stage}: ready")
+        return "\n".join(lines)
+
+
+def _duration(value: timedelta | None) -> str:
+    if value is None:
+        return "unknown"
+    minutes = int(value.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class Rollout:
+    """The commands, over a stack backend and a view of AWS."""
+
+    def __init__(
+        self,
+        stack: str,
+        backend: StackBackend,
+        aws: AwsView,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clients: Callable[[], rollback_function.Clients] = rollback_function.Clients.default,
+    ) -> None:
+        self.stack = stack
+        self.backend = backend
+        self.aws = aws
+        self.now = now
+        self.clients = clients
+
+    def _config(self) -> StackConfig:
+        return load(self.backend.config(), source=f"config of stack {self.stack}")
+
+    def status(self) -> Status:
+        config = self._config()
+        rollout = config.rollout
+        outputs = self.backend.outputs()
+        rendered = outputs.get("rollout") or {}
+        alarm_names = list((outputs.get("rollback") or {}).get("alarms") or [])
+        composite = (outputs.get("rollback") or {}).get("compositeAlarm")
+        if composite:
+            alarm_names.append(composite)
+        parameter = str(rendered.get("recordParameter") or "")
+        record = self.aws.record(parameter) if parameter else None
+        candidate_version = config.colour(rollout.candidate).version
+        if record is not None and record.candidate != candidate_version:
+            record = None  # about another candidate: not this rollout's business
+        alarms = self.aws.alarm_states(alarm_names)
+        following = next_stages(rollout.strategy, rollout.stage)
+        since = self.backend.last_update()
+        stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
+        status = Status(
+            stack=self.stack,
+            config=config,
+            stage=stage,
+            weights=dict(rendered.get("weights") or {}),
+            rendered_stage=int(rendered.get("renderedStage", rollout.stage)),
+            in_stage_for=self.now() - since if since else None,
+            alarms=alarms,
+            record=record,
+            next_stage=following[0] if following else None,
+        )
+        if record is not None:
+            status.blockers.append(
+                "a rollback record exists: review the incident, then `weightshift rollout ack`"
+            )
+        firing = sorted(name for name, state in alarms.items() if state == "ALARM")
+        if firing:
+            status.blockers.append(f"alarm(s) in ALARM: {', '.join(firing)}")
+        if status.rendered_stage != rollout.stage and record is None:
+            status.blockers.append(
+                f"the deployed stage is {status.rendered_stage}, the config says {rollout.stage}:"
+                " run `pulumi up` first"
+            )
+        if stage.duration and (status.in_stage_for or timedelta(0)) < stage.duration:
+            left = stage.duration - (status.in_stage_for or timedelta(0))
+            status.blockers.append(f"stage {rollout.stage} bakes for {_duration(left)} more")
+        return status
+
+    def promote(self, *, ignore_bake: bool = False) -> str:
+        status = self.status()
+        blockers = [b for b in status.blockers if not (ignore_bake and " bakes for " in b)]
+        if status.next_stage is None:
+            raise RolloutError(
+                f"stage {status.config.rollout.stage} is the last stage of "
+                f"{status.config.rollout.strategy.value}: `weightshift rollout finish` makes the "
+                "candidate the stable colour."
+            )
+        if blockers:
+            raise RolloutError(
+                f"not promoting to stage {status.next_stage}: " + "; ".join(blockers) + "."
+            )
+        rollout = status.config.model_dump(by_alias=True, mode="json")["rollout"]
+        rollout["stage"] = status.next_stage
+        self.backend.set_config(ROLLOUT_KEY, rollout)
+        summary = self.backend.up(f"weightshift rollout promote to stage {status.next_stage}")
+        return f"promoted to stage {status.next_stage}: {summary}"
+
+    def abort(self, reason: str) -> rollback_function.Outcome:
+        """A manual rollback, by the rollback function's own code and settings."""
+        outputs = self.backend.outputs()
+        settings_map = (outputs.get("rollback") or {}).get("settings")
+        if not settings_map:
+            raise RolloutError(
+                "the stack has no rollback function (no candidate version is deployed): "
+                "there is nothing to abort."
+            )
+        settings = rollback_function.Settings.from_environment(settings_map)
+        user = getpass.getuser()
+        now = self.now().strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+        event = {
+            "source": "weightshift.rollout.abort",
+            "alarmArn": f"manual-abort:{user}",
+            "time": now,
+            "alarmData": {
+                "alarmName": settings.alarm_name,
+                "state": {
+                    "value": "ALARM",
+                    "reason": f"manual abort by {user}: {reason}",
+                    "timestamp": now,
+                },
+                "configuration": {"description": f"listener={settings.listener_arn}"},
+            },
+        }
+        return rollback_function.roll_back(event, settings, self.clients())
+
+    def ack(self) -> str:
+        """Clear a reviewed rollback: the config goes back to stage 0 first, then the record
+        goes, so the next `pulumi up` keeps the stable colour at 100 %."""
+        config = self._config()
+        outputs = self.backend.outputs()
+        parameter = str((outputs.get("rollout") or {}).get("recordParameter") or "")
+        record = self.aws.record(parameter) if parameter else None
+        if record is None:
+            raise RolloutError(f"stack {self.stack} has no rollback record to acknowledge.")
+        rollout = config.model_dump(by_alias=True, mode="json")["rollout"]
+        rollout["stage"] = 0
+        self.backend.set_config(ROLLOUT_KEY, rollout)
+        self.aws.delete_record(parameter)
+        return (
+            f"acknowledged incident {record.incident} ({record.candidate}); the stack config is "
+            "at stage 0 (commit Pulumi.<stack>.yaml). Publish a fixed bundle or promote again."
+        )
+
+    def finish(self) -> str:
+        """The candidate (at 100 %) becomes the stable colour; the old stable stays warm."""
+        status = self.status()
+        rollout = status.config.rollout
+        if status.next_stage is not None:
+            raise RolloutError(
+                f"stage {rollout.stage} is not the last stage of {rollout.strategy.value}: "
+                f"promote to stage {len(schedule(rollout.strategy)) - 1} first."
+            )
+        hard = [b for b in status.blockers if " bakes for " not in b]
+        if hard:
+            raise RolloutError("not finishing: " + "; ".join(hard) + ".")
+        weights = weights_for(rollout.strategy, rollout.stage, rollout.candidate)
+        if weights.of(rollout.candidate) != max(weights.blue, weights.green):
+            raise RolloutError(
+                f"{rollout.strategy.value} never serves the candidate at 100 % (shadow only "
+                "mirrors): switch to blue-green or canary to ship it."
+            )
+        updated = status.config.model_dump(by_alias=True, mode="json")["rollout"]
+        updated["candidate"] = rollout.stable.value
+        updated["stage"] = 0
+        self.backend.set_config(ROLLOUT_KEY, updated)
+        summary = self.backend.up(
+            f"weightshift rollout finish: {status.config.colour(rollout.candidate).version} "
+            "is stable"
+        )
+        return (
+            f"{rollout.candidate.value} is now the stable colour; {rollout.stable.value} keeps "
+            f"{status.config.colour(rollout.stable).version} warm as the next candidate slot: "
+            f"{summary}"
+        )
