@@ -74,7 +74,7 @@ if rolled_back and record is not None:
         f"{record.summary()}. Configured stage {rollout.stage} is not applied: traffic stays "
         "on the stable colour."
     )
-candidate_active = weights.of(rollout.candidate) > 0 or weights.mirror > 0
+candidate_active = weights.reaching(rollout.candidate) > 0
 
 # Required tags live here and nowhere else: the provider stamps them on every resource.
 provider = aws.Provider(
@@ -177,10 +177,7 @@ if candidate_version is not None:
             stage_weights=[
                 weights_for(
                     rollout.strategy, s.index, rollout.candidate, rollout.mirror_percent
-                ).of(rollout.candidate)
-                + weights_for(
-                    rollout.strategy, s.index, rollout.candidate, rollout.mirror_percent
-                ).mirror
+                ).reaching(rollout.candidate)
                 for s in schedule(rollout.strategy, rollout.mirror_percent)
             ],
             listener_arn=traffic.listener_arn,

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components.iam import POD_IDENTITY_TRUST, service_trust
 from weightshift.config import ClusterConfig, NodeGroupConfig
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -20,37 +21,6 @@ LB_CONTROLLER_NAMESPACE = "kube-system"
 LB_CONTROLLER_SERVICE_ACCOUNT = "aws-load-balancer-controller"
 NVIDIA_CHART_REPO = "https://nvidia.github.io/k8s-device-plugin"
 EKS_CHART_REPO = "https://aws.github.io/eks-charts"
-
-POD_IDENTITY_TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "pods.eks.amazonaws.com"},
-                "Action": ["sts:AssumeRole", "sts:TagSession"],
-            }
-        ],
-    },
-    sort_keys=True,
-)
-"""Trust policy of every role a pod gets through EKS Pod Identity."""
-
-
-def _trust(service: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": service},
-                    "Action": "sts:AssumeRole",
-                }
-            ],
-        },
-        sort_keys=True,
-    )
 
 
 def load_balancer_controller_policy(target_group_arns: Sequence[str]) -> str:
@@ -191,7 +161,7 @@ class GpuCluster(pulumi.ComponentResource):
             opts=child,
         )
         cluster_role = aws.iam.Role(
-            f"{name}-role", assume_role_policy=_trust("eks.amazonaws.com"), opts=child
+            f"{name}-role", assume_role_policy=service_trust("eks.amazonaws.com"), opts=child
         )
         attached = [
             aws.iam.RolePolicyAttachment(
@@ -224,7 +194,7 @@ class GpuCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[logs, *attached]),
         )
         node_role = aws.iam.Role(
-            f"{name}-nodes", assume_role_policy=_trust("ec2.amazonaws.com"), opts=child
+            f"{name}-nodes", assume_role_policy=service_trust("ec2.amazonaws.com"), opts=child
         )
         node_policies = [
             aws.iam.RolePolicyAttachment(

@@ -17,7 +17,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.artifact_store import bundle_read_policy
-from components.gpu_cluster import GPU_TAINT_KEY, POD_IDENTITY_TRUST
+from components.gpu_cluster import GPU_TAINT_KEY
+from components.iam import POD_IDENTITY_TRUST
 from weightshift.catalog import ResolvedBundle
 from weightshift.config import ServingConfig
 from weightshift.stages import Colour

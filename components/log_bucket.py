@@ -99,6 +99,29 @@ def _policy(args: LogBucketArgs, bucket_arn: str, s3_sources: Sequence[str] = ()
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
+def make_private(
+    name: str, bucket: aws.s3.Bucket, opts: pulumi.ResourceOptions
+) -> tuple[aws.s3.BucketOwnershipControls, aws.s3.BucketPublicAccessBlock]:
+    """No ACLs (bucket owner enforced) and every public access blocked: ``{name}-ownership``
+    and ``{name}-public-access``."""
+    ownership = aws.s3.BucketOwnershipControls(
+        f"{name}-ownership",
+        bucket=bucket.id,
+        rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+        opts=opts,
+    )
+    public = aws.s3.BucketPublicAccessBlock(
+        f"{name}-public-access",
+        bucket=bucket.id,
+        block_public_acls=True,
+        block_public_policy=True,
+        ignore_public_acls=True,
+        restrict_public_buckets=True,
+        opts=opts,
+    )
+    return ownership, public
+
+
 class LogBucket(pulumi.ComponentResource):
     """Log bucket: versioned, SSE-S3 (the only encryption ALB log delivery supports),
     bucket-owner-enforced, every public access blocked, TLS-only, expiring after the
@@ -123,21 +146,7 @@ class LogBucket(pulumi.ComponentResource):
         super().__init__("weightshift:index:LogBucket", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(name, force_destroy=False, opts=child)
-        aws.s3.BucketOwnershipControls(
-            f"{name}-ownership",
-            bucket=bucket.id,
-            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
-            opts=child,
-        )
-        public = aws.s3.BucketPublicAccessBlock(
-            f"{name}-public-access",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
+        _, public = make_private(name, bucket, child)
         aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-encryption",
             bucket=bucket.id,

@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components.iam import service_trust
 from weightshift.config import RollbackConfig, Thresholds
 from weightshift.stages import Colour
 
@@ -337,19 +338,7 @@ class Rollback(pulumi.ComponentResource):
         )
         role = aws.iam.Role(
             f"{name}-function",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                },
-                sort_keys=True,
-            ),
+            assume_role_policy=service_trust("lambda.amazonaws.com"),
             opts=child,
         )
         parameter_arn = pulumi.Output.from_input(args.account).apply(

@@ -603,9 +603,9 @@ class StackConfig(_Model):
             self.rollout.mirror_percent,
         )
         for colour in Colour:
-            served = weights.of(colour) > 0 or (
-                weights.mirror > 0 and colour is self.rollout.candidate
-            )
+            served = (
+                weights.reaching(colour) if colour is self.rollout.candidate else weights.of(colour)
+            ) > 0
             spec = self.colour(colour)
             if served and not bootstrap and (spec.version is None or spec.replicas == 0):
                 problems.append(

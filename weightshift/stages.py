@@ -151,6 +151,10 @@ class Weights:
     def of(self, colour: Colour) -> int:
         return self.blue if colour is Colour.BLUE else self.green
 
+    def reaching(self, candidate: Colour) -> int:
+        """The weight of requests that reach ``candidate``: served, or mirrored to it."""
+        return self.of(candidate) + self.mirror
+
     def percent(self, target: str) -> float:
         """The share of requests the ALB sends to ``target`` (blue, green or mirror)."""
         shares = {"blue": self.blue, "green": self.green, "mirror": self.mirror}
