@@ -40,7 +40,7 @@ def read_config() -> StackConfig:
 def resolve_bundles(config: StackConfig) -> dict[Colour, ResolvedBundle]:
     """The manifest and generation parameters of each colour's bundle (a colour with no
     version is not deployed)."""
-    catalog = catalog_for(config.artifacts.bucket_name)
+    catalog = catalog_for(config.artifacts.bucket_name, config.region)
     resolved: dict[Colour, ResolvedBundle] = {}
     for colour in Colour:
         bundle = config.colour(colour).bundle
@@ -60,7 +60,7 @@ stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
 candidate_version = config.colour(rollout.candidate).version
 record_parameter = parameter_name(config.model, pulumi.get_stack())
 try:
-    record = read_record(record_parameter)
+    record = read_record(record_parameter, region=config.region)
 except RecordError as error:
     raise pulumi.RunError(str(error)) from None
 # No drift: while the rollback function's record names this candidate, the stable colour

@@ -395,7 +395,8 @@ class Rollback(pulumi.ComponentResource):
         function = aws.lambda_.Function(
             f"{name}-function",
             name=function_name,
-            runtime="python3.12",
+            # 3.13: its bundled boto3 has S3 conditional writes (If-None-Match).
+            runtime="python3.13",
             architectures=["arm64"],
             handler="rollback.handler",
             code=pulumi.AssetArchive({"rollback.py": pulumi.FileAsset(str(FUNCTION_SOURCE))}),

@@ -64,3 +64,14 @@ def test_the_local_catalog_checks_the_hash_and_says_where_to_put_a_bundle(
     generation.write_text(json.dumps({"temperature": 1.5, "top_p": 0.9, "max_tokens": 64}))
     with pytest.raises(CatalogError, match="the hash in the configured id does not match"):
         LocalCatalog(tmp_path).resolve(bundle)
+
+
+def test_outside_synth_the_program_reads_bundles_from_the_bucket(s3: Any) -> None:
+    import contextvars
+
+    from weightshift.catalog import catalog_for
+
+    published = BundleStore(BUCKET, s3).publish(load_local(EXAMPLE), Version(1, 5, 0))
+    catalog = contextvars.Context().run(catalog_for, BUCKET, "us-east-1")
+    assert isinstance(catalog, S3Catalog)
+    assert catalog.resolve(published.id).generation.temperature == 0.2

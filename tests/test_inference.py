@@ -299,3 +299,34 @@ def test_the_validation_catches_a_wrong_field(graph: Graph) -> None:
         jsonschema.validate(
             tgb, json.loads((SCHEMAS / "targetgroupbinding-v1beta1.json").read_text())
         )
+
+
+def test_an_existing_cluster_is_used_as_it_is() -> None:
+    graph = synth(
+        "cluster={existing: {name: shared-gpu, endpoint: https://ABCDEF.gr7.us-east-1.eks."
+        "amazonaws.com, certificateAuthority: TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJT, "
+        "securityGroupId: sg-0123456789abcdef0, gpuNodeLabels: {karpenter.sh/nodepool: gpu}}}"
+    )
+    assert not graph.of_type("aws:eks/cluster:Cluster")
+    assert not graph.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert not graph.of_type("kubernetes:helm.sh/v3:Release")
+    (provider,) = graph.of_type("pulumi:providers:kubernetes")
+    kubeconfig = json.loads(provider.inputs["kubeconfig"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"].startswith("https://ABCDEF.")
+    assert kubeconfig["users"][0]["user"]["exec"]["args"][:4] == [
+        "eks",
+        "get-token",
+        "--cluster-name",
+        "shared-gpu",
+    ]
+    pod = graph.named("green", "Deployment").inputs["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term["matchExpressions"] == [
+        {"key": "karpenter.sh/nodepool", "operator": "In", "values": ["gpu"]}
+    ]
+    rule = graph.named("green-from-alb", "SecurityGroupIngressRule").inputs
+    assert rule["securityGroupId"] == "sg-0123456789abcdef0"
+    association = graph.named("green", "PodIdentityAssociation").inputs
+    assert association["clusterName"] == "shared-gpu"

@@ -261,3 +261,22 @@ def test_synth_reads_a_record_file(tmp_path: Path) -> None:
     assert graph["outputs"]["rollout"]["weights"] == {"blue": 999, "green": 0, "mirror": 0}
     path.write_text("{not json")
     assert main(["synth", "--rollback-record", str(path)]) == 2
+
+
+def test_outside_synth_the_program_reads_the_record_from_ssm(s3: Any) -> None:
+    import contextvars
+
+    import boto3
+
+    from weightshift.rollback_record import parameter_name, read
+
+    name = parameter_name("support-assistant", "prod")
+    fresh = contextvars.Context()  # what `pulumi up` runs in: no offline record set
+    assert fresh.run(read, name, region="us-east-1") is None
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=name, Value=record().model_dump_json(), Type="String"
+    )
+    found = fresh.run(read, name, region="us-east-1")
+    assert found is not None
+    assert found.candidate == CANDIDATE
+    assert contextvars.Context().run(read, name, region="us-east-1") == found

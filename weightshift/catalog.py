@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import boto3
+
 from weightshift.bundle import BundleError, Generation, Manifest, load_local
 from weightshift.store import BundleStore, StoreError, blob_key
 from weightshift.versioning import BundleId
@@ -123,7 +125,10 @@ OFFLINE_CATALOG: ContextVar[BundleCatalog | None] = ContextVar("OFFLINE_CATALOG"
 """Set by ``weightshift synth`` for the run it makes; unset under ``pulumi up``."""
 
 
-def catalog_for(bucket: str) -> BundleCatalog:
-    """The offline catalog during ``weightshift synth``; otherwise the artifact bucket."""
+def catalog_for(bucket: str, region: str) -> BundleCatalog:
+    """The offline catalog during ``weightshift synth``; otherwise the artifact bucket (in
+    the stack's region, whatever the shell's default)."""
     offline = OFFLINE_CATALOG.get()
-    return offline if offline is not None else S3Catalog(bucket)
+    if offline is not None:
+        return offline
+    return S3Catalog(bucket, boto3.client("s3", region_name=region))

@@ -72,12 +72,12 @@ def set_offline(record: RollbackRecord | None) -> None:
     OFFLINE_RECORD.set(_Offline(record))
 
 
-def read(parameter: str, client: Any = None) -> RollbackRecord | None:
+def read(parameter: str, client: Any = None, region: str | None = None) -> RollbackRecord | None:
     """The record in SSM (or the offline one under ``weightshift synth``); None if none."""
     offline = OFFLINE_RECORD.get()
     if offline is not None:
         return offline.record
-    ssm = client or boto3.client("ssm")
+    ssm = client or boto3.client("ssm", region_name=region)
     try:
         value = ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
     except ClientError as error:
