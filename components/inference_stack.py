@@ -120,6 +120,8 @@ class InferenceStack(pulumi.ComponentResource):
 
     namespace: pulumi.Output[str]
     role_arn: pulumi.Output[str]
+    serving: list[pulumi.Resource]
+    """The Deployment and its TargetGroupBinding: what serves once they are ready."""
 
     def __init__(
         self,
@@ -232,7 +234,7 @@ class InferenceStack(pulumi.ComponentResource):
             ),
             opts=in_namespace,
         )
-        k8s.apiextensions.CustomResource(
+        binding = k8s.apiextensions.CustomResource(
             name,
             api_version=TARGET_GROUP_BINDING_API,
             kind="TargetGroupBinding",
@@ -265,6 +267,7 @@ class InferenceStack(pulumi.ComponentResource):
         )
         self.namespace = namespace.metadata.apply(lambda meta: str(meta.name))
         self.role_arn = role.arn
+        self.serving = [deployment, binding]
         self.register_outputs({"namespace": self.namespace, "role_arn": self.role_arn})
 
     @staticmethod

@@ -233,3 +233,150 @@ def test_artifact_store_locks_encrypts_blocks_public_access_and_is_tls_only() ->
     return pulumi.Output.all(
         store.bucket_arn, store.key_arn, *[resource.urn for resource in store.ready]
     ).apply(check)
+
+
+# --- Rollback, InferenceStack, GpuCluster on their own
+
+
+@pulumi.runtime.test
+def test_rollback_component_wires_the_composite_to_the_function_and_stays_quiet_when_idle() -> (
+    pulumi.Output[None]
+):
+    from components.rollback import Rollback, RollbackArgs
+    from weightshift.config import RollbackConfig, Thresholds
+    from weightshift.stages import Colour
+
+    tg = "arn:aws:elasticloadbalancing:eu-west-1:210987654321:targetgroup"
+    rollback = Rollback(
+        "rb1",
+        RollbackArgs(
+            settings=RollbackConfig(),
+            thresholds=Thresholds(),
+            model="m",
+            stack="s",
+            candidate=Colour.BLUE,
+            candidate_version="m/v2.0.0-0123456789ab",
+            active=False,
+            stage_weights=[0, 999],
+            listener_arn="arn:aws:elasticloadbalancing:eu-west-1:210987654321:listener/app/a/1/2",
+            target_group_arns={"blue": f"{tg}/b/1", "green": f"{tg}/g/2"},
+            candidate_target_group_suffix="targetgroup/b/1",
+            load_balancer_suffix="app/a/1",
+            incident_bucket="arts",
+            incident_bucket_arn="arn:aws:s3:::arts",
+            incident_key_arn="arn:aws:kms:eu-west-1:210987654321:key/k",
+            record_parameter="/weightshift/m/s/rollback",
+            region="eu-west-1",
+            partition="aws",
+            account="210987654321",
+        ),
+    )
+
+    def check(values: list[Any]) -> None:
+        composite_name, function_name, settings = values
+        composite = REGISTERED["aws:cloudwatch/compositeAlarm:CompositeAlarm::rb1"]
+        assert composite["alarmName"] == composite_name == "m-s-blue-rollback"
+        assert composite["actionsEnabled"] is False
+        assert composite["alarmActions"][0].endswith(f":function:{function_name}")
+        silent = REGISTERED["aws:cloudwatch/metricAlarm:MetricAlarm::rb1-no-requests"]
+        assert silent["treatMissingData"] == "notBreaching"
+        assert settings["STABLE_TARGET_GROUP_ARN"] == f"{tg}/g/2"
+        assert settings["CANDIDATE_TARGET_GROUP_ARN"] == f"{tg}/b/1"
+        assert settings["STAGE_WEIGHTS"] == "0,999"
+
+    return pulumi.Output.all(
+        rollback.composite_alarm_name, rollback.function_name, rollback.settings
+    ).apply(check)
+
+
+@pulumi.runtime.test
+def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() -> pulumi.Output[
+    None
+]:
+    import pulumi_kubernetes as k8s
+
+    from components.inference_stack import InferenceStack, InferenceStackArgs
+    from tests.conftest import PROJECT
+    from weightshift.catalog import LocalCatalog
+    from weightshift.config import ServingConfig
+    from weightshift.stages import Colour
+
+    bundle = LocalCatalog(PROJECT / "bundles").resolve(
+        BundleId.parse("support-assistant/v1.5.0-d93b4b8ffe77")
+    )
+    digest = "sha256:" + "1" * 64
+    stack = InferenceStack(
+        "is1",
+        InferenceStackArgs(
+            colour=Colour.GREEN,
+            model="support-assistant",
+            bundle=bundle,
+            replicas=2,
+            serving=ServingConfig(image=f"vllm/vllm-openai@{digest}", puller_image=f"w@{digest}"),
+            port=8000,
+            health_path="/health",
+            deregistration_delay_seconds=120,
+            target_group_arn="arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/g/2",
+            bucket_name="arts",
+            bucket_arn="arn:aws:s3:::arts",
+            key_arn="arn:aws:kms:eu-west-1:1:key/k",
+            cluster_name="c",
+            cluster_security_group_id="sg-00000000000000001",
+            alb_security_group_id="sg-00000000000000002",
+            alb_subnet_cidrs=["10.0.0.0/24"],
+            gpu_node_labels={"weightshift.io/pool": "gpu"},
+            region="eu-west-1",
+        ),
+        provider=k8s.Provider("is1-k8s", kubeconfig="{}"),
+    )
+
+    def check(values: list[str]) -> None:
+        assert values[0] == "support-assistant-green"
+        deployment = REGISTERED["kubernetes:apps/v1:Deployment::is1"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert pod["terminationGracePeriodSeconds"] == 150
+        binding = REGISTERED["kubernetes:elbv2.k8s.aws/v1beta1:TargetGroupBinding::is1"]
+        assert binding["spec"]["targetGroupARN"].endswith("targetgroup/g/2")
+        assert binding["spec"]["serviceRef"] == {"name": "inference", "port": 8000}
+
+    return pulumi.Output.all(stack.namespace, *[r.urn for r in stack.serving]).apply(check)
+
+
+@pulumi.runtime.test
+def test_gpu_cluster_taints_gpu_nodes_and_requires_imdsv2() -> pulumi.Output[None]:
+    from components.gpu_cluster import GpuCluster, GpuClusterArgs
+    from weightshift.config import ClusterConfig, NodeGroupConfig
+
+    cluster = GpuCluster(
+        "gc1",
+        GpuClusterArgs(
+            settings=ClusterConfig(
+                gpu_node_groups=(NodeGroupConfig(name="h100", instance_types=("p5.48xlarge",)),)
+            ),
+            vpc_id="vpc-00000000000000001",
+            subnet_ids=["subnet-00000000000000001", "subnet-00000000000000002"],
+            target_group_arns=["arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/g/2"],
+            region="eu-west-1",
+            partition="aws",
+        ),
+    )
+
+    def check(values: list[Any]) -> None:
+        group = REGISTERED["aws:eks/nodeGroup:NodeGroup::gc1-h100"]
+        assert group["taints"] == [
+            {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
+        ]
+        template = REGISTERED["aws:ec2/launchTemplate:LaunchTemplate::gc1-h100"]
+        assert template["metadataOptions"]["httpTokens"] == "required"
+        policy = json.loads(
+            REGISTERED["aws:iam/rolePolicy:RolePolicy::gc1-lb-controller"]["policy"]
+        )
+        register = next(
+            s for s in policy["Statement"] if s["Sid"] == "RegisterPodsInOurTargetGroups"
+        )
+        assert register["Resource"] == ["arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/g/2"]
+
+    return pulumi.Output.all(
+        cluster.cluster_name, *[resource.urn for resource in cluster.ready]
+    ).apply(check)
