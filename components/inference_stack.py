@@ -363,7 +363,13 @@ class InferenceStack(pulumi.ComponentResource):
                                 {"name": "AWS_REGION", "value": args.region},
                             ],
                             "resources": {
-                                "requests": {"cpu": "2", "memory": "2Gi"},
+                                # The bundle lands on the node's disk: the scheduler must
+                                # place the pod where it fits.
+                                "requests": {
+                                    "cpu": "2",
+                                    "memory": "2Gi",
+                                    "ephemeral-storage": disk,
+                                },
                                 "limits": {"memory": "4Gi"},
                             },
                             "securityContext": {**restricted, "readOnlyRootFilesystem": True},
