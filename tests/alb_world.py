@@ -14,6 +14,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.emulator import make_artifact_bucket
+
 REGION = "us-east-1"
 ALARM = "support-assistant-prod-green-rollback"
 CANDIDATE = "support-assistant/v1.5.0-d93b4b8ffe77"
@@ -85,14 +87,7 @@ def alb_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             ],
         )["Listeners"][0]["ListenerArn"]
         s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-        s3.put_object_lock_configuration(
-            Bucket=BUCKET,
-            ObjectLockConfiguration={
-                "ObjectLockEnabled": "Enabled",
-                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}},
-            },
-        )
+        make_artifact_bucket(s3, BUCKET, 30)
         sns = boto3.client("sns", region_name=REGION)
         topic = sns.create_topic(Name="on-call")["TopicArn"]
         sqs = boto3.client("sqs", region_name=REGION)

@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.emulator import make_artifact_bucket
 from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -71,27 +72,5 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-        client.put_object_lock_configuration(
-            Bucket=BUCKET,
-            ObjectLockConfiguration={
-                "ObjectLockEnabled": "Enabled",
-                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}},
-            },
-        )
-        key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
-        client.put_bucket_encryption(
-            Bucket=BUCKET,
-            ServerSideEncryptionConfiguration={
-                "Rules": [
-                    {
-                        "ApplyServerSideEncryptionByDefault": {
-                            "SSEAlgorithm": "aws:kms",
-                            "KMSMasterKeyID": key,
-                        },
-                        "BucketKeyEnabled": True,
-                    }
-                ]
-            },
-        )
+        make_artifact_bucket(client, BUCKET, 30, boto3.client("kms", region_name="us-east-1"))
         yield client

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from moto.server import ThreadedMotoServer
@@ -46,6 +46,36 @@ class Emulator:
         return client
 
 
+def make_artifact_bucket(s3: Any, bucket: str, days: int = 30, kms: Any = None) -> None:
+    """Create ``bucket`` as the ArtifactStore makes it: Object Lock with a COMPLIANCE default
+    retention of ``days``, and (given a KMS client) SSE-KMS with a bucket key."""
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(
+        Bucket=bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": days}},
+        },
+    )
+    if kms is None:
+        return
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": key,
+                    },
+                    "BucketKeyEnabled": True,
+                }
+            ]
+        },
+    )
+
+
 @contextmanager
 def artifact_bucket(
     bucket: str = "weightshift-artifacts-e2e", days: int = 30
@@ -58,14 +88,6 @@ def artifact_bucket(
         host, port = server.get_host_and_port()
         emulator = Emulator(f"http://{host}:{port}", bucket)
         s3 = emulator.client()
-        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-        s3.put_object_lock_configuration(
-            Bucket=bucket,
-            ObjectLockConfiguration={
-                "ObjectLockEnabled": "Enabled",
-                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": days}},
-            },
-        )
         kms = boto3.client(
             "kms",
             endpoint_url=emulator.endpoint,
@@ -73,21 +95,7 @@ def artifact_bucket(
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        key = kms.create_key()["KeyMetadata"]["Arn"]
-        s3.put_bucket_encryption(
-            Bucket=bucket,
-            ServerSideEncryptionConfiguration={
-                "Rules": [
-                    {
-                        "ApplyServerSideEncryptionByDefault": {
-                            "SSEAlgorithm": "aws:kms",
-                            "KMSMasterKeyID": key,
-                        },
-                        "BucketKeyEnabled": True,
-                    }
-                ]
-            },
-        )
+        make_artifact_bucket(s3, bucket, days, kms)
         yield emulator
     finally:
         server.stop()

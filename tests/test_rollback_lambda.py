@@ -156,3 +156,13 @@ def test_throttling_inside_the_handler_still_rolls_back(world: World) -> None:
         )
     assert outcome.action == "rolled-back"
     assert len(slept) == 2
+
+
+def test_a_stale_record_of_another_candidate_is_replaced_and_pages(world: World) -> None:
+    stale = {"incident": "0000000000000000", "candidate": "support-assistant/v1.4.0-aaaaaaaaaaaa"}
+    world.ssm.put_parameter(Name=PARAMETER, Value=json.dumps(stale), Type="String")
+    result = handler(alarm_event(), None)
+    assert result["action"] == "rolled-back"
+    record = json.loads(world.ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"])
+    assert (record["candidate"], record["incident"]) == (CANDIDATE, result["incident"])
+    assert len(pages(world)) == 1

@@ -261,17 +261,21 @@ def roll_back(
         "alarmTransitionAt": state.get("timestamp"),
         "source": event.get("source", "aws.cloudwatch"),
     }
-    # 2. The record: the one invocation that creates it owns the incident.
-    try:
+
+    def put_record(*, overwrite: bool) -> None:
         call(
             clients.ssm.put_parameter,
             sleep=sleep,
             Name=settings.record_parameter,
             Value=json.dumps(record, sort_keys=True),
             Type="String",
-            Overwrite=False,
+            Overwrite=overwrite,
             Description="weightshift rollback record: cleared by `weightshift rollout ack`",
         )
+
+    # 2. The record: the one invocation that creates it owns the incident.
+    try:
+        put_record(overwrite=False)
     except ClientError as error:
         if _code(error) != "ParameterAlreadyExists":
             raise
@@ -286,14 +290,7 @@ def roll_back(
         else:
             # A record of an earlier candidate that nobody acknowledged: this one replaces it.
             log("warning", "replacing a stale rollback record", stale=existing)
-            call(
-                clients.ssm.put_parameter,
-                sleep=sleep,
-                Name=settings.record_parameter,
-                Value=json.dumps(record, sort_keys=True),
-                Type="String",
-                Overwrite=True,
-            )
+            put_record(overwrite=True)
     # 3. The incident record and the page.
     key = f"{settings.incident_prefix}/{incident}.json"
     try:
