@@ -280,3 +280,21 @@ def test_outside_synth_the_program_reads_the_record_from_ssm(s3: Any) -> None:
     assert found is not None
     assert found.candidate == CANDIDATE
     assert contextvars.Context().run(read, name, region="us-east-1") == found
+
+
+def test_without_credentials_the_program_stops_with_one_paragraph(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import contextvars
+
+    from weightshift.rollback_record import RecordError, read
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    with pytest.raises(RecordError, match="check the AWS credentials and region"):
+        contextvars.Context().run(read, "/weightshift/m/s/rollback", region="us-east-1")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import boto3
+from botocore.exceptions import BotoCoreError
 
 from weightshift.bundle import BundleError, Generation, Manifest, load_local
 from weightshift.store import BundleStore, StoreError, blob_key
@@ -104,6 +105,11 @@ class S3Catalog:
         except StoreError as error:
             raise CatalogError(
                 f"{error} Publish the bundle before naming it in the stack config."
+            ) from None
+        except BotoCoreError as error:
+            raise CatalogError(
+                f"cannot reach the artifact bucket {self.store.bucket} to read {bundle} "
+                f"({error}): check the AWS credentials and region."
             ) from None
         manifest = published.manifest
         entry = manifest.by_path().get(GENERATION_PATH)

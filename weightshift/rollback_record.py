@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
@@ -86,5 +86,10 @@ def read(parameter: str, client: Any = None, region: str | None = None) -> Rollb
         raise RecordError(
             f"cannot read the rollback record {parameter}: {error}. The program must know "
             "whether the candidate was rolled back before it renders any weights."
+        ) from None
+    except BotoCoreError as error:
+        raise RecordError(
+            f"cannot reach SSM to read the rollback record {parameter} ({error}): check the "
+            "AWS credentials and region. Nothing was deployed."
         ) from None
     return parse(str(value), parameter)
