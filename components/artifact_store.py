@@ -36,15 +36,18 @@ def bucket_policy(bucket_arn: str, key_arn: str) -> str:
             "Resource": [bucket_arn, f"{bucket_arn}/*"],
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         },
+        # Encryption headers may be left out (the bucket default, SSE-KMS with this key,
+        # applies; UploadPart never carries them); given, they must name this key. A
+        # ...IfExists operator would not do: it is true when the header is absent.
         {
             "Sid": "DenyPutsWithoutKms",
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:PutObject",
             "Resource": f"{bucket_arn}/*",
-            # Absent, the bucket default (this key) applies; present, it must say aws:kms.
             "Condition": {
-                "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+                "Null": {"s3:x-amz-server-side-encryption": "false"},
+                "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
             },
         },
         {
@@ -54,9 +57,20 @@ def bucket_policy(bucket_arn: str, key_arn: str) -> str:
             "Action": "s3:PutObject",
             "Resource": f"{bucket_arn}/*",
             "Condition": {
-                "StringNotEqualsIfExists": {
-                    "s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn
-                }
+                "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
+                "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn},
+            },
+        },
+        {
+            # aws:kms without a key id means the AWS managed key, not this one.
+            "Sid": "DenyPutsWithTheAwsManagedKey",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/*",
+            "Condition": {
+                "StringEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+                "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "true"},
             },
         },
         {

@@ -58,15 +58,24 @@ def test_policy_is_tls_only_kms_only_and_forbids_overwrites_and_deletes(graph: G
     assert by_sid["DenyInsecureTransport"]["Condition"] == {
         "Bool": {"aws:SecureTransport": "false"}
     }
+    sse = "s3:x-amz-server-side-encryption"
     assert by_sid["DenyPutsWithoutKms"]["Condition"] == {
-        "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+        "Null": {sse: "false"},
+        "StringNotEquals": {sse: "aws:kms"},
     }
     key_arn = graph.named("artifacts-encryption").inputs["rules"][0][
         "applyServerSideEncryptionByDefault"
     ]["kmsMasterKeyId"]
     assert by_sid["DenyPutsWithAnotherKey"]["Condition"] == {
-        "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}
+        "Null": {f"{sse}-aws-kms-key-id": "false"},
+        "StringNotEquals": {f"{sse}-aws-kms-key-id": key_arn},
     }
+    assert by_sid["DenyPutsWithTheAwsManagedKey"]["Condition"] == {
+        "StringEquals": {sse: "aws:kms"},
+        "Null": {f"{sse}-aws-kms-key-id": "true"},
+    }
+    # No ...IfExists: it is true when the key is absent, so it would deny every UploadPart.
+    assert "IfExists" not in json.dumps(policy)
     overwrite = by_sid["DenyOverwrites"]
     assert [r.rsplit("/", 1)[-1] for r in overwrite["Resource"]] == ["*", "*"]
     assert [r.split(":::")[1].split("/")[1] for r in overwrite["Resource"]] == [

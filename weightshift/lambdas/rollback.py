@@ -302,7 +302,7 @@ def roll_back(
             Body=json.dumps({**record, "event": event}, sort_keys=True, default=str).encode(),
             ContentType="application/json",
             IfNoneMatch="*",
-            ServerSideEncryption="aws:kms",
+            # No encryption headers: the bucket's default (SSE-KMS, its own key) applies.
         )
     except ClientError as error:
         if _code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
