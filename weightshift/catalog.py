@@ -10,7 +10,6 @@ credentials. Either way the manifest's digest must match the hash in the configu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import boto3
 from botocore.exceptions import BotoCoreError
 
 from weightshift.bundle import BundleError, Generation, Manifest, load_local
-from weightshift.store import BundleStore, StoreError, blob_key
+from weightshift.store import BundleStore, StoreError
 from weightshift.versioning import BundleId
 
 GENERATION_PATH = "config/generation.json"
@@ -111,20 +110,11 @@ class S3Catalog:
                 f"cannot reach the artifact bucket {self.store.bucket} to read {bundle} "
                 f"({error}): check the AWS credentials and region."
             ) from None
-        manifest = published.manifest
-        entry = manifest.by_path().get(GENERATION_PATH)
-        if entry is None:
-            raise CatalogError(f"{bundle} has no {GENERATION_PATH}.")
-        args: dict[str, Any] = {"Bucket": self.store.bucket, "Key": blob_key(entry.sha256)}
-        if published.blob_versions.get(entry.sha256):
-            args["VersionId"] = published.blob_versions[entry.sha256]
-        data = self.store.s3.get_object(**args)["Body"].read()
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise CatalogError(
-                f"{blob_key(entry.sha256)} ({GENERATION_PATH} of {bundle}) does not match its "
-                f"hash: run `weightshift bundle verify {bundle}`."
-            )
-        return ResolvedBundle(bundle, manifest, _generation(bundle, data))
+        try:
+            data = self.store.read_file(published, GENERATION_PATH)
+        except StoreError as error:
+            raise CatalogError(str(error)) from None
+        return ResolvedBundle(bundle, published.manifest, _generation(bundle, data))
 
 
 OFFLINE_CATALOG: ContextVar[BundleCatalog | None] = ContextVar("OFFLINE_CATALOG", default=None)

@@ -706,6 +706,25 @@ class BundleStore:
             return "checksum-mismatch", size
         return digest.hexdigest(), size
 
+    def read_file(self, published: Published, path: str) -> bytes:
+        """One small file of a published bundle, from its pinned blob version, hash checked."""
+        entry = published.manifest.by_path().get(path)
+        if entry is None:
+            raise StoreError(f"{published.manifest.id} has no {path}.")
+        chunks: list[bytes] = []
+        try:
+            digest, _ = self._stream_hash(
+                entry.sha256, published.blob_versions.get(entry.sha256, ""), chunks.append
+            )
+        except ClientError as error:
+            raise self._access(error) from None
+        if digest != entry.sha256:
+            raise StoreError(
+                f"{blob_key(entry.sha256)} ({path} of {published.manifest.id}) does not match "
+                f"its hash: run `weightshift bundle verify {published.manifest.id}`."
+            )
+        return b"".join(chunks)
+
     def verify(self, bundle: BundleId) -> list[str]:
         """Every problem with a published bundle: hashes, sizes, locks, overwrites (empty: good)."""
         published = self.resolve(bundle)
