@@ -217,6 +217,11 @@ class Rollout:
     def _config(self) -> StackConfig:
         return load(self.backend.config(), source=f"config of stack {self.stack}")
 
+    def _set_rollout(self, config: StackConfig, **changes: Any) -> None:
+        """Write ``weightshift:rollout`` back with ``changes`` (camelCase keys), all else kept."""
+        rollout = config.model_dump(by_alias=True, mode="json")["rollout"]
+        self.backend.set_config(ROLLOUT_KEY, {**rollout, **changes})
+
     def status(self) -> Status:
         config = self._config()
         rollout = config.rollout
@@ -276,9 +281,7 @@ class Rollout:
             raise RolloutError(
                 f"not promoting to stage {status.next_stage}: " + "; ".join(blockers) + "."
             )
-        rollout = status.config.model_dump(by_alias=True, mode="json")["rollout"]
-        rollout["stage"] = status.next_stage
-        self.backend.set_config(ROLLOUT_KEY, rollout)
+        self._set_rollout(status.config, stage=status.next_stage)
         summary = self.backend.up(f"weightshift rollout promote to stage {status.next_stage}")
         return f"promoted to stage {status.next_stage}: {summary}"
 
@@ -319,9 +322,7 @@ class Rollout:
         record = self.aws.record(parameter) if parameter else None
         if record is None:
             raise RolloutError(f"stack {self.stack} has no rollback record to acknowledge.")
-        rollout = config.model_dump(by_alias=True, mode="json")["rollout"]
-        rollout["stage"] = 0
-        self.backend.set_config(ROLLOUT_KEY, rollout)
+        self._set_rollout(config, stage=0)
         self.aws.delete_record(parameter)
         return (
             f"acknowledged incident {record.incident} ({record.candidate}); the stack config is "
@@ -346,10 +347,7 @@ class Rollout:
                 f"{rollout.strategy.value} never serves the candidate at 100 % (shadow only "
                 "mirrors): switch to blue-green or canary to ship it."
             )
-        updated = status.config.model_dump(by_alias=True, mode="json")["rollout"]
-        updated["candidate"] = rollout.stable.value
-        updated["stage"] = 0
-        self.backend.set_config(ROLLOUT_KEY, updated)
+        self._set_rollout(status.config, candidate=rollout.stable.value, stage=0)
         summary = self.backend.up(
             f"weightshift rollout finish: {status.config.colour(rollout.candidate).version} "
             "is stable"
