@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.alb_world import World, alb_world
 from tests.emulator import make_artifact_bucket
 from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
 
@@ -74,3 +75,10 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         client = boto3.client("s3", region_name="us-east-1")
         make_artifact_bucket(client, BUCKET, 30, boto3.client("kms", region_name="us-east-1"))
         yield client
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """The emulated ALB, SSM, incident bucket and on-call topic of tests/alb_world.py."""
+    with alb_world(monkeypatch) as found:
+        yield found

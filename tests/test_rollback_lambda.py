@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +19,6 @@ from tests.alb_world import (
     REGION,
     World,
     alarm_event,
-    alb_world,
     forward,
     incidents,
     pages,
@@ -28,12 +26,6 @@ from tests.alb_world import (
 from tests.conftest import serialize
 from weightshift.lambdas import rollback
 from weightshift.lambdas.rollback import Clients, Settings, handler
-
-
-@pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    with alb_world(monkeypatch) as found:
-        yield found
 
 
 def test_an_alarm_sends_everything_to_stable_records_and_pages(world: World) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
 
-from tests.alb_world import PARAMETER, REGION, World, alb_world, forward
+from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
 from weightshift.cli import main
 from weightshift.plan import diff
@@ -64,12 +63,6 @@ class FakeBackend:
 
     def last_update(self) -> datetime | None:
         return self.updated_at
-
-
-@pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    with alb_world(monkeypatch) as found:
-        yield found
 
 
 @pytest.fixture
