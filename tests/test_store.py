@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
+import weightshift.store as store_module
 from tests.conftest import BUCKET, serialize
 from weightshift.bundle import init_bundle, load_local
 from weightshift.store import BundleStore, StoreError, blob_key, manifest_key
@@ -365,3 +371,287 @@ def test_pull_never_overwrites_an_existing_folder(
     with pytest.raises(StoreError, match="already exists"):
         store.pull(result.id, dest)
     assert (dest / "keep.txt").read_text() == "mine"
+
+
+# --- reused blobs are confirmed by S3's stored checksum, never by key and size ----------------
+
+BIG = "model/weights/model-00001-of-00002.safetensors"
+"""12 MiB + 3 bytes: a three-part multipart blob with the 5 MiB parts of make_store."""
+PROMPT = "prompt/system.txt"
+
+
+def sha_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def other_content(data: bytes) -> bytes:
+    """Different bytes of the same size."""
+    return data.translate(bytes((b + 1) % 256 for b in range(256)))
+
+
+def put_multipart(s3: Any, key: str, data: bytes) -> str:
+    """Write ``data`` as weightshift does a large blob: 5 MiB parts with SHA-256 checksums."""
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="SHA256")
+    parts = []
+    for number, offset in enumerate(range(0, len(data), 5 * MiB), start=1):
+        chunk = data[offset : offset + 5 * MiB]
+        checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+        etag = s3.upload_part(
+            Bucket=BUCKET,
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=chunk,
+            ChecksumSHA256=checksum,
+        )["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum})
+    done = s3.complete_multipart_upload(
+        Bucket=BUCKET,
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": parts},
+        IfNoneMatch="*",
+    )
+    return str(done["VersionId"])
+
+
+def spy_rehash(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every local file the store re-reads to recompute a composite checksum."""
+    calls: list[Path] = []
+    original = store_module.composite_sha256
+
+    def spy(path: Path, *args: Any) -> str:
+        calls.append(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(store_module, "composite_sha256", spy)
+    return calls
+
+
+def manifest_document(s3: Any, version: Version) -> dict[str, Any]:
+    key = manifest_key(NAME, version)
+    # S3 lists a key's versions newest first; the oldest is the one publish wrote.
+    oldest = s3.list_object_versions(Bucket=BUCKET, Prefix=key)["Versions"][-1]
+    body = s3.get_object(Bucket=BUCKET, Key=key, VersionId=oldest["VersionId"])["Body"].read()
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def nothing_published(s3: Any, store: BundleStore, before: set[tuple[str, str]]) -> None:
+    assert object_versions(s3) == before
+    assert store.versions(NAME) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_a_same_size_blob_with_other_content_is_refused_before_uploading(
+    store: BundleStore, bundle: Path, s3: Any
+) -> None:
+    sha = sha_of(bundle / PROMPT)
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=blob_key(sha),
+        Body=other_content((bundle / PROMPT).read_bytes()),
+        ChecksumAlgorithm="SHA256",
+        IfNoneMatch="*",
+    )
+    before = object_versions(s3)
+    with pytest.raises(StoreError) as refused:
+        store.publish(load_local(bundle), Version(1, 0, 0))
+    message = str(refused.value)
+    assert message.startswith(f"{blob_key(sha)} (version ")
+    assert "does not hold the content its key names: expected SHA-256 " in message
+    assert str(bundle / PROMPT) in message
+    assert "Nothing was published" in message
+    assert "CloudTrail" in message
+    nothing_published(s3, store, before)
+
+
+@pytest.mark.parametrize("real_s3_format", [False, True], ids=["moto", "suffix-N"])
+def test_a_reused_multipart_blob_is_confirmed_by_its_composite_checksum(
+    store: BundleStore,
+    bundle: Path,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    real_s3_format: bool,
+) -> None:
+    sha = sha_of(bundle / BIG)
+    version_id = put_multipart(s3, blob_key(sha), (bundle / BIG).read_bytes())
+    if real_s3_format:
+        # Real S3 writes a composite as "<base64>-<parts>" with ChecksumType COMPOSITE.
+        original = s3.head_object
+
+        def real_s3_head(**kwargs: Any) -> Any:
+            found = original(**kwargs)
+            if kwargs.get("ChecksumMode") == "ENABLED" and kwargs["Key"] == blob_key(sha):
+                found["ChecksumSHA256"] += "-3"
+                found["ChecksumType"] = "COMPOSITE"
+            return found
+
+        monkeypatch.setattr(s3, "head_object", real_s3_head)
+    rehashed = spy_rehash(monkeypatch)
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    assert rehashed == [bundle / BIG]
+    assert result.blobs_skipped == 1
+    document = manifest_document(s3, Version(1, 0, 0))
+    assert document["blobVersions"][sha] == version_id
+    assert set(document["blobChecksums"]) == set(document["blobVersions"])
+    for blob, pinned in document["blobVersions"].items():
+        head = s3.head_object(
+            Bucket=BUCKET, Key=blob_key(blob), VersionId=pinned, ChecksumMode="ENABLED"
+        )
+        assert document["blobChecksums"][blob] == head["ChecksumSHA256"]
+    assert document["blobChecksums"][sha].endswith("-3") == real_s3_format
+    assert store.verify(result.id) == []
+
+
+def test_a_reused_multipart_blob_with_other_content_is_refused(
+    store: BundleStore, bundle: Path, s3: Any
+) -> None:
+    sha = sha_of(bundle / BIG)
+    put_multipart(s3, blob_key(sha), other_content((bundle / BIG).read_bytes()))
+    before = object_versions(s3)
+    with pytest.raises(StoreError) as refused:
+        store.publish(load_local(bundle), Version(1, 0, 0))
+    message = str(refused.value)
+    assert message.startswith(f"{blob_key(sha)} (version ")
+    assert "expected composite SHA-256 " in message
+    assert f"in 3 parts of {5 * MiB} bytes" in message
+    assert "found composite SHA-256 " in message
+    nothing_published(s3, store, before)
+
+
+def test_a_prompt_only_release_does_not_reread_the_weights_the_last_manifest_vouches_for(
+    store: BundleStore, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.publish(load_local(bundle), Version(1, 0, 0))
+    (bundle / PROMPT).write_text("A new prompt.\n")
+    rehashed = spy_rehash(monkeypatch)
+    second = store.publish(load_local(bundle), Version(1, 1, 0))
+    assert rehashed == []
+    assert second.blobs_uploaded == 1
+    assert store.verify(second.id) == []
+
+
+def test_a_manifest_without_recorded_checksums_is_read_and_the_next_publish_rehashes(
+    store: BundleStore, bundle: Path, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = s3.put_object
+
+    def as_before_checksums_were_recorded(**kwargs: Any) -> Any:
+        if kwargs["Key"].startswith("manifests/"):
+            document = json.loads(kwargs["Body"])
+            del document["blobChecksums"]
+            kwargs["Body"] = json.dumps(document).encode()
+        return original(**kwargs)
+
+    monkeypatch.setattr(s3, "put_object", as_before_checksums_were_recorded)
+    first = store.publish(load_local(bundle), Version(1, 0, 0))
+    monkeypatch.setattr(s3, "put_object", original)
+    assert "blobChecksums" not in manifest_document(s3, Version(1, 0, 0))
+    latest = store.latest(NAME)
+    assert latest is not None
+    assert latest.manifest.id == first.id
+    assert latest.blob_checksums == {}
+    (bundle / PROMPT).write_text("A new prompt.\n")
+    rehashed = spy_rehash(monkeypatch)
+    second = store.publish(load_local(bundle), Version(1, 1, 0))
+    assert rehashed == [bundle / BIG]
+    assert set(manifest_document(s3, Version(1, 1, 0))["blobChecksums"]) == set(
+        store.resolve(second.id).manifest.blobs()
+    )
+
+
+@pytest.mark.parametrize("checksum", ["none", "CRC32"])
+def test_a_blob_without_a_sha256_checksum_is_not_reused(
+    store: BundleStore, bundle: Path, s3: Any, checksum: str
+) -> None:
+    writer = (
+        boto3.client(
+            "s3",
+            region_name="us-east-1",
+            config=Config(request_checksum_calculation="when_required"),
+        )
+        if checksum == "none"
+        else s3
+    )
+    sha = sha_of(bundle / PROMPT)
+    content = (bundle / PROMPT).read_bytes()
+    # Even the right content: without a stored SHA-256 it cannot be confirmed unread. (An
+    # Object Lock bucket wants Content-MD5 on a put that sends no checksum.)
+    writer.put_object(
+        Bucket=BUCKET,
+        Key=blob_key(sha),
+        Body=content,
+        ContentMD5=base64.b64encode(hashlib.md5(content).digest()).decode(),
+    )
+    before = object_versions(s3)
+    with pytest.raises(StoreError) as refused:
+        store.publish(load_local(bundle), Version(1, 0, 0))
+    message = str(refused.value)
+    assert message.startswith(f"{blob_key(sha)} (version ")
+    assert f"has no SHA-256 checksum stored with it (found {checksum})" in message
+    assert "it was not written by weightshift" in message
+    nothing_published(s3, store, before)
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-content", "other-content"])
+def test_a_blob_another_publish_wrote_first_is_confirmed_before_it_is_used(
+    store: BundleStore, bundle: Path, s3: Any, monkeypatch: pytest.MonkeyPatch, same: bool
+) -> None:
+    sha = sha_of(bundle / PROMPT)
+    content = (bundle / PROMPT).read_bytes()
+    original = s3.put_object
+    raced: list[str] = []
+
+    def another_publish_first(**kwargs: Any) -> Any:
+        if kwargs["Key"] == blob_key(sha) and not raced:
+            raced.append(
+                original(
+                    Bucket=BUCKET,
+                    Key=blob_key(sha),
+                    Body=content if same else other_content(content),
+                    ChecksumAlgorithm="SHA256",
+                    IfNoneMatch="*",
+                )["VersionId"]
+            )
+        return original(**kwargs)
+
+    monkeypatch.setattr(s3, "put_object", another_publish_first)
+    if same:
+        result = store.publish(load_local(bundle), Version(1, 0, 0))
+        assert store.resolve(result.id).blob_versions[sha] == raced[0]
+        assert store.verify(result.id) == []
+        return
+    with pytest.raises(StoreError, match=r"does not hold the content its key names"):
+        store.publish(load_local(bundle), Version(1, 0, 0))
+    assert raced
+    assert store.versions(NAME) == []
+
+
+def test_verify_reports_an_object_written_over_the_manifest(
+    store: BundleStore, bundle: Path, s3: Any
+) -> None:
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    key = manifest_key(NAME, Version(1, 0, 0))
+    published = store.resolve(result.id)
+    # Bypasses the conditional create (the bucket policy forbids it; moto does not enforce it),
+    # then hides the key behind a delete marker too.
+    newer = s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"manifest": "rewritten"}')["VersionId"]
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    (problem,) = store.verify(result.id)
+    assert problem.startswith(
+        f"{key}: a newer object ({newer}) was written over the published manifest "
+        f"({published.version_id})"
+    )
+    assert store.resolve(result.id).manifest == published.manifest
+
+
+def test_verify_reports_a_delete_marker_over_a_blob_instead_of_failing(
+    store: BundleStore, bundle: Path, s3: Any
+) -> None:
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    sha = store.resolve(result.id).manifest.files[0].sha256
+    # The bucket policy refuses deletes; moto does not enforce it.
+    s3.delete_object(Bucket=BUCKET, Key=blob_key(sha))
+    (problem,) = store.verify(result.id)
+    assert problem.startswith(f"{blob_key(sha)}: a delete marker sits over the published object")

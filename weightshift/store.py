@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -80,6 +80,38 @@ def _b64(digest: bytes) -> str:
 
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _split_checksum(stored: str) -> tuple[str, int | None]:
+    """S3's checksum value and, for a composite one, the parts count of its ``-N`` suffix.
+
+    Real S3 writes a multipart object's composite checksum as ``<base64>-<parts>``; moto
+    omits the suffix. Base64 never contains ``-``, so the split is unambiguous.
+    """
+    value, dash, parts = stored.partition("-")
+    return value, int(parts) if dash and parts.isdigit() else None
+
+
+def composite_sha256(path: Path, part_size: int, count: int, workers: int) -> str:
+    """S3's composite SHA-256 of ``path`` uploaded in ``count`` parts of ``part_size`` bytes:
+    base64(sha256(the raw sha256 of each part, concatenated)). Parts are hashed in parallel,
+    each streamed, so memory stays at one chunk per worker whatever the part size."""
+
+    def part(number: int) -> bytes:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            handle.seek(number * part_size)
+            left = part_size
+            while left > 0:
+                chunk = handle.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+        return digest.digest()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return _b64(hashlib.sha256(b"".join(pool.map(part, range(count)))).digest())
 
 
 class Progress:
@@ -150,6 +182,8 @@ class PublishPlan:
     """Blobs (sha256 -> size) the bucket lacks."""
     present: dict[str, str]
     """Blobs the bucket already has: sha256 -> pinned version id."""
+    checksums: dict[str, str] = field(default_factory=dict)
+    """S3's checksum of each present blob's pinned version, confirmed to be its content."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +216,11 @@ class Published:
     blob_versions: dict[str, str]
     published_at: str
     key: str
+    version_id: str = ""
+    """The S3 version of the manifest object that was read."""
+    blob_checksums: dict[str, str] = field(default_factory=dict)
+    """sha256 -> S3's checksum of the pinned version, confirmed by the publisher (empty in
+    manifests written before weightshift recorded them)."""
 
 
 def default_client(workers: int = 16) -> S3Client:
@@ -331,7 +370,12 @@ class BundleStore:
                 "after publishing. Do not deploy it; investigate the bucket's access log."
             )
         return Published(
-            manifest, dict(data.get("blobVersions", {})), str(data.get("publishedAt", "")), key
+            manifest,
+            dict(data.get("blobVersions", {})),
+            str(data.get("publishedAt", "")),
+            key,
+            version_id,
+            dict(data.get("blobChecksums", {})),
         )
 
     def resolve(self, bundle: BundleId) -> Published:
@@ -384,6 +428,135 @@ class BundleStore:
             raise self._access(error) from None
         version_id = self._first_version(blob_key(sha256)) or str(head.get("VersionId", ""))
         return version_id, int(head["ContentLength"])
+
+    def _stored_checksum(self, key: str, version_id: str) -> dict[str, Any]:
+        """The head of one object version with the checksum S3 stored for it."""
+        try:
+            head = self.s3.head_object(
+                Bucket=self.bucket, Key=key, VersionId=version_id, ChecksumMode="ENABLED"
+            )
+        except ClientError as error:
+            raise self._access(error) from None
+        return cast("dict[str, Any]", head)
+
+    def _part_layout(self, key: str, version_id: str) -> tuple[int, int] | None:
+        """(part size, parts count) of a multipart object version; None if it is single-part."""
+        try:
+            head = self.s3.head_object(
+                Bucket=self.bucket, Key=key, VersionId=version_id, PartNumber=1
+            )
+        except ClientError as error:
+            raise self._access(error) from None
+        count = head.get("PartsCount")
+        return (int(head["ContentLength"]), int(count)) if count else None
+
+    def _confirm_blob(
+        self,
+        sha: str,
+        version_id: str,
+        size: int,
+        path: Path,
+        *,
+        unchanged: Callable[[], bool],
+        vouched: str | None = None,
+    ) -> str:
+        """S3's checksum of blob version ``version_id``, once confirmed to be ``sha``'s content.
+
+        Nothing is downloaded. A single-part blob's stored SHA-256 is the content hash
+        itself. A multipart blob's composite is recomputed from the local file at the stored
+        part boundaries, unless ``vouched`` (the checksum the latest manifest recorded for
+        this same version) equals it: versions are immutable and that publisher confirmed it.
+        """
+        key = blob_key(sha)
+        where = f"{key} (version {version_id})"
+        head = self._stored_checksum(key, version_id)
+        stored = str(head.get("ChecksumSHA256") or "")
+        refuse = (
+            "weightshift reuses only a blob it has confirmed: a manifest naming a wrong one "
+            "would fail every pull. "
+            f"Nothing was published. Ask the owners of bucket {self.bucket} to find who wrote "
+            "that version (CloudTrail data events or the bucket's access log); while it holds "
+            "the key this content cannot be published there, so publish to another bucket or "
+            "wait for its retention to end and the object to be removed."
+        )
+        if not stored:
+            others = sorted(
+                name.removeprefix("Checksum")
+                for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1")
+                if head.get(name)
+            )
+            raise StoreError(
+                f"{where} has no SHA-256 checksum stored with it "
+                f"(found {', '.join(others) or 'none'}), so its content cannot be confirmed "
+                "without downloading it: it was not written by weightshift, which stores one "
+                f"with every blob. {refuse}"
+            )
+        if int(head.get("ContentLength", -1)) != size:
+            raise StoreError(
+                f"{where} holds {head.get('ContentLength')} bytes, but the content with that "
+                f"hash has {size}. {refuse}"
+            )
+        if vouched is not None and stored == vouched:
+            return stored
+        value, suffix = _split_checksum(stored)
+        composite = suffix is not None or head.get("ChecksumType") == "COMPOSITE"
+        whole = _b64(bytes.fromhex(sha))
+        if not composite and value == whole:
+            return stored
+        expected = f"SHA-256 {whole} (the content of {path})"
+        layout = self._part_layout(key, version_id)
+        if layout is None:
+            found = f"SHA-256 {stored}"
+        else:
+            part_size, count = layout
+            found = f"composite SHA-256 {stored} of {count} parts"
+            # weightshift writes equal parts but the last; other layouts cannot be recomputed.
+            if suffix in (None, count) and -(-size // part_size) == count:
+                local = composite_sha256(path, part_size, count, self.workers)
+                if value == local:
+                    return stored
+                expected = (
+                    f"composite SHA-256 {local}-{count} ({path} in {count} parts of "
+                    f"{part_size} bytes)"
+                )
+            else:
+                found += f", the first of {part_size} bytes (not weightshift's even parts)"
+        if not unchanged():
+            raise StoreError(
+                f"{path} changed after it was hashed; nothing was published. Run publish again."
+            )
+        raise StoreError(
+            f"{where} does not hold the content its key names: expected {expected}, "
+            f"found {found}. {refuse}"
+        )
+
+    def _confirm_reused(
+        self, local: LocalBundle, present: dict[str, str], latest: Published | None
+    ) -> dict[str, str]:
+        """Confirm every reused blob (in parallel): sha256 -> S3's checksum of its version."""
+        entries = {entry.sha256: entry for entry in local.entries}
+        vouched: dict[str, str] = {}
+        if latest is not None:
+            vouched = {
+                sha: latest.blob_checksums[sha]
+                for sha, version_id in present.items()
+                if latest.blob_versions.get(sha) == version_id and sha in latest.blob_checksums
+            }
+
+        def confirm(sha: str) -> tuple[str, str]:
+            entry = entries[sha]
+            checksum = self._confirm_blob(
+                sha,
+                present[sha],
+                entry.size,
+                local.root / entry.path,
+                unchanged=lambda: local.unchanged(entry.path),
+                vouched=vouched.get(sha),
+            )
+            return sha, checksum
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return dict(pool.map(confirm, sorted(present)))
 
     def plan_publish(
         self, local: LocalBundle, version: Version | None, auto_bump: bool = False
@@ -447,6 +620,9 @@ class BundleStore:
                 )
             else:
                 present[sha] = head[0]
+        # Key and size prove nothing about content: confirm each reused blob before the plan
+        # is accepted, so a wrong one stops the publish before a byte is uploaded.
+        checksums = self._confirm_reused(local, present, latest)
         return PublishPlan(
             manifest,
             latest.manifest if latest else None,
@@ -454,6 +630,7 @@ class BundleStore:
             tuple(reasons),
             missing,
             present,
+            checksums,
         )
 
     def publish(
@@ -465,23 +642,26 @@ class BundleStore:
         encryption = self._encryption()
         paths = {entry.sha256: entry.path for entry in plan.manifest.files}
         versions = dict(plan.present)
+        checksums = dict(plan.checksums)
         progress = Progress("publish", sum(plan.missing.values()), self.progress_stream)
         shared = _Upload(lock, encryption, progress)
         try:
             with ThreadPoolExecutor(max_workers=max(1, self.workers // 4)) as pool:
 
-                def upload(sha: str) -> tuple[str, str]:
+                def upload(sha: str) -> tuple[str, tuple[str, str]]:
                     path = paths[sha]
-                    version_id = self._upload_blob(
+                    written = self._upload_blob(
                         shared,
                         local.root / path,
                         sha,
                         plan.missing[sha],
                         unchanged=lambda: local.unchanged(path),
                     )
-                    return sha, version_id
+                    return sha, written
 
-                versions.update(dict(pool.map(upload, list(plan.missing))))
+                for sha, (version_id, checksum) in pool.map(upload, list(plan.missing)):
+                    versions[sha] = version_id
+                    checksums[sha] = checksum
             self._extend_retention(plan.present, lock)
         finally:
             progress.close()
@@ -491,6 +671,8 @@ class BundleStore:
             "id": str(plan.manifest.id),
             "digest": plan.manifest.digest,
             "blobVersions": versions,
+            # Lets the next publish confirm a reused blob without re-reading the local file.
+            "blobChecksums": checksums,
             "publishedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         try:
@@ -545,7 +727,8 @@ class BundleStore:
 
     def _upload_blob(
         self, shared: _Upload, path: Path, sha: str, size: int, unchanged: Callable[[], bool]
-    ) -> str:
+    ) -> tuple[str, str]:
+        """Write one blob: (its version id, S3's checksum of that version)."""
         key = blob_key(sha)
         lock, encryption, progress = shared.lock, shared.encryption, shared.progress
         changed = StoreError(
@@ -568,29 +751,39 @@ class BundleStore:
                     **encryption,
                 )
                 progress.add(size)
-                return str(response.get("VersionId", ""))
+                version_id = str(response.get("VersionId", ""))
+                checksum = str(response.get("ChecksumSHA256") or "")
+                return version_id, checksum or self._checksum_of(key, version_id)
             if not unchanged():
                 raise changed
-            version_id = self._multipart(shared, path, key, size, unchanged)
-            if version_id is None:
+            written = self._multipart(shared, path, key, size, unchanged)
+            if written is None:
                 raise changed
-            return version_id
+            return written
         except ClientError as error:
-            if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
-                # Another publish wrote this content first: content addressing makes it ours too.
-                head = self._head_blob(sha)
-                if head is None or head[1] != size:
-                    raise StoreError(
-                        f"{key} was written concurrently and is not readable."
-                    ) from None
-                progress.add(size)
-                return head[0]
-            raise self._access(error) from None
+            if _code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._access(error) from None
+        # Another publish wrote this key first. Content addressing makes it ours too, but
+        # only once its content is confirmed: the key alone proves nothing.
+        head = self._head_blob(sha)
+        if head is None:
+            raise StoreError(
+                f"{key} was written concurrently but cannot be read now; nothing was "
+                "published. Run publish again."
+            )
+        checksum = self._confirm_blob(sha, head[0], size, path, unchanged=unchanged)
+        progress.add(size)
+        return head[0], checksum
+
+    def _checksum_of(self, key: str, version_id: str) -> str:
+        """S3's checksum of a version just written, where the write's response omitted it."""
+        return str(self._stored_checksum(key, version_id).get("ChecksumSHA256") or "")
 
     def _multipart(
         self, shared: _Upload, path: Path, key: str, size: int, unchanged: Callable[[], bool]
-    ) -> str | None:
-        """Upload in parts (resuming an interrupted upload); None if the file changed meanwhile."""
+    ) -> tuple[str, str] | None:
+        """Upload in parts (resuming an interrupted upload): (version id, S3's checksum); None
+        if the file changed meanwhile."""
         lock, encryption, progress = shared.lock, shared.encryption, shared.progress
         part_size = part_size_for(size, self.part_size)
         count = -(-size // part_size)
@@ -638,7 +831,8 @@ class BundleStore:
             VersionId=version_id,
             Retention=lock.retention(),
         )
-        return version_id
+        checksum = str(response.get("ChecksumSHA256") or "")
+        return version_id, checksum or self._checksum_of(key, version_id)
 
     def _resumable_upload(
         self, key: str, path: Path, part_size: int, lock: LockPolicy, encryption: dict[str, Any]
@@ -730,6 +924,7 @@ class BundleStore:
         published = self.resolve(bundle)
         now = datetime.now(UTC)
         blobs = published.manifest.blobs()
+        overwritten = self._manifest_overwrite(published)
 
         def check(sha: str) -> list[str]:
             problems: list[str] = []
@@ -744,7 +939,15 @@ class BundleStore:
                 problems.append(f"{key}: not under Object Lock")
             elif (head.get("ObjectLockRetainUntilDate") or now) <= now:
                 problems.append(f"{key}: Object Lock retention has expired")
-            newest = self.s3.head_object(Bucket=self.bucket, Key=key).get("VersionId")
+            try:
+                newest = self.s3.head_object(Bucket=self.bucket, Key=key).get("VersionId")
+            except ClientError as error:
+                # The published version was read above: only a delete marker hides it here.
+                problems.append(
+                    f"{key}: a delete marker sits over the published object ({_code(error)}); "
+                    "pull still reads the published version"
+                )
+                newest = None
             if version_id and newest and newest != version_id:
                 problems.append(
                     f"{key}: a newer object ({newest}) was written over the published one "
@@ -759,7 +962,32 @@ class BundleStore:
             return problems
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return [problem for problems in pool.map(check, sorted(blobs)) for problem in problems]
+            return overwritten + [
+                problem for problems in pool.map(check, sorted(blobs)) for problem in problems
+            ]
+
+    def _manifest_overwrite(self, published: Published) -> list[str]:
+        """An object written over the published manifest, which reads keep ignoring.
+
+        Listed, not headed: a delete marker on top must not hide (or fail) the check.
+        """
+        newer: list[str] = []
+        paginator = self.s3.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=published.key):
+                for item in page.get("Versions", []):
+                    if item["Key"] == published.key:
+                        newer.append(item["VersionId"])
+        except ClientError as error:
+            raise self._access(error) from None
+        # S3 lists a key's versions newest first: everything before the published one is newer.
+        if published.version_id not in newer or newer[0] == published.version_id:
+            return []
+        return [
+            f"{published.key}: a newer object ({newer[0]}) was written over the published "
+            f"manifest ({published.version_id}); list, show, verify and pull still read the "
+            "published one"
+        ]
 
     def pull(self, bundle: BundleId, dest: Path, serving_layout: bool = False) -> Manifest:
         """Download ``bundle`` to ``dest`` (which must not exist), verifying every hash; atomic."""
