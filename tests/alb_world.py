@@ -175,6 +175,17 @@ def pages(world: World) -> list[dict[str, Any]]:
     return [json.loads(json.loads(m["Body"])["Message"]) for m in messages]
 
 
+def published(world: World) -> list[dict[str, Any]]:
+    """Every message published to the on-call topic, as moto kept it: unlike ``pages``,
+    reading them consumes nothing, and a page nobody received still counts."""
+    from moto.sns.models import sns_backends
+
+    topic_arn = world.env["TOPIC_ARN"]
+    account = topic_arn.split(":")[4]
+    topic = sns_backends[account][REGION].topics[topic_arn]
+    return [json.loads(sent[1]) for sent in topic.sent_notifications]
+
+
 def incidents(world: World) -> list[str]:
     listed = world.s3.list_objects_v2(Bucket=BUCKET, Prefix="incidents/").get("Contents", [])
     return [item["Key"] for item in listed]

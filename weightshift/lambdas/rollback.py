@@ -4,16 +4,32 @@ back to the stable colour, record why, and page on-call.
 Packaged alone (standard library and boto3 only) by ``components/rollback.py``; also
 imported by ``weightshift rollout abort``, so a manual abort takes the same path.
 
-Steps, in this order (traffic first: every second counts):
+Steps, in this order (traffic first: every second counts; then the page, which must not
+wait on or depend on any record):
 
 1. ONE ``ModifyListener`` call: stable 999 (100 %), candidate 0 (mirror 0), stickiness off
    (sticky clients would otherwise keep reaching the candidate). Every invocation makes it:
    the call is idempotent, so repeated or concurrent invocations converge on one state.
+   If it fails, the invocation fails (and Lambda retries it).
 2. The rollback record, an SSM parameter written with ``Overwrite=False``: exactly one
-   invocation creates it; that one owns the incident. The Pulumi program reads the record
-   and keeps the stable colour at 100 % until ``weightshift rollout ack``.
-3. The owner writes the incident record (one S3 object per incident, conditional create,
-   under the bucket's Object Lock) and publishes to the on-call topic.
+   invocation creates it. The Pulumi program reads the record and keeps the stable colour
+   at 100 % until ``weightshift rollout ack``. Found with this incident: another delivery
+   or a retry of this incident, go on. Found with this candidate but another incident: the
+   candidate is already rolled back and paged for, stop. Found with another candidate: an
+   unacknowledged earlier rollback, replaced. If SSM fails, go on (on-call must hear of the
+   rollback) and fail the invocation at the end so that Lambda retries it.
+3. The page, claimed by a marker parameter written with ``Overwrite=False``:
+   ``<RECORD_PARAMETER>-paged/<incident>`` (see :func:`page_marker`). Claimed: publish to
+   the on-call topic; if that fails, delete the marker (so that Lambda's retry pages) and
+   fail at the end. Found: on-call was paged for this incident, skip. Any other error
+   writing it: page anyway, since a duplicate page beats silence.
+4. The incident record: one S3 object per incident, conditional create (``If-None-Match``)
+   under the bucket's Object Lock, with a SHA-256 checksum. Found: fine. Failed: logged,
+   and the invocation fails at the end so that Lambda retries it; a retry finds the listener
+   rolled back, the record and the marker, so it writes the incident without paging again.
+
+So every invocation that rolls back (or finds this incident rolled back) pages unless the
+page of this incident is already claimed: one page per incident, whatever else fails.
 
 Configuration comes from the environment (set by the component): ``LISTENER_ARN``,
 ``STABLE_TARGET_GROUP_ARN``, ``CANDIDATE_TARGET_GROUP_ARN``, optional
@@ -22,6 +38,10 @@ Configuration comes from the environment (set by the component): ``LISTENER_ARN`
 ``STABLE_COLOUR``, ``STAGE_WEIGHTS`` (the candidate's served plus mirrored weight at each
 stage, comma separated: the stage is read off the listener, so a stage change does not
 have to redeploy the function).
+
+Permissions beyond the listener, the record, the bucket and the topic: ``ssm:PutParameter``
+and ``ssm:DeleteParameter`` on the page markers,
+``arn:<partition>:ssm:<region>:<account>:parameter<RECORD_PARAMETER>-paged/*``.
 """
 
 from __future__ import annotations
@@ -39,7 +59,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as SdkConnectionError
 
 ALB_WEIGHT_ALL = 999
 """A lone weight of 999 sends 100 % (the ALB's maximum; the program renders the same)."""
@@ -51,10 +72,23 @@ THROTTLING = frozenset(
         "TooManyRequestsException",
         "RequestLimitExceeded",
         "SlowDown",
-        "ServiceUnavailable",
-        "InternalError",
     }
 )
+"""Refusals before any work was done: a retry cannot repeat an effect."""
+SERVER_ERRORS = frozenset(
+    {
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+"""Transient failures after which the request may or may not have taken effect."""
+SERVER_STATUSES = frozenset({500, 502, 503, 504})
+AWS_ERRORS = (ClientError, BotoCoreError)
+"""What a failed AWS call raises: service errors, and connection or timeout errors."""
 MAX_ATTEMPTS = 8
 
 
@@ -79,27 +113,53 @@ def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def _describe(error: Exception) -> str:
+    """The error's code (or class) and message, for logs and the page."""
+    if isinstance(error, ClientError):
+        return f"{_code(error)}: {error.response.get('Error', {}).get('Message', '')}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _retryable(error: Exception, *, maybe_applied: bool) -> bool:
+    """Whether ``call`` retries ``error``. ``maybe_applied``: also errors after which the
+    request may have taken effect (server errors, a lost response), for calls whose repeat
+    is harmless or detected."""
+    if isinstance(error, ClientError):
+        if _code(error) in THROTTLING:
+            return True
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return maybe_applied and (_code(error) in SERVER_ERRORS or status in SERVER_STATUSES)
+    if isinstance(error, SdkConnectionError):
+        return True  # no connection, so no request was made
+    return maybe_applied and isinstance(error, HTTPClientError)
+
+
 def call(
     operation: Callable[..., Any],
     *,
     sleep: Callable[[float], None] = time.sleep,
     attempts: int = MAX_ATTEMPTS,
+    maybe_applied: bool = True,
     **kwargs: Any,
 ) -> Any:
     """``operation(**kwargs)``, retried with capped exponential backoff and full jitter on
-    throttling and transient service errors; any other error is raised at once."""
+    throttling, transient server errors and lost connections (the SDK's own retries are
+    off, so that every retry is logged here); any other error is raised at once. With
+    ``maybe_applied=False`` only errors that guarantee no effect are retried, for a
+    conditional write whose retry would mistake its own success for someone else's."""
     for attempt in range(1, attempts + 1):
         try:
             return operation(**kwargs)
-        except ClientError as error:
-            if _code(error) not in THROTTLING or attempt == attempts:
+        except AWS_ERRORS as error:
+            if attempt == attempts or not _retryable(error, maybe_applied=maybe_applied):
                 raise
             delay = random.uniform(0, min(8.0, 0.1 * 2**attempt))
             log(
                 "warning",
-                "throttled; retrying",
+                "transient error; retrying",
                 operation=getattr(operation, "__name__", str(operation)),
                 attempt=attempt,
+                error=_describe(error),
                 delay=round(delay, 3),
             )
             sleep(delay)
@@ -151,8 +211,10 @@ class Clients:
 
     @classmethod
     def default(cls) -> Clients:
-        # Our own retry loop handles throttling (with logs); the SDK's would double it.
-        config = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=3)
+        # No SDK retries: ``call`` retries, and logs each one. In the retries dict
+        # ``max_attempts`` excludes the first attempt (1 would still retry once, silently);
+        # ``total_max_attempts`` includes it.
+        config = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=3)
         return cls(
             elbv2=boto3.client("elbv2", config=config),
             ssm=boto3.client("ssm", config=config),
@@ -187,23 +249,63 @@ def incident_id(alarm_arn: str, state_timestamp: str, candidate_version: str) ->
     return digest.hexdigest()[:16]
 
 
+def page_marker(record_parameter: str, incident: str) -> str:
+    """The SSM parameter whose creation claims the page of ``incident``: beside the record
+    (SSM allows ``/a/b-paged/c`` next to ``/a/b``), so one IAM resource pattern,
+    ``parameter<RECORD_PARAMETER>-paged/*``, covers every incident."""
+    return f"{record_parameter}-paged/{incident}"
+
+
 @dataclass(frozen=True)
 class Outcome:
     action: str
-    """``ignored``, ``rolled-back`` (this invocation owns the incident) or ``already``."""
+    """``ignored``; ``rolled-back``: this invocation paged on-call for the incident (the
+    listener is on stable); ``already``: the listener is on stable and on-call was paged by
+    another invocation, or for an earlier incident of this candidate."""
     incident: str | None = None
     reason: str = ""
+    paged: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"action": self.action, "incident": self.incident, "reason": self.reason}
+        return {
+            "action": self.action,
+            "incident": self.incident,
+            "reason": self.reason,
+            "paged": self.paged,
+        }
 
 
-def _relevant(event: Mapping[str, Any], settings: Settings) -> str | None:
-    """Why this event must not act, or None if it must."""
-    data = event.get("alarmData") or {}
-    state = (data.get("state") or {}).get("value")
-    if state != "ALARM":
-        return f"alarm state is {state}, not ALARM"
+class RollbackIncomplete(Exception):
+    """Traffic is on the stable colour, but a later step failed. Raised after every step
+    was tried, so that Lambda retries the event; the retry repeats only what is missing."""
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _parse(
+    event: object, settings: Settings
+) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]] | str:
+    """``(event, alarmData, state)`` of an event this function must act on, or why not."""
+    # Lambda hands over whatever JSON the invoker sent: a malformed event is ignored with a
+    # reason, not a stack trace (and not Lambda's retries of a stack trace).
+    if not isinstance(event, Mapping):
+        return f"the event is {_kind(event)}, not an object"
+    if "alarmData" not in event:
+        return "the event has no alarmData"
+    data = event["alarmData"]
+    if not isinstance(data, Mapping):
+        return f"alarmData is {_kind(data)}, not an object"
+    for field in ("state", "configuration"):
+        if data.get(field) is not None and not isinstance(data[field], Mapping):
+            return f"alarmData.{field} is {_kind(data[field])}, not an object"
+    state = data.get("state") or {}
+    if state.get("value") != "ALARM":
+        return f"alarm state is {state.get('value')}, not ALARM"
     name = data.get("alarmName")
     if name != settings.alarm_name:
         return f"alarm {name!r} is not this function's alarm {settings.alarm_name!r}"
@@ -211,23 +313,25 @@ def _relevant(event: Mapping[str, Any], settings: Settings) -> str | None:
     for word in description.split():
         if word.startswith("listener=") and word.removeprefix("listener=") != settings.listener_arn:
             return f"the alarm names another listener ({word.removeprefix('listener=')})"
-    return None
+    return event, data, state
 
 
 def roll_back(
-    event: Mapping[str, Any],
+    event: object,
     settings: Settings,
     clients: Clients,
     *,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
-    """Act on one alarm event (or a manual abort, which builds the same event)."""
-    why_not = _relevant(event, settings)
-    if why_not is not None:
-        log("info", "ignored", reason=why_not)
-        return Outcome("ignored", reason=why_not)
-    data = event["alarmData"]
-    state = data["state"]
+    """Act on one alarm event (or a manual abort, which builds the same event).
+
+    Raises :class:`RollbackIncomplete` if traffic went back to stable but the record, the
+    page or the incident record failed, after trying all of them."""
+    parsed = _parse(event, settings)
+    if isinstance(parsed, str):
+        log("info", "ignored", reason=parsed)
+        return Outcome("ignored", reason=parsed)
+    event, data, state = parsed
     incident = incident_id(
         str(event.get("alarmArn", data["alarmName"])),
         str(state.get("timestamp", "")),
@@ -261,6 +365,8 @@ def roll_back(
         "alarmTransitionAt": state.get("timestamp"),
         "source": event.get("source", "aws.cloudwatch"),
     }
+    failed: dict[str, Exception] = {}
+    """Step -> its error: the later steps run anyway, then the invocation fails."""
 
     def put_record(*, overwrite: bool) -> None:
         call(
@@ -273,26 +379,57 @@ def roll_back(
             Description="weightshift rollback record: cleared by `weightshift rollout ack`",
         )
 
-    # 2. The record: the one invocation that creates it owns the incident.
+    # 2. The record, which keeps the next `pulumi up` from undoing the rollback.
     try:
-        put_record(overwrite=False)
-    except ClientError as error:
-        if _code(error) != "ParameterAlreadyExists":
-            raise
-        existing = _read_record(clients, settings, sleep)
-        if existing.get("incident") == incident:
-            # Another delivery of this transition (or a retry of one that failed after the
-            # record): the incident object's conditional create below picks one owner.
-            pass
-        elif existing.get("candidate") == settings.candidate_version:
-            log("info", "already rolled back", incident=existing.get("incident"))
-            return Outcome("already", str(existing.get("incident")), "record exists")
-        else:
-            # A record of an earlier candidate that nobody acknowledged: this one replaces it.
-            log("warning", "replacing a stale rollback record", stale=existing)
-            put_record(overwrite=True)
-    # 3. The incident record and the page.
+        try:
+            put_record(overwrite=False)
+        except ClientError as error:
+            if _code(error) != "ParameterAlreadyExists":
+                raise
+            existing = _read_record(clients, settings, sleep)
+            if existing.get("incident") == incident:
+                # Another delivery of this incident, or a retry of one that failed later
+                # on: the page marker decides whether to page.
+                pass
+            elif existing.get("candidate") == settings.candidate_version:
+                log("info", "already rolled back", incident=existing.get("incident"))
+                return Outcome("already", str(existing.get("incident")), "record exists")
+            else:
+                # A record of an earlier candidate that nobody acknowledged: this one
+                # replaces it.
+                log("warning", "replacing a stale rollback record", stale=existing)
+                put_record(overwrite=True)
+    except AWS_ERRORS as error:
+        # On-call must hear of the rollback even if SSM is down: page, then fail.
+        log(
+            "error",
+            "could not write the rollback record",
+            incident=incident,
+            error=_describe(error),
+        )
+        failed["rollback record"] = error
     key = f"{settings.incident_prefix}/{incident}.json"
+    location = f"s3://{settings.incident_bucket}/{key}"
+    # 3. The page, before the incident object: S3 must not delay or prevent it.
+    summary = (
+        f"{settings.candidate_version} ({settings.candidate_colour}) was rolled back at "
+        f"stage {stage}: {data['alarmName']} went to ALARM. All traffic is on "
+        f"{settings.stable_colour}. Incident record: {location} (written just after this "
+        "page; the function's log says if that failed). After review: weightshift rollout ack."
+    )
+    if "rollback record" in failed:
+        summary += (
+            f" The rollback record {settings.record_parameter} could not be written "
+            f"({_describe(failed['rollback record'])}): until the function's retry writes "
+            f"it, a `pulumi up` would send traffic back to {settings.candidate_colour}."
+        )
+    message = {**record, "incidentRecord": location, "summary": summary}
+    try:
+        paged = _page(clients, settings, sleep, incident, message)
+    except AWS_ERRORS as error:
+        failed["page"] = error
+        paged = False
+    # 4. The incident record (its retry is harmless: a conditional create).
     try:
         call(
             clients.s3.put_object,
@@ -302,33 +439,98 @@ def roll_back(
             Body=json.dumps({**record, "event": event}, sort_keys=True, default=str).encode(),
             ContentType="application/json",
             IfNoneMatch="*",
+            # Object Lock requires a checksum; named here rather than left to the
+            # default of whichever botocore the Lambda runtime bundles.
+            ChecksumAlgorithm="SHA256",
             # No encryption headers: the bucket's default (SSE-KMS, its own key) applies.
         )
-    except ClientError as error:
-        if _code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise
-        log("info", "incident record already written", incident=incident)
-        return Outcome("already", incident, "incident exists")
-    call(
-        clients.sns.publish,
-        sleep=sleep,
-        TopicArn=settings.topic_arn,
-        Subject=f"weightshift rollback: {settings.candidate_version}"[:100],
-        Message=json.dumps(
-            {
-                **record,
-                "summary": (
-                    f"{settings.candidate_version} ({settings.candidate_colour}) was rolled back "
-                    f"at stage {stage}: {data['alarmName']} went to ALARM. All traffic "
-                    f"is on {settings.stable_colour}. Incident record: "
-                    f"s3://{settings.incident_bucket}/{key}. After review: weightshift rollout ack."
-                ),
-            },
-            sort_keys=True,
-        ),
-    )
-    log("warning", "rollback recorded and on-call paged", incident=incident, record=key)
-    return Outcome("rolled-back", incident, str(state.get("reason", "")))
+        log("info", "incident record written", incident=incident, record=location)
+    except AWS_ERRORS as error:
+        if isinstance(error, ClientError) and _code(error) in (
+            "PreconditionFailed",
+            "ConditionalRequestConflict",
+        ):
+            log("info", "incident record already written", incident=incident)
+        else:
+            log(
+                "error",
+                "could not write the incident record",
+                incident=incident,
+                error=_describe(error),
+            )
+            failed["incident record"] = error
+    if failed:
+        steps = "; ".join(f"{step}: {_describe(error)}" for step, error in failed.items())
+        raise RollbackIncomplete(
+            f"incident {incident}: traffic is on {settings.stable_colour}, "
+            f"{'on-call was paged' if paged else 'on-call was not paged by this invocation'}, "
+            f"but these failed (Lambda retries the event): {steps}"
+        ) from next(iter(failed.values()))
+    if paged:
+        log("warning", "rolled back and on-call paged", incident=incident, record=location)
+        return Outcome("rolled-back", incident, str(state.get("reason", "")), paged=True)
+    return Outcome("already", incident, "on-call already paged for this incident")
+
+
+def _page(
+    clients: Clients,
+    settings: Settings,
+    sleep: Callable[[float], None],
+    incident: str,
+    message: Mapping[str, Any],
+) -> bool:
+    """Publish ``message`` unless the page of ``incident`` is already claimed; whether it was
+    published. If the publish fails, the claim is released and the error raised."""
+    marker = page_marker(settings.record_parameter, incident)
+    claimed = False
+    try:
+        call(
+            clients.ssm.put_parameter,
+            sleep=sleep,
+            # A retry after a lost response would find its own marker and never page.
+            maybe_applied=False,
+            Name=marker,
+            Value=json.dumps({"incident": incident, "at": _now()}, sort_keys=True),
+            Type="String",
+            Overwrite=False,
+            Description="weightshift: on-call was paged for this rollback incident",
+        )
+        claimed = True
+    except AWS_ERRORS as error:
+        if isinstance(error, ClientError) and _code(error) == "ParameterAlreadyExists":
+            log("info", "on-call already paged for this incident", incident=incident)
+            return False
+        log(
+            "warning",
+            "could not claim the page; paging anyway, as a duplicate page beats silence",
+            incident=incident,
+            marker=marker,
+            error=_describe(error),
+        )
+    try:
+        call(
+            clients.sns.publish,
+            sleep=sleep,
+            TopicArn=settings.topic_arn,
+            Subject=f"weightshift rollback: {settings.candidate_version}"[:100],
+            Message=json.dumps(message, sort_keys=True, default=str),
+        )
+    except AWS_ERRORS as error:
+        log("error", "could not page on-call", incident=incident, error=_describe(error))
+        if claimed:
+            try:
+                call(clients.ssm.delete_parameter, sleep=sleep, Name=marker)
+            except AWS_ERRORS as cleanup:
+                log(
+                    "error",
+                    "could not release the page claim: a retry will not page",
+                    incident=incident,
+                    marker=marker,
+                    error=_describe(cleanup),
+                )
+        raise
+    log("info", "on-call paged", incident=incident)
+    return True
 
 
 def _current_stage(
@@ -363,7 +565,7 @@ def _read_record(
         return {}
 
 
-def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+def handler(event: Any, context: Any) -> dict[str, Any]:
     """The Lambda entry point."""
     settings = Settings.from_environment()
     log("info", "invoked", event=event)
