@@ -20,7 +20,12 @@ from components.rollback import Rollback, RollbackArgs
 from components.traffic import Traffic, TrafficArgs
 from weightshift.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
-from weightshift.rollback_record import RecordError, parameter_name
+from weightshift.rollback_record import (
+    RecordError,
+    composite_alarm_name,
+    parameter_name,
+    silent_activation,
+)
 from weightshift.rollback_record import read as read_record
 from weightshift.stages import Colour, Strategy, schedule, stage_of, weights_for
 
@@ -75,6 +80,16 @@ if rolled_back and record is not None:
         "on the stable colour."
     )
 candidate_active = weights.reaching(rollout.candidate) > 0
+if candidate_active:
+    try:
+        silent = silent_activation(
+            composite_alarm_name(config.model, pulumi.get_stack(), rollout.candidate.value),
+            region=config.region,
+        )
+    except RecordError as error:
+        raise pulumi.RunError(str(error)) from None
+    if silent is not None:
+        raise pulumi.RunError(silent)
 
 # Required tags live here and nowhere else: the provider stamps them on every resource.
 provider = aws.Provider(
@@ -90,13 +105,20 @@ provider = aws.Provider(
     ),
 )
 with_provider = pulumi.ResourceOptions(providers=[provider])
+account = aws.get_caller_identity_output(
+    opts=pulumi.InvokeOutputOptions(provider=provider)
+).account_id
 
 artifacts = ArtifactStore(
     "artifacts",
     ArtifactStoreArgs(settings=config.artifacts, region=config.region, partition=config.partition),
     opts=with_provider,
 )
-network = Network("network", NetworkArgs(settings=config.network), opts=with_provider)
+network = Network(
+    "network",
+    NetworkArgs(settings=config.network, routed_cidrs=config.cluster.deployer_cidrs),
+    opts=with_provider,
+)
 traffic = Traffic(
     "traffic",
     TrafficArgs(
@@ -106,6 +128,7 @@ traffic = Traffic(
         mirror=rollout.strategy is Strategy.SHADOW,
         vpc_id=network.vpc_id,
         vpc_cidr=network.vpc_cidr,
+        nat_public_ips=network.nat_public_ips,
         subnet_ids=network.private_subnet_ids
         if config.traffic.internal
         else network.public_subnet_ids,
@@ -124,6 +147,9 @@ cluster = GpuCluster(
         target_group_arns=pulumi.Output.all(*traffic.target_group_arns.values()),
         region=config.region,
         partition=config.partition,
+        account=account,
+        cluster_name=config.cluster_name(pulumi.get_stack()),
+        deployer_paths=network.paths,
     ),
     opts=with_provider,
 )
@@ -138,6 +164,7 @@ stacks = {
         InferenceStackArgs(
             colour=colour,
             model=config.model,
+            namespace=config.namespace(pulumi.get_stack(), colour),
             bundle=bundle,
             replicas=config.colour(colour).replicas,
             serving=config.serving,
@@ -192,9 +219,7 @@ if candidate_version is not None:
             record_parameter=record_parameter,
             region=config.region,
             partition=config.partition,
-            account=aws.get_caller_identity_output(
-                opts=pulumi.InvokeOutputOptions(provider=provider)
-            ).account_id,
+            account=account,
         ),
         opts=with_provider,
     )
@@ -204,7 +229,12 @@ pulumi.export("cluster", cluster.cluster_name)
 pulumi.export(
     "inference",
     {
-        colour.value: {"namespace": stack.namespace, "bundle": str(bundles[colour].id)}
+        colour.value: {
+            "namespace": stack.namespace,
+            "bundle": str(bundles[colour].id),
+            "rolloutBudgetSeconds": stack.budget.seconds,
+            "rolloutBudget": stack.budget.describe(),
+        }
         for colour, stack in stacks.items()
     },
 )

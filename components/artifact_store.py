@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
+from components.iam import policy_document, policy_size
 from components.log_bucket import LogBucket, LogBucketArgs, make_private
 from weightshift.config import ArtifactsConfig
+from weightshift.facts import IAM_ROLE_INLINE_POLICY_CHARACTERS
 from weightshift.store import blob_key, manifest_key
 from weightshift.versioning import BundleId
 
@@ -27,7 +29,7 @@ class ArtifactStoreArgs:
 def bucket_policy(bucket_arn: str, key_arn: str) -> str:
     """Deny anything that could weaken a published bundle, whoever asks."""
     published = [f"{bucket_arn}/{prefix}*" for prefix in PUBLISHED_PREFIXES]
-    statements = [
+    statements: list[dict[str, Any]] = [
         {
             "Sid": "DenyInsecureTransport",
             "Effect": "Deny",
@@ -100,18 +102,35 @@ def bucket_policy(bucket_arn: str, key_arn: str) -> str:
             "Resource": published,
         },
     ]
-    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+    return policy_document(statements)
 
 
 def bundle_read_policy(
     bucket_arn: str, key_arn: str, region: str, bundle: BundleId, blob_digests: Sequence[str]
 ) -> str:
-    """Read one bundle: its manifest and the blobs it lists, decrypted through S3 only."""
+    """Read one bundle: its manifest and the blobs it lists, decrypted through S3 only.
+
+    Every blob by name while that fits IAM's limit on a role's inline policies
+    (``facts.IAM_ROLE_INLINE_POLICY_CHARACTERS``); a bundle of many files (over a hundred or
+    so) gets the content-addressed blob prefix instead: a pod can then read other bundles'
+    blobs of this bucket, but only by knowing their content's hash, and the manifest is still
+    its own alone.
+    """
     manifest = manifest_key(bundle.name, bundle.version)
-    objects = [f"{bucket_arn}/{manifest}"] + [
-        f"{bucket_arn}/{blob_key(digest)}" for digest in sorted(set(blob_digests))
-    ]
-    statements = [
+    blobs = [f"{bucket_arn}/{blob_key(digest)}" for digest in sorted(set(blob_digests))]
+    exact = _bundle_read_statements(bucket_arn, key_arn, region, manifest, blobs)
+    if policy_size(exact) <= IAM_ROLE_INLINE_POLICY_CHARACTERS:
+        return exact
+    return _bundle_read_statements(
+        bucket_arn, key_arn, region, manifest, [f"{bucket_arn}/{blob_key('*')}"]
+    )
+
+
+def _bundle_read_statements(
+    bucket_arn: str, key_arn: str, region: str, manifest: str, blobs: list[str]
+) -> str:
+    objects = [f"{bucket_arn}/{manifest}", *blobs]
+    statements: list[dict[str, Any]] = [
         {
             "Sid": "ReadBundleObjects",
             "Effect": "Allow",
@@ -133,7 +152,7 @@ def bundle_read_policy(
             "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
         },
     ]
-    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+    return policy_document(statements)
 
 
 class ArtifactStore(pulumi.ComponentResource):

@@ -5,22 +5,33 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components.iam import POD_IDENTITY_TRUST, service_trust
+from components.iam import allow, pod_identity, policy_document, service_trust
 from weightshift.config import ClusterConfig, NodeGroupConfig
+from weightshift.facts import (
+    AWS_LOAD_BALANCER_CONTROLLER,
+    CLUSTER_AUTOSCALER,
+    CLUSTER_AUTOSCALER_IMAGE_TAGS,
+    NVIDIA_DEVICE_PLUGIN,
+)
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
 """Every GPU node carries ``nvidia.com/gpu=true:NoSchedule``; only pods that tolerate it
 (the inference pods, the device plugin) land there."""
+GPU_TOLERATION = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
-LB_CONTROLLER_NAMESPACE = "kube-system"
+SYSTEM_NAMESPACE = "kube-system"
 LB_CONTROLLER_SERVICE_ACCOUNT = "aws-load-balancer-controller"
-NVIDIA_CHART_REPO = "https://nvidia.github.io/k8s-device-plugin"
-EKS_CHART_REPO = "https://aws.github.io/eks-charts"
+AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
+POOL_LABEL = "weightshift.io/pool"
+ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
+SYSTEM_NODES = {POOL_LABEL: "system"}
+"""Controllers run on the system node group, never on a GPU node."""
 
 
 def load_balancer_controller_policy(target_group_arns: Sequence[str]) -> str:
@@ -30,43 +41,115 @@ def load_balancer_controller_policy(target_group_arns: Sequence[str]) -> str:
     balancers, no security-group management: the program owns those rules), so it may
     describe, and register and deregister targets in these target groups only.
     """
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "Describe",
-                    "Effect": "Allow",
-                    "Action": [
-                        "ec2:DescribeAvailabilityZones",
-                        "ec2:DescribeInstances",
-                        "ec2:DescribeNetworkInterfaces",
-                        "ec2:DescribeSecurityGroups",
-                        "ec2:DescribeSubnets",
-                        "ec2:DescribeVpcs",
-                        "elasticloadbalancing:DescribeListeners",
-                        "elasticloadbalancing:DescribeLoadBalancers",
-                        "elasticloadbalancing:DescribeTags",
-                        "elasticloadbalancing:DescribeTargetGroupAttributes",
-                        "elasticloadbalancing:DescribeTargetGroups",
-                        "elasticloadbalancing:DescribeTargetHealth",
-                    ],
-                    # Describe calls support no resource-level permissions.
-                    "Resource": "*",
-                },
-                {
-                    "Sid": "RegisterPodsInOurTargetGroups",
-                    "Effect": "Allow",
-                    "Action": [
-                        "elasticloadbalancing:RegisterTargets",
-                        "elasticloadbalancing:DeregisterTargets",
-                    ],
-                    "Resource": sorted(target_group_arns),
-                },
-            ],
-        },
-        sort_keys=True,
+    return policy_document(
+        [
+            # Describe calls support no resource-level permissions.
+            allow(
+                "Describe",
+                [
+                    "ec2:DescribeAvailabilityZones",
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DescribeSecurityGroups",
+                    "ec2:DescribeSubnets",
+                    "ec2:DescribeVpcs",
+                    "elasticloadbalancing:DescribeListeners",
+                    "elasticloadbalancing:DescribeLoadBalancers",
+                    "elasticloadbalancing:DescribeTags",
+                    "elasticloadbalancing:DescribeTargetGroupAttributes",
+                    "elasticloadbalancing:DescribeTargetGroups",
+                    "elasticloadbalancing:DescribeTargetHealth",
+                ],
+                ["*"],
+            ),
+            allow(
+                "RegisterPodsInOurTargetGroups",
+                ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
+                sorted(target_group_arns),
+            ),
+        ]
     )
+
+
+def autoscaler_policy(
+    *,
+    asg_names: Sequence[str],
+    node_group_arns: Sequence[str],
+    region: str,
+    account: str,
+    partition: str,
+) -> str:
+    """What the Cluster Autoscaler needs to grow and shrink the GPU node groups, and only them.
+
+    Describe calls support no resource-level permissions; scaling is limited to the GPU
+    groups' Auto Scaling groups by ARN (the autoscaler is given exactly these groups with
+    ``--nodes``, so it never tries another), and it may read those node groups' labels and
+    taints (``eks:DescribeNodegroup``) to scale a group up from zero.
+    """
+    asgs = [
+        f"arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:"
+        f"autoScalingGroupName/{asg}"
+        for asg in sorted(asg_names)
+    ]
+    return policy_document(
+        [
+            allow(
+                "Describe",
+                [
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "autoscaling:DescribeAutoScalingInstances",
+                    "autoscaling:DescribeLaunchConfigurations",
+                    "autoscaling:DescribeScalingActivities",
+                    "ec2:DescribeImages",
+                    "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplateVersions",
+                    "ec2:GetInstanceTypesFromInstanceRequirements",
+                ],
+                ["*"],
+            ),
+            allow("GpuNodeGroupTemplates", ["eks:DescribeNodegroup"], sorted(node_group_arns)),
+            allow(
+                "ScaleGpuGroupsOnly",
+                [
+                    "autoscaling:SetDesiredCapacity",
+                    "autoscaling:TerminateInstanceInAutoScalingGroup",
+                ],
+                asgs,
+            ),
+        ]
+    )
+
+
+def device_plugin_values(gpu_node_labels: dict[str, str]) -> dict[str, Any]:
+    """The NVIDIA device plugin's values: on every GPU node, nowhere else.
+
+    The chart's default affinity requires labels node-feature-discovery sets
+    (``facts.NVIDIA_DEVICE_PLUGIN``); EKS GPU nodes carry none, so it is replaced (Helm
+    replaces lists) by our GPU label, and the DaemonSet tolerates the GPU taint.
+    """
+    return {
+        "nodeSelector": gpu_node_labels,
+        "affinity": required_node_affinity(gpu_node_labels),
+        "tolerations": [GPU_TOLERATION],
+    }
+
+
+def required_node_affinity(labels: dict[str, str]) -> dict[str, Any]:
+    """A node affinity that only nodes carrying every one of ``labels`` satisfy."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": key, "operator": "In", "values": [value]}
+                            for key, value in sorted(labels.items())
+                        ]
+                    }
+                ]
+            }
+        }
+    }
 
 
 @dataclass(frozen=True)
@@ -79,21 +162,32 @@ class GpuClusterArgs:
     """The target groups the load balancer controller may register pods in."""
     region: str
     partition: str
+    account: pulumi.Input[str]
+    cluster_name: str
+    """The EKS cluster's name: unique per account and region (``__main__`` derives it from
+    the model and the stack)."""
+    deployer_paths: Sequence[pulumi.Resource] = ()
+    """The network path from the deployer to the private API (routes, attachment)."""
 
 
 class GpuCluster(pulumi.ComponentResource):
     """An EKS cluster (or an existing one) ready for GPU inference pods.
 
-    Children when creating: ``{name}-secrets`` KMS key; ``{name}-control-plane`` LogGroup;
-    ``{name}-role`` (cluster role) and ``{name}-nodes`` (node role) with their managed policy
-    attachments; ``{name}`` EKS Cluster (private endpoint by default, secrets encrypted,
-    every control-plane log); per node group a LaunchTemplate (IMDSv2 required, hop limit 1,
+    Children when creating: ``{name}-secrets`` KMS key; ``{name}-control-plane`` LogGroup
+    (``/aws/eks/<cluster>/cluster``, where EKS writes); ``{name}-role`` (cluster role) and
+    ``{name}-nodes`` (node role) with their managed policy attachments; ``{name}`` EKS
+    Cluster named ``args.cluster_name`` (private endpoint by default, secrets encrypted,
+    every control-plane log) with ``{name}-api``, a security group of the control plane's own,
+    and its ``{name}-deployer-*`` ingress rules admitting the deployer to the private API on
+    443; per node group a LaunchTemplate (IMDSv2 required, hop limit 1,
     encrypted gp3 root volume) and a managed NodeGroup (on-demand; GPU groups tainted
     ``nvidia.com/gpu:NoSchedule`` and labelled ``weightshift.io/pool=gpu``); add-ons
-    ``eks-pod-identity-agent`` and ``vpc-cni`` (network policy enforcement on); the
-    Kubernetes provider; the NVIDIA device plugin Helm release (only for AL2023 NVIDIA
-    AMIs: Bottlerocket ships it); the AWS Load Balancer Controller Helm release with its
-    Pod Identity role. With ``existing``: only the Kubernetes provider.
+    ``eks-pod-identity-agent`` and ``vpc-cni`` (network policy enforcement on; conflicts with
+    the self-managed copies a new cluster starts with are overwritten); the Kubernetes
+    provider; the NVIDIA device plugin Helm release (only for AL2023 NVIDIA AMIs: Bottlerocket
+    ships it) on the GPU nodes; the AWS Load Balancer Controller and the Cluster Autoscaler
+    Helm releases on the system nodes, each with its Pod Identity role (the autoscaler may
+    scale only the GPU node groups). With ``existing``: only the Kubernetes provider.
     """
 
     cluster_name: pulumi.Output[str]
@@ -131,6 +225,8 @@ class GpuCluster(pulumi.ComponentResource):
         endpoint: pulumi.Input[str],
         certificate_authority: pulumi.Input[str],
         args: GpuClusterArgs,
+        *,
+        depends_on: Sequence[pulumi.Resource] = (),
     ) -> k8s.Provider:
         kubeconfig = pulumi.Output.all(cluster, endpoint, certificate_authority).apply(
             lambda values: kubeconfig_for(values[0], values[1], values[2], args.region)
@@ -140,7 +236,7 @@ class GpuCluster(pulumi.ComponentResource):
             kubeconfig=kubeconfig,
             enable_server_side_apply=True,
             delete_unreachable=False,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
         )
 
     def _create(self, name: str, args: GpuClusterArgs) -> None:
@@ -149,14 +245,15 @@ class GpuCluster(pulumi.ComponentResource):
         policy = f"arn:{args.partition}:iam::aws:policy"
         key = aws.kms.Key(
             f"{name}-secrets",
-            description=f"EKS secrets of {name}",
+            description=f"EKS secrets of {args.cluster_name}",
             enable_key_rotation=True,
             deletion_window_in_days=30,
             opts=child,
         )
         logs = aws.cloudwatch.LogGroup(
             f"{name}-control-plane",
-            name=f"/aws/eks/{name}/cluster",
+            # EKS writes control-plane logs here; the name must follow the cluster's.
+            name=f"/aws/eks/{args.cluster_name}/cluster",
             retention_in_days=settings.log_retention_days,
             opts=child,
         )
@@ -171,13 +268,23 @@ class GpuCluster(pulumi.ComponentResource):
                 opts=child,
             )
         ]
+        # The deployer reaches the API through a group of the control plane's own: on the
+        # cluster security group, which nodes and pods share too, the rule would open every
+        # pod listening on 443 to the deployer's network.
+        api = aws.ec2.SecurityGroup(
+            f"{name}-api",
+            vpc_id=args.vpc_id,
+            description=f"{args.cluster_name} Kubernetes API: the deployer on 443",
+            opts=child,
+        )
         cluster = aws.eks.Cluster(
             name,
-            name=name,
+            name=args.cluster_name,
             version=settings.version,
             role_arn=cluster_role.arn,
             vpc_config=aws.eks.ClusterVpcConfigArgs(
                 subnet_ids=args.subnet_ids,
+                security_group_ids=[api.id],
                 endpoint_private_access=True,
                 endpoint_public_access=settings.endpoint_public_access,
                 public_access_cidrs=list(settings.public_access_cidrs) or None,
@@ -193,6 +300,11 @@ class GpuCluster(pulumi.ComponentResource):
             deletion_protection=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[logs, *attached]),
         )
+        self.cluster_name = cluster.name
+        self.security_group_id = cluster.vpc_config.apply(
+            lambda vpc: str(vpc.cluster_security_group_id)
+        )
+        deployer = self._deployer_access(name, settings, api)
         node_role = aws.iam.Role(
             f"{name}-nodes", assume_role_policy=service_trust("ec2.amazonaws.com"), opts=child
         )
@@ -209,22 +321,28 @@ class GpuCluster(pulumi.ComponentResource):
                 ("ecr", "AmazonEC2ContainerRegistryReadOnly"),
             )
         ]
-        groups = [
-            self._node_group(
-                name, cluster, node_role, node_policies, group=group, args=args, gpu=False
-            )
-            for group in (settings.system_nodes,)
-        ] + [
+        system = self._node_group(
+            name,
+            cluster,
+            node_role,
+            node_policies,
+            group=settings.system_nodes,
+            args=args,
+            gpu=False,
+        )
+        gpu_groups = [
             self._node_group(
                 name, cluster, node_role, node_policies, group=group, args=args, gpu=True
             )
             for group in settings.gpu_node_groups
         ]
+        groups = [system, *gpu_groups]
         addons = [
             aws.eks.Addon(
                 f"{name}-pod-identity-agent",
                 cluster_name=cluster.name,
                 addon_name="eks-pod-identity-agent",
+                resolve_conflicts_on_create="OVERWRITE",
                 resolve_conflicts_on_update="OVERWRITE",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=groups),
             ),
@@ -233,20 +351,21 @@ class GpuCluster(pulumi.ComponentResource):
                 cluster_name=cluster.name,
                 addon_name="vpc-cni",
                 configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+                # A new cluster already runs a self-managed aws-node; with the default (NONE)
+                # creating the add-on fails on the first differing field.
+                resolve_conflicts_on_create="OVERWRITE",
                 resolve_conflicts_on_update="OVERWRITE",
                 opts=child,
             ),
         ]
-        self.cluster_name = cluster.name
-        self.security_group_id = cluster.vpc_config.apply(
-            lambda vpc: str(vpc.cluster_security_group_id)
-        )
         self.kubernetes = self._kubernetes_provider(
             name,
             cluster.name,
             cluster.endpoint,
             cluster.certificate_authority.apply(lambda ca: str(ca.data)),
             args,
+            # Every Kubernetes call of the deploy goes through the private endpoint.
+            depends_on=[*deployer, *args.deployer_paths],
         )
         helm = pulumi.ResourceOptions(parent=self, provider=self.kubernetes, depends_on=addons)
         releases: list[pulumi.Resource] = []
@@ -255,22 +374,49 @@ class GpuCluster(pulumi.ComponentResource):
                 k8s.helm.v3.Release(
                     f"{name}-nvidia-device-plugin",
                     name="nvidia-device-plugin",
-                    chart="nvidia-device-plugin",
+                    chart=NVIDIA_DEVICE_PLUGIN.chart,
                     version=settings.device_plugin_chart_version,
-                    repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=NVIDIA_CHART_REPO),
-                    namespace="kube-system",
-                    values={
-                        "nodeSelector": self.gpu_node_labels,
-                        "tolerations": [
-                            {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
-                        ],
-                    },
+                    repository_opts=k8s.helm.v3.RepositoryOptsArgs(
+                        repo=NVIDIA_DEVICE_PLUGIN.repository
+                    ),
+                    namespace=SYSTEM_NAMESPACE,
+                    values=device_plugin_values(self.gpu_node_labels),
                     atomic=True,
                     opts=helm,
                 )
             )
         releases.append(self._load_balancer_controller(name, cluster, args, helm))
+        releases.append(self._autoscaler(name, cluster, gpu_groups, args, helm))
         self.ready = [*groups, *addons, *releases]
+
+    def _deployer_access(
+        self, name: str, settings: ClusterConfig, api: aws.ec2.SecurityGroup
+    ) -> list[aws.vpc.SecurityGroupIngressRule]:
+        """The control plane's interfaces accept only the cluster security group and ``api``:
+        admit the machines that run ``pulumi up`` on 443 there, or the Kubernetes half of
+        the deploy is refused."""
+        child = pulumi.ResourceOptions(parent=self)
+        sources: list[tuple[str, str | None, str | None]] = [
+            (f"{name}-deployer-{index}", cidr, None)
+            for index, cidr in enumerate(settings.deployer_cidrs)
+        ] + [
+            (f"{name}-deployer-sg-{index}", None, group)
+            for index, group in enumerate(settings.deployer_security_group_ids)
+        ]
+        return [
+            aws.vpc.SecurityGroupIngressRule(
+                rule,
+                security_group_id=api.id,
+                cidr_ipv4=cidr,
+                referenced_security_group_id=group,
+                ip_protocol="tcp",
+                from_port=443,
+                to_port=443,
+                description="deployer to the Kubernetes API",
+                opts=child,
+            )
+            for rule, cidr, group in sources
+        ]
 
     def _node_group(
         self,
@@ -309,7 +455,12 @@ class GpuCluster(pulumi.ComponentResource):
             update_default_version=True,
             opts=child,
         )
-        labels = {**group.labels, "weightshift.io/pool": "gpu" if gpu else "system"}
+        labels = {**group.labels, POOL_LABEL: "gpu" if gpu else "system"}
+        if gpu:
+            # The Cluster Autoscaler treats a node with this label as a GPU node that is not
+            # ready until the device plugin advertises its GPUs; without it, it sees a ready
+            # node with no GPU and scales out again (its AWS README, "GPU instances").
+            labels.setdefault(ACCELERATOR_LABEL, f"nvidia-{group.instance_types[0].split('.')[0]}")
         return aws.eks.NodeGroup(
             f"{name}-{group.name}",
             cluster_name=cluster.name,
@@ -342,6 +493,25 @@ class GpuCluster(pulumi.ComponentResource):
             ),
         )
 
+    def _pod_identity(
+        self,
+        name: str,
+        cluster: aws.eks.Cluster,
+        service_account: str,
+        policy: pulumi.Input[str],
+    ) -> aws.eks.PodIdentityAssociation:
+        """A role for one controller's service account in kube-system, with ``policy``."""
+        _, _, association = pod_identity(
+            name,
+            name,
+            cluster_name=cluster.name,
+            namespace=SYSTEM_NAMESPACE,
+            service_account=service_account,
+            policy=policy,
+            parent=self,
+        )
+        return association
+
     def _load_balancer_controller(
         self,
         name: str,
@@ -349,49 +519,115 @@ class GpuCluster(pulumi.ComponentResource):
         args: GpuClusterArgs,
         helm: pulumi.ResourceOptions,
     ) -> k8s.helm.v3.Release:
-        child = pulumi.ResourceOptions(parent=self)
-        role = aws.iam.Role(
-            f"{name}-lb-controller", assume_role_policy=POD_IDENTITY_TRUST, opts=child
-        )
-        aws.iam.RolePolicy(
+        association = self._pod_identity(
             f"{name}-lb-controller",
-            role=role.id,
-            policy=pulumi.Output.from_input(args.target_group_arns).apply(
-                load_balancer_controller_policy
-            ),
-            opts=child,
-        )
-        association = aws.eks.PodIdentityAssociation(
-            f"{name}-lb-controller",
-            cluster_name=cluster.name,
-            namespace=LB_CONTROLLER_NAMESPACE,
-            service_account=LB_CONTROLLER_SERVICE_ACCOUNT,
-            role_arn=role.arn,
-            opts=child,
+            cluster,
+            LB_CONTROLLER_SERVICE_ACCOUNT,
+            pulumi.Output.from_input(args.target_group_arns).apply(load_balancer_controller_policy),
         )
         return k8s.helm.v3.Release(
             f"{name}-lb-controller",
             name="aws-load-balancer-controller",
-            chart="aws-load-balancer-controller",
+            chart=AWS_LOAD_BALANCER_CONTROLLER.chart,
             version=args.settings.load_balancer_controller_chart_version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=EKS_CHART_REPO),
-            namespace=LB_CONTROLLER_NAMESPACE,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(
+                repo=AWS_LOAD_BALANCER_CONTROLLER.repository
+            ),
+            namespace=SYSTEM_NAMESPACE,
             values={
                 "clusterName": cluster.name,
                 "region": args.region,
                 "vpcId": args.vpc_id,
                 "replicaCount": 2,
                 "serviceAccount": {"create": True, "name": LB_CONTROLLER_SERVICE_ACCOUNT},
-                # TargetGroupBinding only: no Ingress class, no Service webhook.
+                # TargetGroupBinding only: no Ingress class, no Service controller or webhook,
+                # no Shield/WAF lookups, no backend security group (its IAM role allows none
+                # of what those need).
                 "createIngressClassResource": False,
+                "ingressClassParams": {"create": False},
                 "enableServiceMutatorWebhook": False,
-                "nodeSelector": {"weightshift.io/pool": "system"},
+                "enableShield": False,
+                "enableWaf": False,
+                "enableWafv2": False,
+                "enableBackendSecurityGroup": False,
+                "controllerConfig": {"featureGates": {"EnableServiceController": False}},
+                "nodeSelector": SYSTEM_NODES,
             },
             atomic=True,
             opts=pulumi.ResourceOptions.merge(
                 helm, pulumi.ResourceOptions(depends_on=[association])
             ),
         )
+
+    def _autoscaler(
+        self,
+        name: str,
+        cluster: aws.eks.Cluster,
+        gpu_groups: list[aws.eks.NodeGroup],
+        args: GpuClusterArgs,
+        helm: pulumi.ResourceOptions,
+    ) -> k8s.helm.v3.Release:
+        """The Kubernetes Cluster Autoscaler, given exactly the GPU node groups' Auto Scaling
+        groups (``--nodes=MIN:MAX:NAME``): pending inference pods grow them, empty GPU nodes
+        are released. The system group keeps its configured size."""
+        configs = args.settings.gpu_node_groups
+        asg_names = pulumi.Output.all(
+            *[group.resources.apply(_autoscaling_group) for group in gpu_groups]
+        )
+        policy = pulumi.Output.all(
+            asg_names, pulumi.Output.all(*[group.arn for group in gpu_groups]), args.account
+        ).apply(
+            lambda values: autoscaler_policy(
+                asg_names=values[0],
+                node_group_arns=values[1],
+                region=args.region,
+                account=values[2],
+                partition=args.partition,
+            )
+        )
+        association = self._pod_identity(
+            f"{name}-autoscaler", cluster, AUTOSCALER_SERVICE_ACCOUNT, policy
+        )
+        groups = asg_names.apply(
+            lambda names: [
+                {"name": asg, "minSize": config.min_size, "maxSize": config.max_size}
+                for asg, config in zip(names, configs, strict=True)
+            ]
+        )
+        return k8s.helm.v3.Release(
+            f"{name}-autoscaler",
+            name="cluster-autoscaler",
+            chart=CLUSTER_AUTOSCALER.chart,
+            version=args.settings.autoscaler_chart_version,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CLUSTER_AUTOSCALER.repository),
+            namespace=SYSTEM_NAMESPACE,
+            values={
+                "cloudProvider": "aws",
+                "awsRegion": args.region,
+                "autoscalingGroups": groups,
+                # The autoscaler's minor version must match the cluster's.
+                "image": {"tag": CLUSTER_AUTOSCALER_IMAGE_TAGS[args.settings.version]},
+                "rbac": {"serviceAccount": {"create": True, "name": AUTOSCALER_SERVICE_ACCOUNT}},
+                "nodeSelector": SYSTEM_NODES,
+                "extraArgs": {
+                    # Of the groups that fit a pending pod, grow the one that wastes least.
+                    "expander": "least-waste",
+                    "balance-similar-node-groups": True,
+                    # A node whose pods use local storage (the pulled bundle) is never
+                    # drained to save money: an inference pod is not evicted mid-rollout.
+                    "skip-nodes-with-local-storage": True,
+                },
+            },
+            atomic=True,
+            opts=pulumi.ResourceOptions.merge(
+                helm, pulumi.ResourceOptions(depends_on=[association, *gpu_groups])
+            ),
+        )
+
+
+def _autoscaling_group(resources: Sequence[Any]) -> str:
+    """The Auto Scaling group EKS made for a managed node group (its ``resources`` output)."""
+    return str(resources[0].autoscaling_groups[0].name)
 
 
 def kubeconfig_for(cluster: str, endpoint: str, certificate_authority: str, region: str) -> str:

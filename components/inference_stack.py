@@ -17,10 +17,12 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.artifact_store import bundle_read_policy
-from components.gpu_cluster import GPU_TAINT_KEY
-from components.iam import POD_IDENTITY_TRUST
+from components.gpu_cluster import GPU_TOLERATION, required_node_affinity
+from components.iam import pod_identity
+from weightshift.budget import RolloutBudget, rollout_budget
 from weightshift.catalog import ResolvedBundle
 from weightshift.config import ServingConfig
+from weightshift.facts import READINESS_GATE_NAMESPACE_LABEL
 from weightshift.stages import Colour
 
 BUNDLE_ROOT = "/bundle"
@@ -28,6 +30,14 @@ SERVING_LAYOUT = "hf"
 """Inside the pulled bundle: the Hugging Face layout (config, weights, tokenizer side by
 side) that ``weightshift bundle pull --serving-layout`` links for the server."""
 TARGET_GROUP_BINDING_API = "elbv2.k8s.aws/v1beta1"
+MAX_SURGE = 1
+"""New pods per rolling-update wave; with ``maxUnavailable: 0`` serving capacity never
+drops, at the price of one extra GPU pod during the update."""
+SERVER_USER = "vllm"
+"""The name the server runs under. The vLLM image has no USER (it runs as root), Pod
+Security ``restricted`` forbids root, and UID 1000 has no passwd entry there: torch's
+``getpass.getuser()`` (Inductor's cache dir) raises KeyError without ``USER``/``LOGNAME``
+(vllm-project/vllm#44548, pytorch/pytorch#140765)."""
 
 
 def manifest(fields: dict[str, Any]) -> Any:
@@ -41,6 +51,8 @@ def manifest(fields: dict[str, Any]) -> Any:
 class InferenceStackArgs:
     colour: Colour
     model: str
+    namespace: str
+    """The colour's namespace, unique per stack (``StackConfig.namespace``)."""
     bundle: ResolvedBundle
     replicas: int
     serving: ServingConfig
@@ -101,6 +113,16 @@ def drain_seconds(args: InferenceStackArgs) -> int:
     return args.deregistration_delay_seconds
 
 
+def budget(args: InferenceStackArgs) -> RolloutBudget:
+    """How long rolling this colour's pods may take (see ``weightshift/budget.py``)."""
+    return rollout_budget(
+        replicas=args.replicas,
+        max_surge=MAX_SURGE,
+        startup_seconds=args.serving.startup_timeout_seconds,
+        bundle_bytes=args.bundle.manifest.size,
+    )
+
+
 def _ephemeral(size: int) -> str:
     """Room for the bundle on the node's disk, with 10 % headroom, in MiB."""
     return f"{max(1024, -(-size * 11 // 10) // 2**20)}Mi"
@@ -120,6 +142,8 @@ class InferenceStack(pulumi.ComponentResource):
 
     namespace: pulumi.Output[str]
     role_arn: pulumi.Output[str]
+    budget: RolloutBudget
+    """How long a rolling update of the pods may take; ``pulumi up`` waits as long."""
     serving: list[pulumi.Resource]
     """The Deployment and its TargetGroupBinding: what serves once they are ready."""
 
@@ -136,7 +160,8 @@ class InferenceStack(pulumi.ComponentResource):
             parent=self, provider=provider, depends_on=list(args.depends_on)
         )
         bundle = args.bundle.id
-        namespace_name = f"{args.model}-{args.colour.value}"[:63]
+        self.budget = budget(args)
+        namespace_name = args.namespace
         labels = {
             "app.kubernetes.io/name": args.model,
             "app.kubernetes.io/instance": namespace_name,
@@ -147,24 +172,18 @@ class InferenceStack(pulumi.ComponentResource):
         annotations = {"weightshift.io/bundle": str(bundle)}
         account = "inference"
 
-        role = aws.iam.Role(f"{name}-pods", assume_role_policy=POD_IDENTITY_TRUST, opts=child)
-        policy = aws.iam.RolePolicy(
+        role, policy, identity = pod_identity(
             f"{name}-pods",
-            role=role.id,
+            name,
+            cluster_name=args.cluster_name,
+            namespace=namespace_name,
+            service_account=account,
             policy=pulumi.Output.all(args.bucket_arn, args.key_arn).apply(
                 lambda arns: bundle_read_policy(
                     arns[0], arns[1], args.region, bundle, args.bundle.blob_digests
                 )
             ),
-            opts=child,
-        )
-        identity = aws.eks.PodIdentityAssociation(
-            name,
-            cluster_name=args.cluster_name,
-            namespace=namespace_name,
-            service_account=account,
-            role_arn=role.arn,
-            opts=child,
+            parent=self,
         )
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-from-alb",
@@ -185,6 +204,9 @@ class InferenceStack(pulumi.ComponentResource):
                     **labels,
                     "pod-security.kubernetes.io/enforce": "restricted",
                     "pod-security.kubernetes.io/enforce-version": "latest",
+                    # The load balancer controller holds a new pod unready until the ALB
+                    # sees it healthy, so a rolling update never outruns registration.
+                    READINESS_GATE_NAMESPACE_LABEL[0]: READINESS_GATE_NAMESPACE_LABEL[1],
                 },
             },
             opts=kube,
@@ -211,7 +233,13 @@ class InferenceStack(pulumi.ComponentResource):
             spec=manifest(self._deployment_spec(args, labels, versioned, annotations, account)),
             opts=pulumi.ResourceOptions.merge(
                 in_namespace,
-                pulumi.ResourceOptions(depends_on=[service_account, identity, policy]),
+                pulumi.ResourceOptions(
+                    depends_on=[service_account, identity, policy],
+                    # pulumi-kubernetes waits 10 minutes by default; a GPU rollout takes hours.
+                    custom_timeouts=pulumi.CustomTimeouts(
+                        create=f"{self.budget.seconds}s", update=f"{self.budget.seconds}s"
+                    ),
+                ),
             ),
         )
         k8s.policy.v1.PodDisruptionBudget(
@@ -297,11 +325,19 @@ class InferenceStack(pulumi.ComponentResource):
             # Surge, never fewer ready pods than asked: a GPU pod takes minutes to load.
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE},
             },
-            "progressDeadlineSeconds": serving.startup_timeout_seconds + 600,
+            # Kubernetes counts this afresh whenever a pod becomes ready: one pod's budget.
+            "progressDeadlineSeconds": budget(args).per_pod_seconds,
             "template": {
-                "metadata": {"labels": versioned, "annotations": annotations},
+                "metadata": {
+                    "labels": versioned,
+                    "annotations": {
+                        **annotations,
+                        # Scale-down never evicts a serving pod to pack nodes.
+                        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                    },
+                },
                 "spec": {
                     "serviceAccountName": account,
                     "automountServiceAccountToken": False,
@@ -315,23 +351,8 @@ class InferenceStack(pulumi.ComponentResource):
                         "fsGroup": 1000,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "tolerations": [
-                        {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
-                    ],
-                    "affinity": {
-                        "nodeAffinity": {
-                            "requiredDuringSchedulingIgnoredDuringExecution": {
-                                "nodeSelectorTerms": [
-                                    {
-                                        "matchExpressions": [
-                                            {"key": key, "operator": "In", "values": [value]}
-                                            for key, value in sorted(args.gpu_node_labels.items())
-                                        ]
-                                    }
-                                ]
-                            }
-                        }
-                    },
+                    "tolerations": [GPU_TOLERATION],
+                    "affinity": required_node_affinity(args.gpu_node_labels),
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
@@ -387,6 +408,8 @@ class InferenceStack(pulumi.ComponentResource):
                             "env": [
                                 {"name": "HF_HUB_OFFLINE", "value": "1"},
                                 {"name": "HOME", "value": "/tmp"},
+                                {"name": "USER", "value": SERVER_USER},
+                                {"name": "LOGNAME", "value": SERVER_USER},
                                 {"name": "WEIGHTSHIFT_BUNDLE", "value": str(bundle.id)},
                             ],
                             "resources": {

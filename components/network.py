@@ -16,6 +16,9 @@ from weightshift.config import NetworkConfig
 @dataclass(frozen=True)
 class NetworkArgs:
     settings: NetworkConfig
+    routed_cidrs: tuple[str, ...] = ()
+    """Blocks outside the VPC the private subnets reach through the transit gateway (the
+    deployer's): the private Kubernetes API must be able to answer them."""
 
 
 def carve(cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -34,7 +37,9 @@ class Network(pulumi.ComponentResource):
     security group, stripped of every rule), ``{name}-igw`` InternetGateway,
     ``{name}-public-{zone}`` and ``{name}-private-{zone}`` Subnets, ``{name}-public-rt``
     RouteTable with its associations, ``{name}-nat-{zone}`` Eips and NatGateways (one,
-    or one per zone), ``{name}-private-rt-{zone}`` RouteTables and associations, and
+    or one per zone), ``{name}-private-rt-{zone}`` RouteTables and associations (with routes to the
+    deployer's blocks through ``{name}-tgw``, a transit gateway VpcAttachment, when
+    ``transitGatewayId`` is set), and
     ``{name}-flow-logs`` (LogGroup, Role, RolePolicy, FlowLog) recording rejected and
     accepted traffic. With an existing VPC there are no children.
     """
@@ -51,6 +56,9 @@ class Network(pulumi.ComponentResource):
     """Egress addresses of the NAT gateways (empty for an existing VPC)."""
     public_subnet_cidrs: list[str]
     """The public subnets' blocks (known before deployment)."""
+    paths: list[pulumi.Resource]
+    """What the deployer's route to the private API runs over (the transit gateway
+    attachment and the route tables naming it): the Kubernetes provider waits for them."""
     private_subnet_cidrs: list[str]
     """The private subnets' blocks (known before deployment)."""
 
@@ -59,6 +67,7 @@ class Network(pulumi.ComponentResource):
     ) -> None:
         super().__init__("weightshift:index:Network", name, None, opts)
         settings = args.settings
+        self.paths = []
         if settings.vpc_id is not None:
             assert settings.vpc_cidr is not None  # guaranteed by NetworkConfig validation
             self.vpc_id = pulumi.Output.from_input(settings.vpc_id)
@@ -69,7 +78,7 @@ class Network(pulumi.ComponentResource):
             self.public_subnet_cidrs = list(settings.public_subnet_cidrs)
             self.private_subnet_cidrs = list(settings.private_subnet_cidrs)
         else:
-            self._create(name, settings)
+            self._create(name, settings, args.routed_cidrs)
         self.register_outputs(
             {
                 "vpc_id": self.vpc_id,
@@ -80,7 +89,7 @@ class Network(pulumi.ComponentResource):
             }
         )
 
-    def _create(self, name: str, settings: NetworkConfig) -> None:
+    def _create(self, name: str, settings: NetworkConfig, routed: tuple[str, ...]) -> None:
         assert settings.cidr is not None  # guaranteed by NetworkConfig validation
         child = pulumi.ResourceOptions(parent=self)
         zones = settings.availability_zones
@@ -131,6 +140,24 @@ class Network(pulumi.ComponentResource):
             public_subnets.append(public)
             private_subnets.append(private)
 
+        extra_routes: list[aws.ec2.RouteTableRouteArgs] = []
+        if settings.transit_gateway_id is not None:
+            attachment = aws.ec2transitgateway.VpcAttachment(
+                f"{name}-tgw",
+                transit_gateway_id=settings.transit_gateway_id,
+                vpc_id=vpc.id,
+                subnet_ids=[subnet.id for subnet in private_subnets],
+                dns_support="enable",
+                opts=child,
+            )
+            self.paths.append(attachment)
+            # The target comes from the attachment, so the routes wait for it to exist.
+            extra_routes = [
+                aws.ec2.RouteTableRouteArgs(
+                    cidr_block=cidr, transit_gateway_id=attachment.transit_gateway_id
+                )
+                for cidr in routed
+            ]
         nat_zones = zones if settings.nat_gateways == "per-az" else zones[:1]
         nats: list[aws.ec2.NatGateway] = []
         eips: list[aws.ec2.Eip] = []
@@ -149,9 +176,14 @@ class Network(pulumi.ComponentResource):
             table = aws.ec2.RouteTable(
                 f"{name}-private-rt-{zone}",
                 vpc_id=vpc.id,
-                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                routes=[
+                    aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id),
+                    *extra_routes,
+                ],
                 opts=child,
             )
+            if extra_routes:
+                self.paths.append(table)
             aws.ec2.RouteTableAssociation(
                 f"{name}-private-{zone}", subnet_id=private.id, route_table_id=table.id, opts=child
             )
@@ -166,7 +198,7 @@ class Network(pulumi.ComponentResource):
     def _flow_logs(self, name: str, vpc: aws.ec2.Vpc, retention_days: int) -> None:
         child = pulumi.ResourceOptions(parent=self)
         group = aws.cloudwatch.LogGroup(
-            f"{name}-flow-logs", retention_in_days=_log_retention(retention_days), opts=child
+            f"{name}-flow-logs", retention_in_days=retention_days, opts=child
         )
         role = aws.iam.Role(
             f"{name}-flow-logs",
@@ -206,34 +238,3 @@ class Network(pulumi.ComponentResource):
             max_aggregation_interval=60,
             opts=child,
         )
-
-
-_LOG_RETENTIONS = (
-    1,
-    3,
-    5,
-    7,
-    14,
-    30,
-    60,
-    90,
-    120,
-    150,
-    180,
-    365,
-    400,
-    545,
-    731,
-    1096,
-    1827,
-    2192,
-    2557,
-    2922,
-    3288,
-    3653,
-)
-
-
-def _log_retention(days: int) -> int:
-    """CloudWatch Logs accepts only these retention periods: round up to the next one."""
-    return next(value for value in _LOG_RETENTIONS if value >= days)

@@ -4,7 +4,7 @@ invokes, and the on-call topic."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,11 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.iam import service_trust
+from components.iam import allow, policy_document, service_trust
+from weightshift import dead_man
 from weightshift.config import RollbackConfig, Thresholds
+from weightshift.lambdas.rollback import page_marker
+from weightshift.rollback_record import composite_alarm_name
 from weightshift.stages import Colour
 
 FUNCTION_SOURCE = Path(__file__).resolve().parent.parent / "weightshift" / "lambdas" / "rollback.py"
@@ -51,8 +54,22 @@ class RollbackArgs:
     account: pulumi.Input[str]
 
 
-def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> dict[str, Any]:
-    return {"Sid": sid, "Effect": "Allow", "Action": list(actions), "Resource": list(resources)}
+def alb_sum(
+    query_id: str, metric: str, alb: Mapping[str, pulumi.Input[str]], period: int
+) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
+    """One ALB metric of the candidate's target group, summed per ``period``, as a metric
+    math input (not itself the alarm's value)."""
+    return aws.cloudwatch.MetricAlarmMetricQueryArgs(
+        id=query_id,
+        metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
+            namespace="AWS/ApplicationELB",
+            metric_name=metric,
+            dimensions=alb,
+            period=period,
+            stat="Sum",
+        ),
+        return_data=False,
+    )
 
 
 def function_policy(
@@ -66,35 +83,31 @@ def function_policy(
     log_group_arn: str,
 ) -> str:
     """Exactly what the function does, on exactly its own resources."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                # Describe calls support no resource-level permissions; it only reads weights.
-                _statement("ReadWeights", ["elasticloadbalancing:DescribeListeners"], ["*"]),
-                _statement(
-                    "SendTrafficToStable", ["elasticloadbalancing:ModifyListener"], [listener_arn]
+    return policy_document(
+        [
+            # Describe calls support no resource-level permissions; it only reads weights.
+            allow("ReadWeights", ["elasticloadbalancing:DescribeListeners"], ["*"]),
+            allow("SendTrafficToStable", ["elasticloadbalancing:ModifyListener"], [listener_arn]),
+            allow("RollbackRecord", ["ssm:PutParameter", "ssm:GetParameter"], [parameter_arn]),
+            # One conditional marker per incident claims its page (lambdas/rollback.py).
+            allow(
+                "PageClaim",
+                ["ssm:PutParameter", "ssm:DeleteParameter"],
+                [page_marker(parameter_arn, "*")],
+            ),
+            allow("IncidentRecord", ["s3:PutObject"], [incident_objects]),
+            {
+                **allow(
+                    "EncryptIncidentRecord",
+                    ["kms:GenerateDataKey", "kms:Decrypt"],
+                    [incident_key_arn],
                 ),
-                _statement(
-                    "RollbackRecord", ["ssm:PutParameter", "ssm:GetParameter"], [parameter_arn]
-                ),
-                _statement("IncidentRecord", ["s3:PutObject"], [incident_objects]),
-                {
-                    **_statement(
-                        "EncryptIncidentRecord",
-                        ["kms:GenerateDataKey", "kms:Decrypt"],
-                        [incident_key_arn],
-                    ),
-                    "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}},
-                },
-                _statement("PageOnCall", ["sns:Publish"], [topic_arn]),
-                _statement("EncryptPage", ["kms:GenerateDataKey", "kms:Decrypt"], [topic_key_arn]),
-                _statement(
-                    "Logs", ["logs:CreateLogStream", "logs:PutLogEvents"], [f"{log_group_arn}:*"]
-                ),
-            ],
-        },
-        sort_keys=True,
+                "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}},
+            },
+            allow("PageOnCall", ["sns:Publish"], [topic_arn]),
+            allow("EncryptPage", ["kms:GenerateDataKey", "kms:Decrypt"], [topic_key_arn]),
+            allow("Logs", ["logs:CreateLogStream", "logs:PutLogEvents"], [f"{log_group_arn}:*"]),
+        ]
     )
 
 
@@ -158,7 +171,7 @@ class Rollback(pulumi.ComponentResource):
     function and pages on-call, and the function itself.
 
     Children: ``{name}-latency-p99``, ``{name}-errors``, ``{name}-quality``,
-    ``{name}-safety``, ``{name}-no-healthy-hosts``, ``{name}-no-requests`` MetricAlarms;
+    ``{name}-safety``, ``{name}-no-healthy-hosts``, ``{name}-no-answers`` MetricAlarms;
     ``{name}`` CompositeAlarm; ``{name}-on-call`` KMS Key, Topic, TopicPolicy and
     subscriptions; ``{name}-function`` Role, RolePolicy, LogGroup, Function and Permission.
     """
@@ -203,6 +216,10 @@ class Rollback(pulumi.ComponentResource):
                 metric_name="TargetResponseTime",
                 dimensions=alb,
                 extended_statistic="p99",
+                # A p99 of a handful of requests is their slowest one: at 1 % of traffic one
+                # long generation would roll back a healthy candidate. CloudWatch judges the
+                # percentile only with enough samples to be significant.
+                evaluate_low_sample_count_percentiles="ignore",
                 comparison_operator="GreaterThanThreshold",
                 threshold=thresholds.latency_p99_seconds,
                 evaluation_periods=1,
@@ -211,7 +228,8 @@ class Rollback(pulumi.ComponentResource):
             ),
             alarm(
                 "errors",
-                f"target 5xx above {thresholds.error_rate_percent} % of requests",
+                f"target 5xx and refused connections above {thresholds.error_rate_percent} % of "
+                "requests",
                 comparison_operator="GreaterThanThreshold",
                 threshold=thresholds.error_rate_percent,
                 evaluation_periods=1,
@@ -221,27 +239,18 @@ class Rollback(pulumi.ComponentResource):
                 metric_queries=[
                     aws.cloudwatch.MetricAlarmMetricQueryArgs(
                         id="rate",
-                        expression="IF(FILL(requests, 0) > 0, 100 * FILL(errors, 0) / requests, 0)",
-                        label="5xx percent",
+                        expression=(
+                            "IF(FILL(requests, 0) > 0, "
+                            "100 * (FILL(errors, 0) + FILL(refused, 0)) / requests, 0)"
+                        ),
+                        label="failed percent",
                         return_data=True,
                     ),
-                    *[
-                        aws.cloudwatch.MetricAlarmMetricQueryArgs(
-                            id=query_id,
-                            metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
-                                namespace="AWS/ApplicationELB",
-                                metric_name=metric,
-                                dimensions=alb,
-                                period=period,
-                                stat="Sum",
-                            ),
-                            return_data=False,
-                        )
-                        for query_id, metric in (
-                            ("errors", "HTTPCode_Target_5XX_Count"),
-                            ("requests", "RequestCount"),
-                        )
-                    ],
+                    alb_sum("errors", "HTTPCode_Target_5XX_Count", alb, period),
+                    # The ALB's own 502s when a target refuses the connection (a crashed
+                    # server): target 5xx counts only what targets answered.
+                    alb_sum("refused", "TargetConnectionErrorCount", alb, period),
+                    alb_sum("requests", "RequestCount", alb, period),
                 ],
             ),
             alarm(
@@ -283,20 +292,7 @@ class Rollback(pulumi.ComponentResource):
                 datapoints_to_alarm=1,
                 treat_missing_data="breaching",
             ),
-            alarm(
-                "no-requests",
-                "dead man's switch: the candidate has weight but answers no request",
-                namespace="AWS/ApplicationELB",
-                metric_name="RequestCount",
-                dimensions=alb,
-                statistic="Sum",
-                comparison_operator="LessThanThreshold",
-                threshold=1,
-                evaluation_periods=args.settings.dead_man_minutes,
-                datapoints_to_alarm=args.settings.dead_man_minutes,
-                # No data at weight 0 is expected; with weight it means nobody is answered.
-                treat_missing_data="breaching" if args.active else "notBreaching",
-            ),
+            self._dead_man(name, args, alarm, alb),
         ]
 
         key = aws.kms.Key(
@@ -371,7 +367,7 @@ class Rollback(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        composite_name = f"{prefix}-rollback"
+        composite_name = composite_alarm_name(args.model, args.stack, args.candidate.value)
         stable = args.candidate.other.value
         variables: dict[str, pulumi.Input[str]] = {
             "LISTENER_ARN": args.listener_arn,
@@ -448,4 +444,45 @@ class Rollback(pulumi.ComponentResource):
                 "function_name": self.function_name,
                 "topic_arn": self.topic_arn,
             }
+        )
+
+    @staticmethod
+    def _dead_man(
+        name: str,
+        args: RollbackArgs,
+        alarm: Callable[..., aws.cloudwatch.MetricAlarm],
+        alb: Mapping[str, pulumi.Input[str]],
+    ) -> aws.cloudwatch.MetricAlarm:
+        """The dead man's switch (``weightshift/dead_man.py``): requests the ALB sent the
+        candidate over the window, against the answers its targets gave. It reads only what
+        the candidate was sent, so it is the same at every stage and cannot fire on the
+        update that first gives the candidate weight."""
+        window = args.settings.dead_man_minutes * 60
+        minimum = args.settings.dead_man_requests
+
+        return alarm(
+            "no-answers",
+            f"dead man's switch: {minimum} or more requests reached the candidate within "
+            f"{args.settings.dead_man_minutes} min and none was answered",
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            threshold=1,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+            treat_missing_data="notBreaching",
+            period=None,
+            metric_queries=[
+                aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                    id="silent",
+                    expression=dead_man.expression(minimum, "asked", dead_man.ANSWER_QUERY_IDS),
+                    label="requests sent, none answered",
+                    return_data=True,
+                ),
+                alb_sum("asked", "RequestCount", alb, window),
+                *[
+                    alb_sum(query_id, f"HTTPCode_Target_{cls}_Count", alb, window)
+                    for query_id, cls in zip(
+                        dead_man.ANSWER_QUERY_IDS, dead_man.ANSWER_CLASSES, strict=True
+                    )
+                ],
+            ],
         )

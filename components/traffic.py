@@ -26,9 +26,26 @@ class TrafficArgs:
     """Add the shadow strategy's mirror target group."""
     vpc_id: pulumi.Input[str]
     vpc_cidr: pulumi.Input[str]
+    nat_public_ips: pulumi.Input[Sequence[str]]
+    """The NAT gateways' addresses: what an internet-facing ALB sees of callers in the VPC."""
     subnet_ids: pulumi.Input[Sequence[str]]
     region: str
     partition: str
+
+
+def test_route_sources(
+    settings: TrafficConfig,
+    vpc_cidr: pulumi.Input[str],
+    nat_public_ips: pulumi.Input[Sequence[str]],
+) -> pulumi.Output[list[str]]:
+    """Who may pick a colour with the test header: the configured blocks; else, for an
+    internal ALB, the VPC; for an internet-facing one, the NAT gateways' addresses (the ALB
+    matches the connection's source address, never X-Forwarded-For)."""
+    if settings.test_route_cidrs:
+        return pulumi.Output.from_input(list(settings.test_route_cidrs))
+    if settings.internal:
+        return pulumi.Output.from_input(vpc_cidr).apply(lambda cidr: [cidr])
+    return pulumi.Output.from_input(nat_public_ips).apply(lambda ips: [f"{ip}/32" for ip in ips])
 
 
 class Traffic(pulumi.ComponentResource):
@@ -149,11 +166,7 @@ class Traffic(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        sources = (
-            pulumi.Output.from_input(list(settings.test_route_cidrs))
-            if settings.test_route_cidrs
-            else pulumi.Output.from_input(args.vpc_cidr).apply(lambda cidr: [cidr])
-        )
+        sources = test_route_sources(settings, args.vpc_cidr, args.nat_public_ips)
         for colour in Colour:
             aws.lb.ListenerRule(
                 f"{name}-route-{colour.value}",

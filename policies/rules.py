@@ -15,12 +15,17 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
+    PolicyResource,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 from weightshift.config import MODERN_TLS_POLICIES
+from weightshift.facts import IAM_ROLE_INLINE_POLICY_CHARACTERS
+from weightshift.scheduling import Item, placements
 from weightshift.stages import ALB_MAX_TARGET_GROUPS, ALB_WEIGHT_MAX
 
 LISTENER = "aws:lb/listener:Listener"
@@ -34,6 +39,10 @@ OBJECT_LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguratio
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+TOPIC = "aws:sns/topic:Topic"
+SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+TARGET_GROUP_BINDING = "kubernetes:elbv2.k8s.aws/v1beta1:TargetGroupBinding"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 IMAGE_BY_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 MIN_DRAIN_SECONDS = 30
@@ -241,6 +250,104 @@ def _images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> Non
             )
 
 
+def _of_type(args: StackValidationArgs, resource_type: str) -> list[PolicyResource]:
+    return [r for r in args.resources if r.resource_type == resource_type]
+
+
+def _refers_to(resource: PolicyResource, prop: str, value: Any, target: PolicyResource) -> bool:
+    """``resource``'s ``prop`` names ``target``: by value, or (while values are not known yet)
+    because the property's value came from ``target``."""
+    if value is not None and value == target.props.get("arn"):
+        return True
+    return any(dep.urn == target.urn for dep in resource.property_dependencies.get(prop, []))
+
+
+def _on_call_subscribed(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Every on-call topic has a subscription: an automated rollback nobody hears about is
+    a rollback nobody investigates."""
+    subscriptions = _of_type(args, SUBSCRIPTION)
+    for topic in _of_type(args, TOPIC):
+        if not any(_refers_to(s, "topic", s.props.get("topic"), topic) for s in subscriptions):
+            report(
+                f"topic {topic.name} has no subscription: set weightshift:rollback.onCall "
+                "(email addresses or https endpoints) so a rollback pages someone.",
+                topic.urn,
+            )
+
+
+def _forwarded(listener: PolicyResource) -> list[tuple[Any, Any]]:
+    """(target group ARN, weight) of every forward in the listener's default actions."""
+    found = []
+    for action in listener.props.get("defaultActions") or []:
+        forward = action.get("forward") if isinstance(action, Mapping) else None
+        for group in (forward or {}).get("targetGroups") or []:
+            found.append((group.get("arn"), group.get("weight", 1)))
+    return found
+
+
+def _weight_has_targets(args: StackValidationArgs, report: ReportViolation) -> None:
+    """No listener weight goes to a target group that nothing registers targets in: the ALB
+    answers that share of requests with 503."""
+    groups = _of_type(args, TARGET_GROUP)
+    bindings = _of_type(args, TARGET_GROUP_BINDING)
+    for listener in _of_type(args, LISTENER):
+        for arn, weight in _forwarded(listener):
+            if not isinstance(weight, int | float) or weight <= 0:
+                continue
+            group = next((g for g in groups if g.props.get("arn") == arn), None)
+            if group is None:
+                continue  # a target group of another stack: not ours to judge
+            bound = any(
+                _refers_to(b, "spec", (b.props.get("spec") or {}).get("targetGroupARN"), group)
+                for b in bindings
+            )
+            if not bound:
+                report(
+                    f"listener {listener.name} sends weight {weight} to target group "
+                    f"{group.name}, which no TargetGroupBinding registers targets in: the ALB "
+                    "would answer that share of requests with 503.",
+                    listener.urn,
+                )
+
+
+def _inline_policies_fit(args: StackValidationArgs, report: ReportViolation) -> None:
+    """A role's inline policies together stay within IAM's 10,240 characters (whitespace not
+    counted); beyond it PutRolePolicy fails and the deploy stops."""
+    by_role: dict[str, list[PolicyResource]] = {}
+    for policy in _of_type(args, ROLE_POLICY):
+        sources = [dep.urn for dep in policy.property_dependencies.get("role", [])]
+        by_role.setdefault(sources[0] if sources else str(policy.props.get("role")), []).append(
+            policy
+        )
+    for policies in by_role.values():
+        size = sum(
+            sum(1 for c in str(p.props.get("policy") or "") if not c.isspace()) for p in policies
+        )
+        if size > IAM_ROLE_INLINE_POLICY_CHARACTERS:
+            names = ", ".join(p.name for p in policies)
+            report(
+                f"inline policies {names} of one role total {size} characters; IAM allows "
+                f"{IAM_ROLE_INLINE_POLICY_CHARACTERS} per role: PutRolePolicy would fail.",
+                policies[0].urn,
+            )
+
+
+def _pods_schedulable(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Every pod of the stack (our Deployments, every Helm release's pods as its pinned
+    chart's defaults and our values define them) can land on some node group, and a pod
+    that needs GPUs only where a device plugin advertises them."""
+    items = [Item(r.resource_type, r.name, r.props) for r in args.resources]
+    if not any(item.type == "aws:eks/nodeGroup:NodeGroup" for item in items):
+        return  # an existing cluster: its nodes are not part of this stack
+    found, unknown = placements(items)
+    for problem in unknown:
+        report(f"cannot check where its pods run: {problem}", None)
+    for placement in found:
+        if not placement.groups:
+            reasons = "; ".join(f"{g}: {why}" for g, why in sorted(placement.refused.items()))
+            report(f"{placement.workload.name} can land on no node group ({reasons}).", None)
+
+
 def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name,
@@ -250,8 +357,19 @@ def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceV
     )
 
 
+def _stack_policy(
+    name: str, validate: Callable[[StackValidationArgs, ReportViolation], None]
+) -> StackValidationPolicy:
+    return StackValidationPolicy(
+        name=name,
+        description=(validate.__doc__ or name).strip(),
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    )
+
+
 MANDATORY = EnforcementLevel.MANDATORY
-POLICIES: tuple[ResourceValidationPolicy, ...] = (
+POLICIES: tuple[ResourceValidationPolicy | StackValidationPolicy, ...] = (
     _policy("alb-forward-weights-legal", _weights_legal, MANDATORY),
     _policy("alb-tls-only", _tls_only, MANDATORY),
     _policy("alb-hardened", _alb_hardened, MANDATORY),
@@ -265,4 +383,8 @@ POLICIES: tuple[ResourceValidationPolicy, ...] = (
     _policy("nodes-imdsv2-encrypted", _nodes_hardened, MANDATORY),
     _policy("eks-private-encrypted-audited", _cluster_private, MANDATORY),
     _policy("images-pinned-by-digest", _images_pinned, MANDATORY),
+    _stack_policy("on-call-topic-subscribed", _on_call_subscribed),
+    _stack_policy("listener-weight-reaches-targets", _weight_has_targets),
+    _stack_policy("pods-schedulable", _pods_schedulable),
+    _stack_policy("iam-inline-policies-fit", _inline_policies_fit),
 )

@@ -72,7 +72,9 @@ def main() -> int:
         period = period_of(inputs)
         needs = int(inputs.get("datapointsToAlarm") or inputs["evaluationPeriods"])
         # The first bad minute's datapoint closes it; (needs - 1) more periods must close.
-        detect = (needs - 1) * period + args.publish_delay
+        # A datapoint over a window longer than a minute (the dead man's switch: no answer at
+        # all in it) is bad only once the whole window is: (period - 60) s more.
+        detect = (needs - 1) * period + (period - 60) + args.publish_delay
         best = detect + after
         worst = detect + args.evaluation_interval + after
         typical = detect + args.evaluation_interval / 2 + after
@@ -91,6 +93,16 @@ def main() -> int:
         f"{verdict(typical_fast)}, worst {verdict(worst_fast)})."
         " Counting from the first bad request instead adds up to one period (60 s)."
     )
+    silent = next((r for r in rows if r[0].endswith("-no-answers")), None)
+    if silent is not None:
+        print(
+            f"Dead man's switch (no answer at all, e.g. hung targets): worst {silent[2]:.0f} s "
+            "from the end of the first minute without an answer, once its window holds "
+            "deadManRequests requests sent to the candidate (with less traffic it waits for "
+            "that evidence; a candidate that never answered trips as soon as it has been sent "
+            "that many). A target that dies outright fails its health checks first "
+            "(no-healthy-hosts)."
+        )
     return 0
 
 

@@ -129,11 +129,9 @@ def test_plan_json_lists_weights_and_changes(capsys: pytest.CaptureFixture[str])
             "update",
             ["actionsEnabled"],
         ),
-        ("aws:cloudwatch/metricAlarm:MetricAlarm", "rollback-no-requests"): (
-            "update",
-            ["treatMissingData"],
-        ),
     }
+    # 6 replicas, one at a time: node 600 s, image 300 s, bundle 1 s, load 1800 s, ready 60 s.
+    assert plan["rolloutBudgets"]["green"]["seconds"] == 6 * 2761
 
 
 def test_plan_marks_stages_this_config_cannot_reach(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,3 +164,59 @@ def test_plan_in_parallel_workers_equals_the_serial_plan() -> None:
     assert parallel.returncode == serial.returncode == 0, parallel.stderr + serial.stderr
     assert json.loads(parallel.stdout) == json.loads(serial.stdout)
     assert len(json.loads(parallel.stdout)["stages"]) == 6
+
+
+@pytest.mark.parametrize(
+    "argv", [["rollout", "--help"], ["rollout", "abort", "--help"], ["rollout", "finish", "--help"]]
+)
+def test_every_rollout_help_prints(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A `%` in help text once crashed argparse's formatting of `rollout --help`."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    assert "usage: weightshift rollout" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- config\n- more\n", "Pulumi.broken.yaml: the document is a list, not a mapping"),
+        ("just words\n", "Pulumi.broken.yaml: the document is a string, not a mapping"),
+        ("config: [a, b]\n", "Pulumi.broken.yaml: `config:` is a list"),
+        (
+            "config:\n  weightshift:rollout:\n    stage: 1\n  weightshift:rollout:\n    stage: 2\n",
+            "key 'weightshift:rollout' is given twice in one mapping (first on line 2)",
+        ),
+        (
+            "config:\n  weightshift:rollout:\n    stage: 1\n    stage: 2\n",
+            "key 'stage' is given twice in one mapping (first on line 3)",
+        ),
+    ],
+)
+def test_a_stack_file_of_the_wrong_shape_is_one_paragraph(
+    tmp_path: Path, text: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("Pulumi.yaml", "__main__.py"):
+        (tmp_path / name).write_text((PROJECT / name).read_text())
+    (tmp_path / "Pulumi.broken.yaml").write_text(text)
+    assert main(["synth", "--project", str(tmp_path), "--stack", "broken"]) == 2
+    err = capsys.readouterr().err
+    assert expected in " ".join(err.split())
+    assert "Traceback" not in err
+
+
+def test_policy_check_reports_each_violation_once_with_the_stages_it_is_in(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["policy", "check", "--project", str(PROJECT)]) == 0
+    out = capsys.readouterr().out
+    assert "0 mandatory and 0 advisory violation(s) over 8 stage(s) of 2 strategy(ies)" in out
+    assert "not checked: strategy shadow is refused by the config" in out
+    assert main(["policy", "check", "--project", str(PROJECT), "--set", "rollback.onCall=[]"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    (violation,) = [line for line in lines if line.startswith("[mandatory]")]
+    assert "on-call-topic-subscribed" in violation
+    assert violation.endswith(
+        "(at canary 0, canary 1, canary 2, canary 3, canary 4, canary 5, blue-green 0, "
+        "blue-green 1)"
+    )

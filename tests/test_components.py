@@ -44,6 +44,7 @@ def traffic(name: str, weights: Weights, mirror: bool = False) -> Traffic:
             mirror=mirror,
             vpc_id="vpc-0123456789abcdef0",
             vpc_cidr="10.1.0.0/16",
+            nat_public_ips=["198.51.100.7"],
             subnet_ids=["subnet-00000000000000001", "subnet-00000000000000002"],
             region="eu-west-1",
             partition="aws",
@@ -278,8 +279,10 @@ def test_rollback_component_wires_the_composite_to_the_function_and_stays_quiet_
         assert composite["alarmName"] == composite_name == "m-s-blue-rollback"
         assert composite["actionsEnabled"] is False
         assert composite["alarmActions"][0].endswith(f":function:{function_name}")
-        silent = REGISTERED["aws:cloudwatch/metricAlarm:MetricAlarm::rb1-no-requests"]
+        silent = REGISTERED["aws:cloudwatch/metricAlarm:MetricAlarm::rb1-no-answers"]
         assert silent["treatMissingData"] == "notBreaching"
+        asked = next(q for q in silent["metricQueries"] if q["id"] == "asked")
+        assert asked["metric"]["dimensions"]["TargetGroup"] == "targetgroup/b/1"
         assert settings["STABLE_TARGET_GROUP_ARN"] == f"{tg}/g/2"
         assert settings["CANDIDATE_TARGET_GROUP_ARN"] == f"{tg}/b/1"
         assert settings["STAGE_WEIGHTS"] == "0,999"
@@ -310,6 +313,7 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
         InferenceStackArgs(
             colour=Colour.GREEN,
             model="support-assistant",
+            namespace="support-assistant-staging-green",
             bundle=bundle,
             replicas=2,
             serving=ServingConfig(image=f"vllm/vllm-openai@{digest}", puller_image=f"w@{digest}"),
@@ -331,7 +335,7 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
     )
 
     def check(values: list[str]) -> None:
-        assert values[0] == "support-assistant-green"
+        assert values[0] == "support-assistant-staging-green"
         deployment = REGISTERED["kubernetes:apps/v1:Deployment::is1"]
         pod = deployment["spec"]["template"]["spec"]
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -352,13 +356,16 @@ def test_gpu_cluster_taints_gpu_nodes_and_requires_imdsv2() -> pulumi.Output[Non
         "gc1",
         GpuClusterArgs(
             settings=ClusterConfig(
-                gpu_node_groups=(NodeGroupConfig(name="h100", instance_types=("p5.48xlarge",)),)
+                gpu_node_groups=(NodeGroupConfig(name="h100", instance_types=("p5.48xlarge",)),),
+                deployer_security_group_ids=("sg-0123456789abcdef0",),
             ),
             vpc_id="vpc-00000000000000001",
             subnet_ids=["subnet-00000000000000001", "subnet-00000000000000002"],
             target_group_arns=["arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/g/2"],
             region="eu-west-1",
             partition="aws",
+            account="210987654321",
+            cluster_name="m-staging",
         ),
     )
 
@@ -376,6 +383,22 @@ def test_gpu_cluster_taints_gpu_nodes_and_requires_imdsv2() -> pulumi.Output[Non
             s for s in policy["Statement"] if s["Sid"] == "RegisterPodsInOurTargetGroups"
         )
         assert register["Resource"] == ["arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/g/2"]
+        assert REGISTERED["aws:eks/cluster:Cluster::gc1"]["name"] == "m-staging"
+        assert (
+            REGISTERED["aws:cloudwatch/logGroup:LogGroup::gc1-control-plane"]["name"]
+            == "/aws/eks/m-staging/cluster"
+        )
+        deployer = REGISTERED[
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule::gc1-deployer-sg-0"
+        ]
+        assert deployer["referencedSecurityGroupId"] == "sg-0123456789abcdef0"
+        assert (deployer["fromPort"], deployer["toPort"]) == (443, 443)
+        scale = json.loads(REGISTERED["aws:iam/rolePolicy:RolePolicy::gc1-autoscaler"]["policy"])
+        (asg,) = next(s for s in scale["Statement"] if s["Sid"] == "ScaleGpuGroupsOnly")["Resource"]
+        assert asg.startswith(
+            "arn:aws:autoscaling:eu-west-1:210987654321:autoScalingGroup:*:"
+            "autoScalingGroupName/eks-h100-"
+        )
 
     return pulumi.Output.all(
         cluster.cluster_name, *[resource.urn for resource in cluster.ready]

@@ -216,7 +216,15 @@ def test_existing_vpc_needs_its_block_and_two_subnets_of_each_tier(
     assert "publicSubnetCidrs and privateSubnetCidrs" in " ".join(problems(prod_values))
     prod_values["weightshift:network"]["publicSubnetCidrs"] = ["10.0.0.0/24", "10.0.1.0/24"]
     prod_values["weightshift:network"]["privateSubnetCidrs"] = ["10.0.32.0/19", "10.0.64.0/19"]
+    # Internet-facing in a VPC this stack does not create: who may use the test route must be
+    # said (the callers' egress addresses are not known here).
+    (found_route,) = problems(prod_values)
+    assert "traffic.testRouteCidrs is empty and the ALB is internet-facing" in found_route
+    prod_values["weightshift:traffic"]["testRouteCidrs"] = ["203.0.113.0/24"]
     assert load(prod_values).network.vpc_id == "vpc-0123456789abcdef0"
+    prod_values["weightshift:network"]["transitGatewayId"] = "tgw-0a1b2c3d4e5f67890"
+    (found_tgw,) = problems(prod_values)
+    assert "an existing VPC's routes are its owner's" in found_tgw
 
 
 def test_error_message_is_one_paragraph_saying_nothing_was_deployed(
@@ -279,3 +287,139 @@ def test_the_artifact_bucket_name_is_checked(prod_values: dict[str, Any]) -> Non
         with_value(prod_values, "weightshift:artifacts", ["bucketName"], "Bad.Bucket")
     )
     assert found.startswith('weightshift:artifacts.bucketName = "Bad.Bucket": an S3 bucket name')
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "value", "expected"),
+    [
+        # YAML 1.1 reads yes/on as true: a lax model took `stage: yes` for stage 1 (1 % of
+        # traffic to the candidate) and `replicas: on` for one replica.
+        ("weightshift:rollout", ["stage"], True, "weightshift:rollout.stage = true: a number"),
+        ("weightshift:green", ["replicas"], True, "weightshift:green.replicas = true: a number"),
+        ("weightshift:blue", ["replicas"], False, "weightshift:blue.replicas = false: a number"),
+        ("weightshift:rollout", ["stage"], 1.0, "weightshift:rollout.stage = 1.0"),
+        ("weightshift:rollout", ["stage"], "1", 'weightshift:rollout.stage = "1": a number'),
+        (
+            "weightshift:rollout",
+            ["thresholds", "latencyP99Seconds"],
+            True,
+            "weightshift:rollout.thresholds.latencyP99Seconds = true: a number",
+        ),
+        (
+            "weightshift:traffic",
+            ["deregistrationDelaySeconds"],
+            "180",
+            "without quotes",
+        ),
+        ("weightshift:traffic", ["internal"], 1, "weightshift:traffic.internal = 1: true or false"),
+    ],
+)
+def test_numbers_and_flags_are_strict(
+    prod_values: dict[str, Any], key: str, path: list[str], value: Any, expected: str
+) -> None:
+    found = problems(with_value(prod_values, key, path, value))
+    assert any(expected in problem for problem in found), found
+
+
+def test_a_yes_in_the_stack_file_is_not_stage_1(tmp_path: Any) -> None:
+    """End to end through the YAML loader: `stage: yes` is refused, not deployed as 1 %."""
+    from tests.conftest import PROJECT
+    from weightshift.synth import stack_config
+
+    text = (PROJECT / "Pulumi.prod.yaml").read_text().replace("stage: 0", "stage: yes")
+    (tmp_path / "Pulumi.prod.yaml").write_text(text)
+    found = problems(stack_config(tmp_path, "prod"))
+    assert found[0].startswith("weightshift:rollout.stage = true: a number, not the boolean")
+
+
+@pytest.mark.parametrize("days", [0, 100, 366, 4000])
+def test_log_retention_takes_only_what_cloudwatch_accepts(
+    prod_values: dict[str, Any], days: int
+) -> None:
+    """CloudWatch Logs PutRetentionPolicy refuses any other value (facts.py)."""
+    for key in ("weightshift:cluster", "weightshift:network"):
+        field = "logRetentionDays" if key == "weightshift:cluster" else "flowLogRetentionDays"
+        (found,) = problems(with_value(prod_values, key, [field], days))
+        assert f"{key}.{field} = {days}: CloudWatch Logs keeps logs only for 1, 3, 5" in found
+    (found,) = problems({**prod_values, "weightshift:rollback": {"logRetentionDays": days}})
+    assert "weightshift:rollback.logRetentionDays" in found
+    if days == 100:
+        assert "the next allowed value is 120" in found
+
+
+@pytest.mark.parametrize("days", [1, 365, 400, 3653])
+def test_every_cloudwatch_retention_value_is_accepted(
+    prod_values: dict[str, Any], days: int
+) -> None:
+    config = load(with_value(prod_values, "weightshift:cluster", ["logRetentionDays"], days))
+    assert config.cluster.log_retention_days == days
+
+
+def test_an_empty_version_leaves_the_colour_undeployed(prod_values: dict[str, Any]) -> None:
+    """The README's first deploy: `version: ""` is the natural way to say none yet."""
+    empty = with_value(prod_values, "weightshift:green", ["version"], "")
+    assert load(empty).green.version is None
+    both = with_value(empty, "weightshift:blue", ["version"], "  ")
+    assert load(both).blue.version is None
+
+
+def test_a_private_api_needs_the_deployer_admitted(prod_values: dict[str, Any]) -> None:
+    cluster = copy.deepcopy(prod_values["weightshift:cluster"])
+    del cluster["deployerCidrs"]
+    (found,) = problems({**prod_values, "weightshift:cluster": cluster})
+    assert "give deployerCidrs" in found
+    assert "deployerSecurityGroupIds" in found
+    by_group = {**cluster, "deployerSecurityGroupIds": ["sg-0123456789abcdef0"]}
+    assert load({**prod_values, "weightshift:cluster": by_group}).cluster.deployer_cidrs == ()
+    public = {**cluster, "endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}
+    assert load({**prod_values, "weightshift:cluster": public})
+    (bad,) = problems(
+        {**prod_values, "weightshift:cluster": {**cluster, "deployerSecurityGroupIds": ["x"]}}
+    )
+    assert "'x' is not a security group id" in bad
+
+
+def test_only_chart_versions_with_recorded_defaults_are_accepted(
+    prod_values: dict[str, Any],
+) -> None:
+    (found,) = problems(
+        with_value(prod_values, "weightshift:cluster", ["devicePluginChartVersion"], "0.18.0")
+    )
+    assert "nvidia-device-plugin 0.18.0 is not a version weightshift has checked" in found
+    assert "allowed: 0.17.1" in found
+
+
+def test_cluster_and_namespace_names_are_unique_per_stack(prod_values: dict[str, Any]) -> None:
+    config = load(prod_values)
+    assert config.cluster_name("prod") == "support-assistant-prod"
+    assert config.cluster_name("staging.eu") == "support-assistant-staging-eu"
+    assert config.namespace("prod", Colour.BLUE) == "support-assistant-prod-blue"
+    long = config.namespace("a-very-long-stack-name-for-an-experiment-" * 2, Colour.GREEN)
+    assert len(long) <= 63
+    assert long.endswith("-green")
+    assert long[0].isalnum()
+
+
+def test_a_deployer_outside_a_new_vpc_needs_a_route(prod_values: dict[str, Any]) -> None:
+    """The private API answers only inside the VPC: a runner elsewhere needs the transit
+    gateway route, which the stack declares when it is given one."""
+    network = {
+        k: v for k, v in prod_values["weightshift:network"].items() if k != "transitGatewayId"
+    }
+    (found,) = problems({**prod_values, "weightshift:network": network})
+    assert "cluster.deployerCidrs 10.20.8.0/22 lie outside the new VPC (10.40.0.0/16)" in found
+    assert "network.transitGatewayId" in found
+    inside = copy.deepcopy(prod_values["weightshift:cluster"])
+    inside["deployerCidrs"] = ["10.40.224.0/24"]
+    assert load({**prod_values, "weightshift:network": network, "weightshift:cluster": inside})
+
+
+def test_the_test_route_fits_an_alb_rule(prod_values: dict[str, Any]) -> None:
+    network = {
+        **prod_values["weightshift:network"],
+        "availabilityZones": ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"],
+    }
+    (found,) = problems({**prod_values, "weightshift:network": network})
+    assert "would admit the 4 NAT gateways' addresses" in found
+    single = {**network, "natGateways": "single"}
+    assert load({**prod_values, "weightshift:network": single})

@@ -133,16 +133,20 @@ def test_the_cluster_is_private_encrypted_and_logged(graph: Graph) -> None:
         r.inputs["chart"]: r.inputs["version"]
         for r in graph.of_type("kubernetes:helm.sh/v3:Release")
     }
-    assert releases == {"nvidia-device-plugin": "0.17.1", "aws-load-balancer-controller": "1.14.0"}
+    assert releases == {
+        "nvidia-device-plugin": "0.17.1",
+        "aws-load-balancer-controller": "1.14.0",
+        "cluster-autoscaler": "9.59.0",
+    }
 
 
 def test_bottlerocket_needs_no_device_plugin() -> None:
     graph = synth(
         "cluster={gpuNodeGroups: [{name: l40s, instanceTypes: [g6e.12xlarge], "
-        "amiType: BOTTLEROCKET_x86_64_NVIDIA, gpusPerNode: 4}]}"
+        "amiType: BOTTLEROCKET_x86_64_NVIDIA, gpusPerNode: 4}], deployerCidrs: [10.20.8.0/22]}"
     )
     charts = {r.inputs["chart"] for r in graph.of_type("kubernetes:helm.sh/v3:Release")}
-    assert charts == {"aws-load-balancer-controller"}
+    assert charts == {"aws-load-balancer-controller", "cluster-autoscaler"}
     (volume,) = graph.named("cluster-l40s", "LaunchTemplate").inputs["blockDeviceMappings"]
     assert volume["deviceName"] == "/dev/xvdb"
 
@@ -184,7 +188,7 @@ def test_the_pod_role_reads_only_its_own_bundle(graph: Graph) -> None:
             "StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}
         }
         association = graph.named(colour, "PodIdentityAssociation").inputs
-        assert association["namespace"] == f"{NAME}-{colour}"
+        assert association["namespace"] == f"{NAME}-prod-{colour}"
         assert association["serviceAccount"] == "inference"
 
 
@@ -330,3 +334,232 @@ def test_an_existing_cluster_is_used_as_it_is() -> None:
     assert rule["securityGroupId"] == "sg-0123456789abcdef0"
     association = graph.named("green", "PodIdentityAssociation").inputs
     assert association["clusterName"] == "shared-gpu"
+
+
+def pod_spec(graph: Graph, colour: str) -> dict[str, Any]:
+    spec: dict[str, Any] = graph.named(colour, "Deployment").inputs["spec"]["template"]["spec"]
+    return spec
+
+
+def test_pulumi_waits_for_a_rolling_update_as_long_as_one_can_take(graph: Graph) -> None:
+    """pulumi-kubernetes gives a Deployment 10 minutes unless told otherwise
+    (facts.PULUMI_KUBERNETES_DEFAULT_AWAIT_SECONDS); six replicas loaded one at a time with a
+    30-minute load budget each need hours."""
+    from weightshift.budget import rollout_budget
+    from weightshift.facts import PULUMI_KUBERNETES_DEFAULT_AWAIT_SECONDS
+
+    for colour in ("blue", "green"):
+        deployment = graph.named(colour, "Deployment")
+        spec = deployment.inputs["spec"]
+        budget = rollout_budget(
+            replicas=spec["replicas"],
+            max_surge=spec["strategy"]["rollingUpdate"]["maxSurge"],
+            startup_seconds=1800,
+            bundle_bytes=1,
+        )
+        assert budget.waves == 6
+        assert budget.per_pod_seconds >= 1800 + 600  # the load, plus a node and an image
+        assert deployment.custom_timeouts == {
+            "create": f"{budget.seconds}s",
+            "update": f"{budget.seconds}s",
+        }
+        assert budget.seconds > 6 * 1800 > PULUMI_KUBERNETES_DEFAULT_AWAIT_SECONDS
+        # Kubernetes restarts the progress clock whenever a pod turns ready: one pod's time.
+        assert spec["progressDeadlineSeconds"] == budget.per_pod_seconds
+        assert graph.outputs["inference"][colour]["rolloutBudgetSeconds"] == budget.seconds
+
+
+def test_the_budget_grows_with_replicas_surge_load_and_bundle() -> None:
+    from weightshift.budget import rollout_budget
+
+    base = rollout_budget(replicas=6, max_surge=1, startup_seconds=1800, bundle_bytes=0)
+    assert rollout_budget(
+        replicas=12, max_surge=1, startup_seconds=1800, bundle_bytes=0
+    ).seconds == (2 * base.seconds)
+    assert rollout_budget(replicas=6, max_surge=3, startup_seconds=1800, bundle_bytes=0).waves == 2
+    big = rollout_budget(replicas=6, max_surge=1, startup_seconds=1800, bundle_bytes=140 * 2**30)
+    assert big.bundle_pull_seconds == 1434  # 140 GiB at 100 MiB/s
+    assert rollout_budget(replicas=0, max_surge=1, startup_seconds=60, bundle_bytes=0).waves == 1
+    assert "up to 4 h 36 min" in base.describe()
+
+
+def test_the_server_has_a_user_name_under_an_arbitrary_uid(
+    graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's image has no user for UID 1000; torch's getpass.getuser() raises KeyError
+    unless USER or LOGNAME is set (vllm-project/vllm#44548)."""
+    import getpass
+    import pwd
+
+    pod = pod_spec(graph, "green")
+    assert pod["securityContext"]["runAsUser"] == 1000
+    (server,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["HOME"] == "/tmp"
+
+    def no_passwd_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_passwd_entry)
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises((KeyError, OSError)):
+        getpass.getuser()  # what torch's Inductor cache dir calls at import
+    for name in ("USER", "LOGNAME"):
+        monkeypatch.setenv(name, env[name])
+    assert getpass.getuser() == "vllm"
+
+
+def test_namespaces_hold_pods_unready_until_the_alb_sees_them_healthy(graph: Graph) -> None:
+    from weightshift.facts import READINESS_GATE_NAMESPACE_LABEL
+
+    for colour in ("blue", "green"):
+        labels = graph.named(colour, "Namespace").inputs["metadata"]["labels"]
+        key, value = READINESS_GATE_NAMESPACE_LABEL
+        assert labels[key] == value == "enabled"
+        assert key == "elbv2.k8s.aws/pod-readiness-gate-inject"
+
+
+def test_add_ons_overwrite_the_self_managed_copies_a_new_cluster_starts_with(
+    graph: Graph,
+) -> None:
+    for addon in graph.of_type("aws:eks/addon:Addon"):
+        assert addon.inputs["resolveConflictsOnCreate"] == "OVERWRITE", addon.name
+        assert addon.inputs["resolveConflictsOnUpdate"] == "OVERWRITE", addon.name
+
+
+def test_the_autoscaler_grows_only_the_gpu_groups(graph: Graph) -> None:
+    release = graph.named("cluster-autoscaler", "Release").inputs
+    group = graph.named("cluster-l40s", "NodeGroup")
+    (asg,) = [g["name"] for g in group.outputs["resources"][0]["autoscalingGroups"]]
+    assert release["values"]["autoscalingGroups"] == [{"name": asg, "minSize": 6, "maxSize": 16}]
+    assert release["values"]["image"]["tag"] == "v1.33.6"  # the cluster is 1.33
+    assert release["values"]["nodeSelector"] == {"weightshift.io/pool": "system"}
+    policy = json.loads(graph.named("cluster-autoscaler", "RolePolicy").inputs["policy"])
+    grants = {s["Sid"]: s for s in policy["Statement"]}
+    assert grants["ScaleGpuGroupsOnly"]["Resource"] == [
+        f"arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{asg}"
+    ]
+    assert grants["GpuNodeGroupTemplates"]["Resource"] == [group.outputs["arn"]]
+    assert all(a.startswith(("autoscaling:Describe", "ec2:")) for a in grants["Describe"]["Action"])
+    association = graph.named("cluster-autoscaler", "PodIdentityAssociation").inputs
+    assert (association["namespace"], association["serviceAccount"]) == (
+        "kube-system",
+        release["values"]["rbac"]["serviceAccount"]["name"],
+    )
+    # The node groups keep the autoscaler's desired size across deploys.
+    pool = graph.named("cluster-l40s", "NodeGroup").inputs["scalingConfig"]
+    assert (pool["minSize"], pool["maxSize"]) == (6, 16)
+
+
+def test_every_eks_cluster_version_has_an_autoscaler_release() -> None:
+    from weightshift.facts import CLUSTER_AUTOSCALER_IMAGE_TAGS
+
+    assert set(CLUSTER_AUTOSCALER_IMAGE_TAGS) == set(EKS_VERSIONS)
+    for version, tag in CLUSTER_AUTOSCALER_IMAGE_TAGS.items():
+        assert tag.startswith(f"v{version}.")
+
+
+def test_the_deployer_reaches_the_private_api(graph: Graph) -> None:
+    """The control plane's interfaces accept only the cluster security group (EKS user
+    guide, cluster security group requirements): the deployer needs a rule on 443."""
+    cluster = graph.named("cluster", "Cluster")
+    (rule,) = [
+        r
+        for r in graph.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.name.startswith("cluster-deployer")
+    ]
+    assert rule.inputs["cidrIpv4"] == "10.20.8.0/22"
+    assert (rule.inputs["fromPort"], rule.inputs["toPort"], rule.inputs["ipProtocol"]) == (
+        443,
+        443,
+        "tcp",
+    )
+    assert (
+        rule.inputs["securityGroupId"] == graph.named("cluster-api", "SecurityGroup").outputs["id"]
+    )
+    assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is False
+    # Every Kubernetes call goes through the provider: it waits for the rule.
+    (provider,) = graph.of_type("pulumi:providers:kubernetes")
+    assert rule.urn in provider.dependencies
+
+
+def test_the_deployers_network_is_routed_through_the_transit_gateway(graph: Graph) -> None:
+    (attachment,) = graph.of_type("aws:ec2transitgateway/vpcAttachment:VpcAttachment")
+    assert attachment.inputs["transitGatewayId"] == "tgw-0a1b2c3d4e5f67890"
+    private = [r for r in graph.of_type("aws:ec2/subnet:Subnet") if "private" in r.name]
+    assert set(attachment.property_dependencies["subnetIds"]) == {r.urn for r in private}
+    tables = [r for r in graph.of_type("aws:ec2/routeTable:RouteTable") if "private" in r.name]
+    assert len(tables) == 3
+    for table in tables:
+        assert {"cidrBlock": "10.20.8.0/22", "transitGatewayId": "tgw-0a1b2c3d4e5f67890"} in (
+            table.inputs["routes"]
+        )
+        assert attachment.urn in table.dependencies  # the route waits for the attachment
+    (provider,) = graph.of_type("pulumi:providers:kubernetes")
+    assert attachment.urn in provider.dependencies
+    assert {t.urn for t in tables} <= set(provider.dependencies)
+
+
+def test_the_deployer_is_admitted_by_a_group_of_the_control_planes_own(graph: Graph) -> None:
+    """Not on the cluster security group, which nodes and pods share: there the rule would
+    open every pod listening on 443 to the deployer's network."""
+    api = graph.named("cluster-api", "SecurityGroup")
+    cluster = graph.named("cluster", "Cluster")
+    assert cluster.inputs["vpcConfig"]["securityGroupIds"] == [api.outputs["id"]]
+    (rule,) = [
+        r
+        for r in graph.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.name.startswith("cluster-deployer")
+    ]
+    assert rule.inputs["securityGroupId"] == api.outputs["id"]
+    assert rule.inputs["securityGroupId"] != cluster.outputs["vpcConfig"]["clusterSecurityGroupId"]
+
+
+def test_gpu_nodes_say_they_will_have_gpus_so_the_autoscaler_waits_for_the_plugin(
+    graph: Graph,
+) -> None:
+    gpu = graph.named("cluster-l40s", "NodeGroup").inputs["labels"]
+    assert gpu["k8s.amazonaws.com/accelerator"] == "nvidia-g6e"
+    system = graph.named("cluster-system", "NodeGroup").inputs["labels"]
+    assert "k8s.amazonaws.com/accelerator" not in system
+
+
+def test_the_load_balancer_controller_runs_only_what_its_role_allows(graph: Graph) -> None:
+    values = graph.named("cluster-lb-controller", "Release").inputs["values"]
+    for flag in (
+        "enableServiceMutatorWebhook",
+        "enableShield",
+        "enableWaf",
+        "enableWafv2",
+        "enableBackendSecurityGroup",
+        "createIngressClassResource",
+    ):
+        assert values[flag] is False, flag
+    assert values["controllerConfig"]["featureGates"] == {"EnableServiceController": False}
+    assert values["ingressClassParams"] == {"create": False}
+
+
+def test_a_bundle_of_many_files_still_fits_the_pod_roles_policy(tmp_path: Path) -> None:
+    """IAM allows 10,240 characters of inline policy per role (facts.py); naming every blob
+    of a bundle with hundreds of files would fail PutRolePolicy."""
+    from components.iam import policy_size
+    from weightshift.facts import IAM_ROLE_INLINE_POLICY_CHARACTERS
+
+    blue = copy_bundle(tmp_path, "1.4.2", "1.4.2")
+    target = tmp_path / NAME / "v1.6.0"
+    shutil.copytree(PROJECT / "bundles" / NAME / "v1.5.0", target)
+    for index in range(200):
+        (target / "prompt" / "few_shot" / f"extra-{index:03d}.json").write_text(
+            json.dumps([{"input": f"question {index}", "output": f"answer {index}"}])
+        )
+    many = load_local(target).manifest(Version(1, 6, 0)).id
+    graph = synth_with(tmp_path, f"blue.version={blue}", f"green.version={many}")
+    green = graph.named("green-pods", "RolePolicy").inputs["policy"]
+    assert policy_size(green) <= IAM_ROLE_INLINE_POLICY_CHARACTERS
+    (read,) = [s for s in json.loads(green)["Statement"] if s["Sid"] == "ReadBundleObjects"]
+    assert read["Resource"][0].endswith(f"manifests/{NAME}/v1.6.0.json")
+    assert read["Resource"][1].endswith("/blobs/sha256/*")
+    small = json.loads(graph.named("blue-pods", "RolePolicy").inputs["policy"])
+    (exact,) = [s for s in small["Statement"] if s["Sid"] == "ReadBundleObjects"]
+    assert not any(r.endswith("*") for r in exact["Resource"])  # a small bundle: each blob

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from pulumi_policy import ResourceValidationPolicy
 
 from policies.rules import POLICIES
 from tests.conftest import PROJECT, synth
-from weightshift.policy import check, load_policies, validation_args
-from weightshift.synth import Resource
+from weightshift.policy import check, check_every_stage, load_policies, validation_args
+from weightshift.synth import Graph, Resource
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
 
@@ -22,7 +24,9 @@ def violations(policy: str, type_: str, props: dict[str, Any]) -> list[str]:
     def report(message: str, _urn: str | None = None) -> None:
         found.append(message)
 
-    BY_NAME[policy].validate(validation_args(resource), report)
+    rule = BY_NAME[policy]
+    assert isinstance(rule, ResourceValidationPolicy)
+    rule.validate(validation_args(resource), report)
     return found
 
 
@@ -165,15 +169,126 @@ def test_container_images_must_be_pinned_by_digest() -> None:
 
 
 def test_policies_ignore_other_resource_types() -> None:
-    for policy in BY_NAME:
-        assert violations(policy, "aws:iam/role:Role", {"anything": 1}) == []
+    for name, policy in BY_NAME.items():
+        if isinstance(policy, ResourceValidationPolicy):
+            assert violations(name, "aws:iam/role:Role", {"anything": 1}) == []
 
 
 @pytest.mark.parametrize(
-    "overrides", [(), ("rollout.stage=5",), ("rollout.strategy=shadow", "rollout.stage=1")]
+    "overrides",
+    [(), ("rollout.stage=5",), ("rollout.strategy=blue-green", "rollout.stage=1")],
 )
 def test_the_prod_stack_passes_every_policy(overrides: tuple[str, ...]) -> None:
     assert check(synth(*overrides), load_policies(PROJECT)) == []
+
+
+def stack_violations(policy: str, graph: Graph) -> list[str]:
+    found = [v for v in check(graph, [BY_NAME[policy]]) if v.policy == policy]
+    return [v.message for v in found]
+
+
+def without(graph: Graph, *names: str, kind: str | None = None) -> Graph:
+    """``graph`` without the resources called ``names`` (of ``kind``)."""
+    kept = [
+        r
+        for r in graph.resources
+        if not (r.name in names and (kind is None or r.type.endswith(f":{kind}")))
+    ]
+    return Graph(graph.stack, graph.config, kept, graph.outputs)
+
+
+def edited(graph: Graph, name: str, kind: str, **inputs: Any) -> Graph:
+    """``graph`` with inputs of one resource replaced (outputs follow, as a provider's would)."""
+    changed = [
+        replace(r, inputs={**r.inputs, **inputs}, outputs={**r.outputs, **inputs})
+        if r.name == name and r.type.endswith(f":{kind}")
+        else r
+        for r in graph.resources
+    ]
+    return Graph(graph.stack, graph.config, changed, graph.outputs)
+
+
+def test_an_on_call_topic_without_a_subscription_is_a_violation() -> None:
+    assert stack_violations("on-call-topic-subscribed", synth()) == []
+    (found,) = stack_violations("on-call-topic-subscribed", synth("rollback.onCall=[]"))
+    assert "topic rollback-on-call has no subscription" in found
+    assert "weightshift:rollback.onCall" in found
+
+
+def test_a_subscription_known_only_by_where_its_topic_came_from_counts() -> None:
+    """In a first preview the topic's ARN is unknown; the subscription's ``topic`` input
+    still depends on the topic resource."""
+    graph = synth()
+    (topic,) = graph.of_type("aws:sns/topic:Topic")
+    unknown = edited(graph, "rollback-on-call-0", "TopicSubscription", topic="(unknown)")
+    assert stack_violations("on-call-topic-subscribed", unknown) == []
+    cut = [
+        replace(r, property_dependencies={}) if r.type.endswith(":TopicSubscription") else r
+        for r in unknown.resources
+    ]
+    found = stack_violations(
+        "on-call-topic-subscribed", Graph(graph.stack, graph.config, cut, graph.outputs)
+    )
+    assert found
+    assert topic.name in found[0]
+
+
+def test_weight_to_a_target_group_nothing_registers_in_is_a_violation() -> None:
+    live = synth("rollout.stage=1")
+    assert stack_violations("listener-weight-reaches-targets", live) == []
+    unbound = without(live, "green", kind="TargetGroupBinding")
+    (found,) = stack_violations("listener-weight-reaches-targets", unbound)
+    assert "sends weight 10 to target group traffic-green" in found
+    assert "503" in found
+    # At stage 0 the candidate's target group has weight 0: nothing to register yet.
+    idle = without(synth("rollout.stage=0"), "green", kind="TargetGroupBinding")
+    assert stack_violations("listener-weight-reaches-targets", idle) == []
+
+
+def test_pods_schedulable_catches_the_device_plugins_default_affinity() -> None:
+    """Chart 0.17.1's default affinity needs node-feature-discovery labels; without our
+    override the device plugin lands nowhere, so no node advertises GPUs and the inference
+    pods land nowhere either."""
+    graph = synth()
+    assert stack_violations("pods-schedulable", graph) == []
+    release = graph.named("cluster-nvidia-device-plugin", "Release")
+    values = dict(release.inputs["values"])
+    del values["affinity"]
+    found = stack_violations(
+        "pods-schedulable", edited(graph, release.name, "Release", values=values)
+    )
+    assert any(
+        m.startswith(
+            "cluster-nvidia-device-plugin/DaemonSet nvidia-device-plugin can land on no node group"
+        )
+        and "required node affinity matches no label" in m
+        for m in found
+    ), found
+    assert any(
+        m.startswith("green can land on no node group") and "no device plugin" in m for m in found
+    ), found
+
+
+def test_a_release_of_a_chart_without_recorded_facts_cannot_pass() -> None:
+    graph = synth()
+    found = stack_violations(
+        "pods-schedulable", edited(graph, "cluster-autoscaler", "Release", version="9.99.0")
+    )
+    assert found == [
+        "cannot check where its pods run: cluster-autoscaler: no recorded facts for chart "
+        "cluster-autoscaler 9.99.0 (recorded: 9.59.0)"
+    ]
+
+
+def test_policy_check_covers_every_stage_of_every_strategy() -> None:
+    results = check_every_stage(PROJECT, "prod", load_policies(PROJECT))
+    checked = [(r.strategy, r.stage) for r in results if not r.refused]
+    assert checked == [("canary", i) for i in range(6)] + [("blue-green", 0), ("blue-green", 1)]
+    assert all(r.violations == [] for r in results)
+    refused = {r.strategy for r in results if r.refused}
+    assert refused == {"shadow"}
+    bad = check_every_stage(PROJECT, "prod", load_policies(PROJECT), ["rollback.onCall=[]"])
+    assert {(r.strategy, r.stage) for r in bad if r.violations} == set(checked)
 
 
 def test_a_weakened_stack_is_caught_over_the_graph() -> None:
@@ -182,3 +297,16 @@ def test_a_weakened_stack_is_caught_over_the_graph() -> None:
     assert [(v.policy, v.level, v.name) for v in found] == [
         ("alb-deletion-protection", "advisory", "traffic-alb")
     ]
+
+
+def test_a_role_whose_inline_policies_exceed_what_iam_takes_is_a_violation() -> None:
+    graph = synth()
+    assert stack_violations("iam-inline-policies-fit", graph) == []
+    policy = json.loads(graph.named("green-pods", "RolePolicy").inputs["policy"])
+    policy["Statement"][0]["Resource"] += [
+        f"arn:aws:s3:::b/blobs/sha256/{i:064x}" for i in range(100)
+    ]
+    big = edited(graph, "green-pods", "RolePolicy", policy=json.dumps(policy))
+    (found,) = stack_violations("iam-inline-policies-fit", big)
+    assert "inline policies green-pods of one role total" in found
+    assert "IAM allows 10240 per role" in found

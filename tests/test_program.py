@@ -9,14 +9,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import listener_weights, synth
+from weightshift.config import ConfigError
 from weightshift.plan import diff
 from weightshift.stages import Colour, Strategy, schedule, weights_for
+from weightshift.synth import UNKNOWN
 
 STRATEGY_SETS = {
     Strategy.CANARY: ["rollout.strategy=canary"],
     Strategy.BLUE_GREEN: ["rollout.strategy=blue-green"],
-    Strategy.SHADOW: ["rollout.strategy=shadow", "rollout.mirrorPercent=15"],
 }
+"""The strategies the config accepts (shadow is refused until its mirror is served)."""
 CANDIDATE_SETS = {
     Colour.GREEN: [],
     Colour.BLUE: [
@@ -27,7 +29,7 @@ CANDIDATE_SETS = {
 }
 CASES = [
     (strategy, candidate, stage.index)
-    for strategy in Strategy
+    for strategy in STRATEGY_SETS
     for candidate in Colour
     for stage in schedule(strategy)
 ]
@@ -38,7 +40,7 @@ def test_listener_weights_match_the_stage(
     strategy: Strategy, candidate: Colour, stage: int
 ) -> None:
     graph = synth(*STRATEGY_SETS[strategy], *CANDIDATE_SETS[candidate], f"rollout.stage={stage}")
-    expected = weights_for(strategy, stage, candidate, 15)
+    expected = weights_for(strategy, stage, candidate)
     found = listener_weights(graph)
     assert found["blue"] == expected.blue
     assert found["green"] == expected.green
@@ -50,7 +52,7 @@ def test_listener_weights_match_the_stage(
     }
 
 
-@pytest.mark.parametrize("strategy", list(Strategy))
+@pytest.mark.parametrize("strategy", list(STRATEGY_SETS))
 @pytest.mark.parametrize("candidate", list(Colour))
 def test_each_stage_change_touches_only_the_listener_and_alarm_actions(
     strategy: Strategy, candidate: Colour
@@ -67,25 +69,33 @@ def test_each_stage_change_touches_only_the_listener_and_alarm_actions(
             before.outputs["rollback"]["actionsEnabled"]
             != after.outputs["rollback"]["actionsEnabled"]
         ):
-            # The candidate starts (or stops) receiving traffic: alarm actions turn on (off)
-            # and the dead man's switch starts treating silence as a breach.
+            # The candidate starts (or stops) receiving traffic: alarm actions turn on (off).
+            # The alarms themselves do not change: the dead man's switch counts what the
+            # candidate is sent, so it needs no stage-dependent setting.
             flips += 1
-            expected += [
-                ("rollback", "update", ("actionsEnabled",)),
-                ("rollback-no-requests", "update", ("treatMissingData",)),
-            ]
+            expected += [("rollback", "update", ("actionsEnabled",))]
         changes = diff(before, after)
         assert sorted((c.name, c.action, c.keys) for c in changes) == sorted(expected)
     assert flips == 1
 
 
-def test_the_mirror_target_group_exists_only_for_shadow() -> None:
-    canary = synth()
-    shadow = synth(*STRATEGY_SETS[Strategy.SHADOW])
-    names = {r.name for r in canary.of_type("aws:lb/targetGroup:TargetGroup")}
+@pytest.mark.parametrize("stage", [0, 1])
+def test_shadow_is_refused_until_its_mirror_is_served(stage: int) -> None:
+    """Shadow's stage 1 would give the mirror target group weight with nothing registered in
+    it: the ALB would answer that share of users 503."""
+    with pytest.raises(ConfigError) as raised:
+        synth("rollout.strategy=shadow", f"rollout.stage={stage}")
+    (problem,) = raised.value.problems
+    assert problem.key == "weightshift:rollout.strategy"
+    assert "nothing serves that target group" in problem.message
+    assert "503" in problem.message
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGY_SETS))
+def test_no_mirror_target_group_without_shadow(strategy: Strategy) -> None:
+    graph = synth(*STRATEGY_SETS[strategy])
+    names = {r.name for r in graph.of_type("aws:lb/targetGroup:TargetGroup")}
     assert names == {"traffic-blue", "traffic-green"}
-    names = {r.name for r in shadow.of_type("aws:lb/targetGroup:TargetGroup")}
-    assert names == {"traffic-blue", "traffic-green", "traffic-mirror"}
 
 
 def test_stickiness_follows_config_and_can_be_off() -> None:
@@ -184,11 +194,16 @@ def test_test_route_sends_the_header_from_allowed_sources_to_one_colour() -> Non
             "httpHeaderName": "x-weightshift-colour",
             "values": [colour],
         }
-        assert source["sourceIp"]["values"] == ["10.40.0.0/16"]
+        # The ALB is internet-facing: callers in the VPC arrive from the NAT gateways'
+        # addresses (the rule matches the connection's source, not X-Forwarded-For).
+        assert source["sourceIp"]["values"] == [f"{ip}/32" for ip in graph.outputs["natPublicIps"]]
+        assert len(source["sourceIp"]["values"]) == 3
         assert rule["actions"] == [{"type": "forward", "targetGroupArn": arns[colour]}]
     assert len(priorities) == 2
     custom = synth("traffic.testRouteCidrs=[203.0.113.0/24]").named("traffic-route-green").inputs
     assert custom["conditions"][1]["sourceIp"]["values"] == ["203.0.113.0/24"]
+    internal = synth("traffic.internal=true").named("traffic-route-green").inputs
+    assert internal["conditions"][1]["sourceIp"]["values"] == ["10.40.0.0/16"]
 
 
 def test_alb_security_group_opens_only_client_ports_and_the_serving_port_to_the_vpc() -> None:
@@ -244,7 +259,8 @@ def test_existing_vpc_creates_no_network_resources() -> None:
         "publicSubnetIds: [subnet-00000000000000001, subnet-00000000000000002], "
         "privateSubnetIds: [subnet-00000000000000003, subnet-00000000000000004], "
         "publicSubnetCidrs: [10.9.0.0/24, 10.9.1.0/24], "
-        "privateSubnetCidrs: [10.9.32.0/19, 10.9.64.0/19]}"
+        "privateSubnetCidrs: [10.9.32.0/19, 10.9.64.0/19]}",
+        "traffic.testRouteCidrs=[203.0.113.0/24]",
     )
     network = graph.named("network")
     assert [r.name for r in graph.resources if r.parent == network.urn] == []
@@ -263,3 +279,110 @@ def test_internal_load_balancer_uses_private_subnets() -> None:
     private = {r.urn for r in graph.of_type("aws:ec2/subnet:Subnet") if "private" in r.name}
     assert len(alb["subnets"]) == len(private)
     assert all(s.startswith("subnet-") for s in alb["subnets"])
+
+
+PHYSICAL_NAMES = ("name", "alarmName")
+"""Inputs that set a resource's own name in the account (Pulumi autonames the rest); an S3
+bucket's is ``bucket``."""
+
+
+def physical_names(graph: Any) -> set[tuple[str, str]]:
+    """(type, name) of every resource of the graph whose name is fixed in the account or in
+    the cluster (namespaces: stacks may share an existing cluster)."""
+    found = set()
+    for resource in graph.resources:
+        if resource.type.startswith("aws:"):
+            keys = ("bucket",) if resource.type == "aws:s3/bucket:Bucket" else PHYSICAL_NAMES
+            for key in keys:
+                if isinstance(resource.inputs.get(key), str):
+                    found.add((resource.type, resource.inputs[key]))
+        if resource.type == "kubernetes:core/v1:Namespace":
+            found.add((resource.type, resource.inputs["metadata"]["name"]))
+    return found
+
+
+def test_two_stacks_in_one_account_and_region_share_no_physical_name() -> None:
+    """A second stack (staging beside prod) must not collide: the EKS cluster was once
+    named "cluster" in every stack."""
+    from tests.conftest import PROJECT
+    from weightshift.synth import apply_overrides, stack_config, synthesize
+
+    values = apply_overrides(
+        stack_config(PROJECT, "prod"), ["artifacts.bucketName=support-assistant-staging-art"]
+    )
+    staging = synthesize(PROJECT, "staging", values)
+    prod = synth()
+    shared = physical_names(prod) & physical_names(staging)
+    assert shared == set()
+    assert ("aws:eks/cluster:Cluster", "support-assistant-prod") in physical_names(prod)
+    assert ("aws:eks/cluster:Cluster", "support-assistant-staging") in physical_names(staging)
+
+
+def test_two_stacks_on_one_existing_cluster_use_their_own_namespaces() -> None:
+    existing = (
+        "cluster={existing: {name: shared, endpoint: 'https://ABC.gr7.us-east-1.eks.amazonaws."
+        "com', certificateAuthority: TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2c9PQ==,"
+        " securityGroupId: sg-0123456789abcdef0, gpuNodeLabels: {pool: gpu}}}"
+    )
+    from tests.conftest import PROJECT
+    from weightshift.synth import apply_overrides, stack_config, synthesize
+
+    prod = synth(existing)
+    staging = synthesize(
+        PROJECT,
+        "staging",
+        apply_overrides(
+            stack_config(PROJECT, "prod"),
+            [existing, "artifacts.bucketName=support-assistant-staging-art"],
+        ),
+    )
+    namespaces = {
+        graph.stack: {
+            r.inputs["metadata"]["name"] for r in graph.of_type("kubernetes:core/v1:Namespace")
+        }
+        for graph in (prod, staging)
+    }
+    assert namespaces["prod"].isdisjoint(namespaces["staging"])
+
+
+def unknown_inputs(graph: Any) -> list[str]:
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]")
+        elif value == UNKNOWN:
+            found.append(path)
+
+    for resource in graph.resources:
+        walk(resource.inputs, resource.name)
+    return found
+
+
+def test_every_input_the_engine_would_receive_is_in_the_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An input whose value comes from another resource's output appears, as a placeholder
+    naming that output when only the provider knows it (the KMS alias's target key). In a
+    preview synthesis an output no mock provides is unknown, and there must be none."""
+    from tests.conftest import PROJECT
+    from weightshift.synth import apply_overrides, stack_config, synthesize
+
+    graph = synth()
+    alias = graph.named("artifacts-key", "Alias")
+    assert alias.inputs["targetKeyId"] == "(known after deploy: artifacts-key.keyId)"
+    values = apply_overrides(stack_config(PROJECT, "prod"), ["rollout.stage=2"])
+    assert unknown_inputs(synthesize(PROJECT, "prod", values, preview=True)) == []
+    # Without the placeholders the alias's target is unknown in a preview, and silently
+    # missing from the graph otherwise.
+    import weightshift.synth as synth_module
+
+    monkeypatch.setattr(synth_module, "computed_strings", lambda _type: ())
+    assert unknown_inputs(synthesize(PROJECT, "prod", values, preview=True)) == [
+        "artifacts-key.targetKeyId"
+    ]
+    assert "targetKeyId" not in synth().named("artifacts-key", "Alias").inputs

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECT, listener_weights, synth
+from tests.metric_math import evaluate
+from weightshift.dead_man import ANSWER_QUERY_IDS, Verdict, decide, expression
 from weightshift.rollback_record import RollbackRecord
 from weightshift.stages import Strategy, schedule
 from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
@@ -36,6 +38,8 @@ def test_latency_alarm_is_p99_of_the_candidates_target_response_time(live: Graph
     )
     assert latency["extendedStatistic"] == "p99"
     assert "statistic" not in latency
+    # A p99 of a few requests is their slowest: at 1 % one long generation would roll back.
+    assert latency["evaluateLowSampleCountPercentiles"] == "ignore"
     assert (latency["period"], latency["evaluationPeriods"], latency["datapointsToAlarm"]) == (
         60,
         1,
@@ -56,10 +60,16 @@ def test_error_rate_is_metric_math_over_5xx_and_requests(live: Graph) -> None:
     assert "metricName" not in errors
     queries = {q["id"]: q for q in errors["metricQueries"]}
     assert queries["rate"]["expression"] == (
-        "IF(FILL(requests, 0) > 0, 100 * FILL(errors, 0) / requests, 0)"
+        "IF(FILL(requests, 0) > 0, 100 * (FILL(errors, 0) + FILL(refused, 0)) / requests, 0)"
     )
     assert queries["rate"]["returnData"] is True
-    for query_id, metric in (("errors", "HTTPCode_Target_5XX_Count"), ("requests", "RequestCount")):
+    for query_id, metric in (
+        ("errors", "HTTPCode_Target_5XX_Count"),
+        # The ALB's own 502s when a crashed server refuses connections: target 5xx alone
+        # counts only answers (ALB docs: target codes exclude load-balancer-generated ones).
+        ("refused", "TargetConnectionErrorCount"),
+        ("requests", "RequestCount"),
+    ):
         stat = queries[query_id]["metric"]
         assert (stat["metricName"], stat["stat"], stat["period"]) == (metric, "Sum", 60)
         assert queries[query_id]["returnData"] is False
@@ -79,25 +89,92 @@ def test_quality_and_safety_alarms_read_the_custom_metrics_of_this_version(live:
     assert (safety["comparisonOperator"], safety["threshold"]) == ("GreaterThanThreshold", 0.2)
 
 
-def test_the_dead_mans_switch_treats_silence_as_a_breach_while_the_candidate_has_weight(
-    live: Graph,
-) -> None:
-    hosts, requests = alarm(live, "no-healthy-hosts"), alarm(live, "no-requests")
+def test_no_healthy_host_treats_missing_data_as_a_breach(live: Graph) -> None:
+    """ALB docs: HealthyHostCount is "reported if there are registered targets", so a
+    candidate whose targets are all gone reports nothing: that must be a breach."""
+    hosts = alarm(live, "no-healthy-hosts")
     assert (hosts["metricName"], hosts["statistic"]) == ("HealthyHostCount", "Minimum")
     assert (hosts["comparisonOperator"], hosts["threshold"]) == ("LessThanThreshold", 1)
     assert hosts["treatMissingData"] == "breaching"
-    assert (requests["metricName"], requests["statistic"]) == ("RequestCount", "Sum")
-    assert (requests["comparisonOperator"], requests["threshold"]) == ("LessThanThreshold", 1)
-    assert (requests["evaluationPeriods"], requests["datapointsToAlarm"]) == (3, 3)
-    assert requests["treatMissingData"] == "breaching"
-    idle = synth("rollout.stage=0")
-    assert alarm(idle, "no-requests")["treatMissingData"] == "notBreaching"
+
+
+def test_the_dead_mans_switch_counts_what_the_candidate_was_sent_and_answered(
+    live: Graph,
+) -> None:
+    silent = alarm(live, "no-answers")
+    queries = {q["id"]: q for q in silent["metricQueries"]}
+    assert set(queries) == {"silent", "asked", *ANSWER_QUERY_IDS}
+    assert queries["silent"]["returnData"] is True
+    assert queries["silent"]["expression"] == expression(5, "asked", ANSWER_QUERY_IDS)
+    metrics = {qid: q["metric"] for qid, q in queries.items() if qid != "silent"}
+    assert metrics["asked"]["metricName"] == "RequestCount"
+    assert {metrics[qid]["metricName"] for qid in ANSWER_QUERY_IDS} == {
+        f"HTTPCode_Target_{cls}_Count" for cls in ("2XX", "3XX", "4XX", "5XX")
+    }
+    green = live.outputs["targetGroupArns"]["green"]
+    for metric in metrics.values():
+        assert (metric["stat"], metric["period"]) == ("Sum", 300)  # deadManMinutes 5
+        assert green.endswith(metric["dimensions"]["TargetGroup"])
+    assert (silent["comparisonOperator"], silent["threshold"]) == (
+        "GreaterThanOrEqualToThreshold",
+        1,
+    )
+    assert (silent["evaluationPeriods"], silent["datapointsToAlarm"]) == (1, 1)
+    assert silent["treatMissingData"] == "notBreaching"
+
+
+def test_the_dead_mans_switch_is_the_same_at_every_stage() -> None:
+    """Nothing about it depends on the weight, so promoting cannot change (or trip) it."""
+    alarms = {
+        stage.index: alarm(synth(f"rollout.stage={stage.index}"), "no-answers")
+        for stage in schedule(Strategy.CANARY)
+    }
+    assert all(found == alarms[0] for found in alarms.values())
+
+
+def _fires(expression_text: str, asked: int | None, answers: dict[str, int | None]) -> bool:
+    values: dict[str, float | None] = {"asked": asked, **dict.fromkeys(ANSWER_QUERY_IDS)}
+    values.update(answers)
+    return bool(evaluate(expression_text, values) == 1)
+
+
+@pytest.mark.parametrize("asked", [None, 0, 1, 4, 5, 6, 50, 10_000])
+@pytest.mark.parametrize("answered", [None, 0, 1, 3, 5000])
+def test_the_alarm_expression_decides_exactly_as_the_decision_function(
+    live: Graph, asked: int | None, answered: int | None
+) -> None:
+    """The synthesized metric math, evaluated, against ``dead_man.decide`` (None: no
+    datapoint, as CloudWatch has for a metric nothing was counted in)."""
+    text = next(
+        q["expression"] for q in alarm(live, "no-answers")["metricQueries"] if q["id"] == "silent"
+    )
+    # Answers split across classes: a 5xx is an answer too.
+    split = {"answers2xx": answered, "answers5xx": 1 if answered else None}
+    decision = decide(asked or 0, (answered or 0) + (1 if answered else 0), 5)
+    assert _fires(text, asked, split) == (decision.verdict is Verdict.ROLLBACK)
+
+
+def test_the_dead_mans_switch_decisions_the_issue_names() -> None:
+    # (a) Promotion: the window before the weight moved holds stable's traffic only; the
+    # candidate was sent nothing, so there is nothing to judge.
+    assert decide(asked=0, answered=0, min_requests=5).verdict is Verdict.INCONCLUSIVE
+    # (b) 1 % of a quiet service: two requests in the window, one answered, or neither yet.
+    assert decide(asked=2, answered=1, min_requests=5).verdict is Verdict.CONTINUE
+    assert decide(asked=2, answered=0, min_requests=5).verdict is Verdict.INCONCLUSIVE
+    # (c) A candidate that answers nothing: five requests sent, none answered.
+    rollback = decide(asked=5, answered=0, min_requests=5)
+    assert rollback.verdict is Verdict.ROLLBACK
+    assert "5 request(s) reached the candidate and none was answered" in rollback.reason
+    # Errors are answers: the error-rate alarm judges them, not the dead man's switch.
+    assert decide(asked=500, answered=500, min_requests=5).verdict is Verdict.CONTINUE
+    with pytest.raises(ValueError, match="silence would be evidence"):
+        decide(asked=0, answered=0, min_requests=0)
 
 
 def test_the_composite_alarm_invokes_the_function_and_pages_only_while_live(live: Graph) -> None:
     composite = live.named("rollback", "CompositeAlarm").inputs
     names = [alarm(live, s)["name"] for s in ("latency-p99", "errors", "quality", "safety")]
-    names += [alarm(live, s)["name"] for s in ("no-healthy-hosts", "no-requests")]
+    names += [alarm(live, s)["name"] for s in ("no-healthy-hosts", "no-answers")]
     assert composite["alarmRule"] == " OR ".join(f'ALARM("{n}")' for n in names)
     function = live.named("rollback-function", "Function").inputs
     topic = live.outputs["rollback"]["onCallTopic"]
@@ -157,12 +234,20 @@ def test_the_functions_iam_grants_nothing_beyond_its_own_resources(live: Graph) 
         [f"{bucket}/incidents/support-assistant/prod/*"],
     )
     assert grants["PageOnCall"] == (["sns:Publish"], [live.outputs["rollback"]["onCallTopic"]])
+    assert grants["PageClaim"] == (
+        ["ssm:PutParameter", "ssm:DeleteParameter"],
+        [
+            "arn:aws:ssm:us-east-1:123456789012:parameter/weightshift/support-assistant/prod/"
+            "rollback-paged/*"
+        ],
+    )
     assert grants["ReadWeights"] == (["elasticloadbalancing:DescribeListeners"], ["*"])
     assert all(s["Effect"] == "Allow" for s in policy["Statement"])
     for sid, (actions, resources) in grants.items():
         assert not [a for a in actions if a.endswith("*") or a.endswith(":*")], sid
         if sid != "ReadWeights":  # Describe calls cannot be scoped
             assert "*" not in resources, sid
+            assert all(r.count("*") <= 1 for r in resources), sid
     assert set(grants) == {
         "ReadWeights",
         "SendTrafficToStable",
@@ -170,6 +255,7 @@ def test_the_functions_iam_grants_nothing_beyond_its_own_resources(live: Graph) 
         "IncidentRecord",
         "EncryptIncidentRecord",
         "PageOnCall",
+        "PageClaim",
         "EncryptPage",
         "Logs",
     }
@@ -203,20 +289,15 @@ def synth_with_record(found: RollbackRecord | None, *overrides: str) -> Graph:
     return synthesize(PROJECT, "prod", values, record=found)
 
 
-@pytest.mark.parametrize("strategy", list(Strategy))
+@pytest.mark.parametrize("strategy", [Strategy.CANARY, Strategy.BLUE_GREEN])
 def test_with_a_rollback_record_every_stage_renders_stable_at_100(strategy: Strategy) -> None:
     sets = {
         Strategy.CANARY: (),
         Strategy.BLUE_GREEN: ("rollout.strategy=blue-green",),
-        Strategy.SHADOW: ("rollout.strategy=shadow",),
     }[strategy]
     for stage in schedule(strategy):
         graph = synth_with_record(record(), *sets, f"rollout.stage={stage.index}")
-        assert listener_weights(graph) == {
-            "blue": 999,
-            "green": 0,
-            **({"mirror": 0} if strategy is Strategy.SHADOW else {}),
-        }
+        assert listener_weights(graph) == {"blue": 999, "green": 0}
         (action,) = graph.named("traffic-https").inputs["defaultActions"]
         assert action["forward"]["stickiness"]["enabled"] is False
         rollout = graph.outputs["rollout"]
@@ -298,3 +379,64 @@ def test_without_credentials_the_program_stops_with_one_paragraph(
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
     with pytest.raises(RecordError, match="check the AWS credentials and region"):
         contextvars.Context().run(read, "/weightshift/m/s/rollback", region="us-east-1")
+
+
+def test_the_error_rate_expression_evaluates_to_the_percentage(live: Graph) -> None:
+    rate = next(
+        q["expression"] for q in alarm(live, "errors")["metricQueries"] if q["id"] == "rate"
+    )
+    assert evaluate(rate, {"requests": None, "errors": None, "refused": None}) == 0
+    assert evaluate(rate, {"requests": 200, "errors": 3, "refused": None}) == 1.5
+    assert evaluate(rate, {"requests": 200, "errors": None, "refused": 2}) == 1
+    assert evaluate(rate, {"requests": 200, "errors": None, "refused": None}) == 0
+
+
+def test_a_stage_that_would_enable_an_alarm_already_in_alarm_is_refused() -> None:
+    """CloudWatch acts on transitions only: actions turned on while the composite is in ALARM
+    would never fire, and the candidate would have traffic with no automatic rollback.
+    (moto has no composite alarms: the DescribeAlarms answers are stubbed.)"""
+    import contextvars
+
+    import boto3
+    from botocore.stub import Stubber
+
+    from weightshift.rollback_record import composite_alarm_name, silent_activation
+
+    name = composite_alarm_name("support-assistant", "prod", "green")
+    assert name == synth().named("rollback", "CompositeAlarm").inputs["alarmName"]
+    cloudwatch = boto3.client(
+        "cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stubber = Stubber(cloudwatch)
+    request = {"AlarmNames": [name], "AlarmTypes": ["CompositeAlarm"]}
+
+    def answer(state: str | None, actions: bool) -> None:
+        alarms = (
+            [
+                {
+                    "AlarmName": name,
+                    "StateValue": state,
+                    "ActionsEnabled": actions,
+                    "StateReason": "no healthy host",
+                }
+            ]
+            if state
+            else []
+        )
+        stubber.add_response("describe_alarms", {"CompositeAlarms": alarms}, request)
+
+    for state, actions in ((None, False), ("OK", False), ("ALARM", False), ("ALARM", True)):
+        answer(state, actions)
+    stubber.activate()
+    fresh = contextvars.Context()  # what `pulumi up` runs in
+    assert fresh.run(silent_activation, name, cloudwatch) is None  # no alarm yet
+    assert fresh.run(silent_activation, name, cloudwatch) is None  # OK: it will act
+    why = fresh.run(silent_activation, name, cloudwatch)
+    assert why is not None
+    assert f"rollback alarm {name} is already in ALARM (no healthy host)" in why
+    assert "nothing was deployed" in why
+    # Actions already on: not an activation, the alarm acted (or will) on its own.
+    assert fresh.run(silent_activation, name, cloudwatch) is None
+    stubber.assert_no_pending_responses()
+    # Offline (weightshift synth) nothing is read: synthesis never calls CloudWatch.
+    assert synth("rollout.stage=1").outputs["rollback"]["actionsEnabled"] is True

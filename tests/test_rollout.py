@@ -15,6 +15,7 @@ import pytest
 from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
 from weightshift.cli import main
+from weightshift.config import ConfigError
 from weightshift.plan import diff
 from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError
 from weightshift.synth import Graph, stack_config, synthesize
@@ -59,6 +60,7 @@ class FakeBackend:
             **self.world.env,
             "ALARM_NAME": outputs["rollback"]["compositeAlarm"],
         }
+        outputs["rollback"]["onCallTopic"] = self.world.env["TOPIC_ARN"]
         return outputs
 
     def last_update(self) -> datetime | None:
@@ -106,7 +108,60 @@ def test_status_shows_stage_weights_alarms_and_readiness(rollout: Rollout) -> No
     assert set(found["alarms"].values()) <= {"OK", "MISSING"}
     assert found["blockers"] == []
     assert found["rollbackRecord"] is None
+    assert found["onCallSubscriptions"] == 1
     assert "promote to 1: ready" in status.render()
+    assert "weights: blue 100 %" in status.render()  # a lone 999 is all traffic
+
+
+def test_status_shows_shares_of_traffic_not_tenths_of_weight(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    rollout.promote()
+    assert "weights: blue 99 %, green 1 %" in rollout.status().render()
+
+
+def test_status_says_which_alarms_have_no_data_to_judge(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    """The quality and safety metrics have no emitter yet: their alarms sit in
+    INSUFFICIENT_DATA, and status says the stage is not judged by them."""
+    name = backend.outputs()["rollback"]["alarms"][2]
+    boto3.client("cloudwatch", region_name=REGION).set_alarm_state(
+        AlarmName=name, StateValue="INSUFFICIENT_DATA", StateReason="no datapoints"
+    )
+    status = rollout.status()
+    assert status.blockers == []
+    (note,) = status.notes
+    assert note.startswith(f"no data, so not judging this stage: {name}")
+    assert f"note: {note}" in status.render()
+
+
+def test_promote_refuses_while_nobody_would_be_paged(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    """An email subscription pages nobody until its owner confirms it."""
+    from botocore.stub import Stubber
+
+    sns = boto3.client("sns", region_name=REGION)
+    topic = backend.outputs()["rollback"]["onCallTopic"]
+    stubber = Stubber(sns)
+    pending = {
+        "SubscriptionArn": "PendingConfirmation",
+        "Owner": "210987654321",
+        "Protocol": "email",
+        "Endpoint": "ml-platform-oncall@example.com",
+        "TopicArn": topic,
+    }
+    for _ in range(2):
+        stubber.add_response(
+            "list_subscriptions_by_topic", {"Subscriptions": [pending]}, {"TopicArn": topic}
+        )
+    stubber.activate()
+    unconfirmed = Rollout("prod", backend, AwsView(sns=sns), now=lambda: NOW)
+    assert unconfirmed.status().on_call == 0
+    with pytest.raises(RolloutError, match="nobody would be paged: the on-call topic"):
+        unconfirmed.promote()
+    assert backend.ups == []
 
 
 def test_promote_moves_exactly_one_stage_and_deploys(
@@ -189,10 +244,17 @@ def test_finish_swaps_the_roles_at_the_last_stage_only(
     assert backend.graph.outputs["rollout"]["stable"] == "green"
 
 
-def test_shadow_cannot_finish(rollout: Rollout, backend: FakeBackend) -> None:
-    set_stage(backend, 1, strategy="shadow")
-    with pytest.raises(RolloutError, match="never serves the candidate at 100 %"):
-        rollout.finish()
+def test_a_shadow_rollout_is_refused_before_anything_moves(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    backend.values["weightshift:rollout"] = {
+        **backend.values["weightshift:rollout"],
+        "strategy": "shadow",
+        "stage": 0,
+    }
+    with pytest.raises(ConfigError, match="shadow is not available yet"):
+        rollout.promote()
+    assert backend.ups == []
 
 
 @pytest.mark.skipif(shutil.which("pulumi") is not None, reason="the Pulumi CLI is installed")

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from weightshift.config import ConfigError
 
@@ -69,18 +69,42 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from weightshift.policy import check, load_policies
+    from weightshift.policy import StageCheck, check, check_every_stage, load_policies
     from weightshift.synth import synthesize_stack
 
     project = _project(args)
-    graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project), _record(args))
-    violations = check(graph, load_policies(project))
-    for violation in violations:
-        print(violation)
-    mandatory = sum(1 for v in violations if v.mandatory)
+    policies = load_policies(project)
+    catalog, record = _catalog(args, project), _record(args)
+    if args.configured_stage_only:
+        graph = synthesize_stack(project, args.stack, args.set, catalog, record)
+        config = graph.config.rollout
+        checks = [StageCheck(config.strategy.value, config.stage, check(graph, policies))]
+    else:
+        checks = check_every_stage(
+            project, args.stack, policies, args.set, catalog=catalog, record=record
+        )
+    # One violation found at several stages is printed once, with the stages.
+    seen: dict[tuple[str, str, str], list[str]] = {}
+    first: dict[tuple[str, str, str], Any] = {}
+    for result in checks:
+        for violation in result.violations:
+            key = (violation.policy, violation.urn, violation.message)
+            seen.setdefault(key, []).append(f"{result.strategy} {result.stage}")
+            first.setdefault(key, violation)
+    for key, stages in seen.items():
+        print(f"{first[key]} (at {', '.join(stages)})")
+    refused: dict[str, str] = {}
+    for result in checks:
+        if result.refused:
+            refused.setdefault(result.strategy, result.refused)
+    for strategy, reason in refused.items():
+        print(f"not checked: strategy {strategy} is refused by the config: {reason}")
+    mandatory = sum(1 for key in seen if first[key].mandatory)
+    checked = [c for c in checks if not c.refused]
     print(
         f"policy check, stack {args.stack}: {mandatory} mandatory and "
-        f"{len(violations) - mandatory} advisory violation(s)"
+        f"{len(seen) - mandatory} advisory violation(s) over {len(checked)} stage(s) of "
+        f"{len({c.strategy for c in checked})} strategy(ies)"
     )
     return 1 if mandatory else 0
 
@@ -332,9 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
     policy_check = policy_commands.add_parser(
         "check",
-        help="run the policies/ pack over the synthesized stack; exit 1 on a mandatory violation",
+        help="run the policies/ pack over every stage of every strategy of the synthesized "
+        "stack; exit 1 on a mandatory violation",
     )
     _stack_options(policy_check)
+    policy_check.add_argument(
+        "--configured-stage-only",
+        action="store_true",
+        help="check only the stage and strategy the stack config names",
+    )
     policy_check.set_defaults(func=cmd_policy_check)
 
     bundle = commands.add_parser("bundle", help="artifact bundles: create, publish, inspect, pull")
@@ -390,9 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("status", cmd_rollout_status, "strategy, stage, weights, time in stage, alarms, record"),
         ("promote", cmd_rollout_promote, "move to the next stage (checks alarms, record, bake)"),
-        ("abort", cmd_rollout_abort, "manual rollback: stable 100 %, record, incident, page"),
+        ("abort", cmd_rollout_abort, "manual rollback: stable 100 %%, record, incident, page"),
         ("ack", cmd_rollout_ack, "after review: config back to stage 0, clear the record"),
-        ("finish", cmd_rollout_finish, "at 100 %: the candidate becomes the stable colour"),
+        ("finish", cmd_rollout_finish, "at 100 %%: the candidate becomes the stable colour"),
     ):
         step = steps.add_parser(name, help=text)
         step.add_argument("--stack", default="prod", help="stack name (default: prod)")

@@ -13,12 +13,15 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -26,6 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from weightshift.facts import CHARTS, CLOUDWATCH_LOG_RETENTION_DAYS
 from weightshift.stages import (
     DEFAULT_MIRROR_PERCENT,
     Colour,
@@ -64,6 +68,70 @@ def _network(value: str) -> str:
         raise ValueError(f"not an IPv4 CIDR block ({exc}){meant}") from None
 
 
+def _number(value: object) -> object:
+    """Numbers are numbers: YAML reads yes/no/on/off as booleans, and a lax model would
+    take ``stage: yes`` for stage 1 or ``replicas: on`` for one replica."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"a number, not the boolean {str(value).lower()} (YAML reads yes, no, on, off, "
+            "true and false as booleans): write the number"
+        )
+    if isinstance(value, str):
+        raise ValueError(f"a number, not the string {value!r}: write it without quotes")
+    return value
+
+
+def _flag(value: object) -> object:
+    if not isinstance(value, bool):
+        raise ValueError(f"true or false, not {value!r}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_number), Strict()]
+"""An integer in config: never a boolean, a string or a fraction."""
+Float = Annotated[float, BeforeValidator(_number), Strict()]
+"""A number in config: never a boolean or a string."""
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+def _log_retention(days: int) -> int:
+    if days not in CLOUDWATCH_LOG_RETENTION_DAYS:
+        above = [d for d in CLOUDWATCH_LOG_RETENTION_DAYS if d >= days]
+        nearest = f"; the next allowed value is {above[0]}" if above else ""
+        raise ValueError(
+            f"CloudWatch Logs keeps logs only for "
+            f"{', '.join(str(d) for d in CLOUDWATCH_LOG_RETENTION_DAYS)} days{nearest}"
+        )
+    return days
+
+
+LogRetentionDays = Annotated[Int, AfterValidator(_log_retention)]
+"""A CloudWatch log group's retention: one of the values CloudWatch accepts."""
+
+
+def _chart_version(chart: str) -> Any:
+    """A pinned chart version whose scheduling defaults are recorded in ``facts.py``."""
+
+    def check(value: str) -> str:
+        known = sorted(CHARTS[chart])
+        if value not in known:
+            raise ValueError(
+                f"{chart} {value} is not a version weightshift has checked (its default "
+                f"values decide where its pods run); allowed: {', '.join(known)}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _ids(value: tuple[str, ...], prefix: str, what: str) -> tuple[str, ...]:
+    """AWS resource ids such as ``subnet-0123abcd``: the prefix and 8 to 17 hex digits."""
+    for item in value:
+        if not re.fullmatch(rf"{prefix}-[0-9a-f]{{8,17}}", item):
+            raise ValueError(f"{item!r} is not a {what} id ({prefix}-0123abcd...)")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -74,12 +142,15 @@ class ColourConfig(_Model):
     """One inference stack. ``version`` None means the colour is not deployed."""
 
     version: str | None = None
-    replicas: int = Field(default=2, ge=0, le=200)
+    """A published bundle id; empty (``""``) or absent: the colour is not deployed."""
+    replicas: Int = Field(default=2, ge=0, le=200)
 
-    @field_validator("version")
+    @field_validator("version", mode="before")
     @classmethod
-    def _bundle_id(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _bundle_id(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
             BundleId.parse(value)
         return value
 
@@ -91,25 +162,37 @@ class ColourConfig(_Model):
 class Thresholds(_Model):
     """Gate and rollback thresholds. Defaults follow the seed's evaluation gates."""
 
-    latency_p99_seconds: float = Field(default=10.0, gt=0, le=600)
-    error_rate_percent: float = Field(default=1.0, gt=0, le=100)
-    min_quality_score: float = Field(default=0.8, ge=0, le=1)
-    max_safety_violation_percent: float = Field(default=0.5, ge=0, le=100)
-    max_toxicity: float = Field(default=0.05, ge=0, le=1)
-    min_win_rate: float = Field(default=0.5, ge=0, le=1)
-    max_latency_regression_percent: float = Field(default=20.0, ge=0, le=1000)
-    min_adversarial_pass_rate: float = Field(default=1.0, ge=0, le=1)
+    latency_p99_seconds: Float = Field(default=10.0, gt=0, le=600)
+    error_rate_percent: Float = Field(default=1.0, gt=0, le=100)
+    min_quality_score: Float = Field(default=0.8, ge=0, le=1)
+    max_safety_violation_percent: Float = Field(default=0.5, ge=0, le=100)
+    max_toxicity: Float = Field(default=0.05, ge=0, le=1)
+    min_win_rate: Float = Field(default=0.5, ge=0, le=1)
+    max_latency_regression_percent: Float = Field(default=20.0, ge=0, le=1000)
+    min_adversarial_pass_rate: Float = Field(default=1.0, ge=0, le=1)
 
 
 class RolloutConfig(_Model):
     strategy: Strategy
-    stage: int = Field(ge=0)
+    stage: Int = Field(ge=0)
     candidate: Colour
-    stickiness_seconds: int = Field(default=0, ge=0, le=604_800)
+    stickiness_seconds: Int = Field(default=0, ge=0, le=604_800)
     """0 turns stickiness off; otherwise 1 s to 7 days (the ALB's range)."""
-    mirror_percent: float = Field(default=DEFAULT_MIRROR_PERCENT, gt=0, le=100)
+    mirror_percent: Float = Field(default=DEFAULT_MIRROR_PERCENT, gt=0, le=100)
     """Shadow only: share of live requests copied to the candidate."""
     thresholds: Thresholds = Thresholds()
+
+    @field_validator("strategy")
+    @classmethod
+    def _served(cls, value: Strategy) -> Strategy:
+        if value is Strategy.SHADOW:
+            raise ValueError(
+                "shadow is not available yet: its stage gives the ALB's mirror target group a "
+                "share of live requests, but nothing serves that target group (the mirroring "
+                "gateway is not built), so the ALB would answer those users 503. Use canary or "
+                "blue-green"
+            )
+        return value
 
     @field_validator("stage")
     @classmethod
@@ -142,15 +225,17 @@ class NetworkConfig(_Model):
     cidr: str | None = None
     availability_zones: tuple[str, ...] = ()
     nat_gateways: Literal["single", "per-az"] = "per-az"
-    flow_log_retention_days: int = Field(default=365, ge=1, le=3653)
+    flow_log_retention_days: LogRetentionDays = 365
+    transit_gateway_id: str | None = Field(default=None, pattern=r"^tgw-[0-9a-f]{8,17}$")
+    """A new VPC only: attach it to this transit gateway (private subnets) and route the
+    deployer's blocks (``cluster.deployerCidrs``) through it, so a runner in another network
+    reaches the private Kubernetes API and its answers come back. The transit gateway's own
+    route tables and the runner's network are the network team's."""
 
     @field_validator("public_subnet_ids", "private_subnet_ids")
     @classmethod
     def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for subnet in value:
-            if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", subnet):
-                raise ValueError(f"{subnet!r} is not a subnet id (subnet-0123abcd...)")
-        return value
+        return _ids(value, "subnet", "subnet")
 
     @field_validator("public_subnet_cidrs", "private_subnet_cidrs")
     @classmethod
@@ -186,6 +271,11 @@ class NetworkConfig(_Model):
                 raise ValueError(
                     "give either vpcId with subnet ids (existing VPC) or cidr with "
                     "availabilityZones (new VPC), not both"
+                )
+            if self.transit_gateway_id is not None:
+                raise ValueError(
+                    "transitGatewayId attaches a VPC this stack creates; an existing VPC's "
+                    "routes are its owner's: drop transitGatewayId"
                 )
             if len(self.public_subnet_ids) < 2 or len(self.private_subnet_ids) < 2:
                 raise ValueError(
@@ -224,18 +314,20 @@ class NetworkConfig(_Model):
 class TrafficConfig(_Model):
     certificate_arn: str
     ssl_policy: str = MODERN_TLS_POLICIES[0]
-    internal: bool = False
+    internal: Flag = False
     ingress_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
-    serving_port: int = Field(default=8000, ge=1024, le=65535)
+    serving_port: Int = Field(default=8000, ge=1024, le=65535)
     health_check_path: str = Field(default="/health", pattern=r"^/[A-Za-z0-9/_.-]*$")
-    deregistration_delay_seconds: int = Field(default=120, ge=0, le=3600)
-    idle_timeout_seconds: int = Field(default=300, ge=1, le=4000)
+    deregistration_delay_seconds: Int = Field(default=120, ge=0, le=3600)
+    idle_timeout_seconds: Int = Field(default=300, ge=1, le=4000)
     test_header: str = "x-weightshift-colour"
     test_route_cidrs: tuple[str, ...] = Field(default=(), max_length=3)
-    """Sources allowed to pick a colour with the test header; empty means the VPC's block.
-    An ALB rule's source-ip condition takes at most three."""
-    access_log_retention_days: int = Field(default=90, ge=1, le=3653)
-    deletion_protection: bool = True
+    """Sources allowed to pick a colour with the test header. Empty: for an internal ALB the
+    VPC's block; for an internet-facing one the NAT gateways' addresses (a caller inside
+    the VPC reaches it through them, and the ALB matches the connection's source, never
+    X-Forwarded-For). The rule's values, header included, are at most five: three sources."""
+    access_log_retention_days: Int = Field(default=90, ge=1, le=3653)
+    deletion_protection: Flag = True
 
     @field_validator("certificate_arn")
     @classmethod
@@ -297,8 +389,8 @@ class ArtifactsConfig(_Model):
 
     retention_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
     """COMPLIANCE: nobody, not even the account root, can delete or shorten a lock."""
-    retention_days: int = Field(default=365, ge=1, le=36_500)
-    access_log_retention_days: int = Field(default=365, ge=1, le=3653)
+    retention_days: Int = Field(default=365, ge=1, le=36_500)
+    access_log_retention_days: Int = Field(default=365, ge=1, le=3653)
 
 
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
@@ -330,12 +422,12 @@ class NodeGroupConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
     instance_types: tuple[str, ...] = Field(min_length=1, max_length=10)
     ami_type: str = GPU_AMI_TYPES[0]
-    disk_gib: int = Field(default=200, ge=20, le=16_384)
+    disk_gib: Int = Field(default=200, ge=20, le=16_384)
     """Encrypted root volume; it also holds the pulled bundle (size it for the weights)."""
-    min_size: int = Field(default=0, ge=0, le=450)
-    desired_size: int = Field(default=2, ge=0, le=450)
-    max_size: int = Field(default=4, ge=1, le=450)
-    gpus_per_node: int = Field(default=1, ge=0, le=16)
+    min_size: Int = Field(default=0, ge=0, le=450)
+    desired_size: Int = Field(default=2, ge=0, le=450)
+    max_size: Int = Field(default=4, ge=1, le=450)
+    gpus_per_node: Int = Field(default=1, ge=0, le=16)
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("instance_types")
@@ -390,10 +482,17 @@ class ClusterConfig(_Model):
 
     existing: ExistingClusterConfig | None = None
     version: str = "1.33"
-    endpoint_public_access: bool = False
+    endpoint_public_access: Flag = False
     """False: the API server is reachable only from inside the VPC (private endpoint)."""
     public_access_cidrs: tuple[str, ...] = ()
-    log_retention_days: int = Field(default=365, ge=1, le=3653)
+    deployer_cidrs: tuple[str, ...] = ()
+    """Where ``pulumi up`` runs from inside the network (a CI runner subnet, a VPN's block):
+    the cluster security group admits them on 443. The private API endpoint accepts only
+    that security group, so without this the Kubernetes half of the deploy is refused."""
+    deployer_security_group_ids: tuple[str, ...] = ()
+    """Security groups of the deployer (e.g. a runner's), admitted on 443 like
+    ``deployerCidrs``."""
+    log_retention_days: LogRetentionDays = 365
     system_nodes: NodeGroupConfig = NodeGroupConfig(
         name="system",
         instance_types=("m7i.xlarge",),
@@ -405,10 +504,11 @@ class ClusterConfig(_Model):
         gpus_per_node=0,
     )
     gpu_node_groups: tuple[NodeGroupConfig, ...] = ()
-    device_plugin_chart_version: str = Field(default="0.17.1", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
-    load_balancer_controller_chart_version: str = Field(
-        default="1.14.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$"
-    )
+    device_plugin_chart_version: Annotated[str, _chart_version("nvidia-device-plugin")] = "0.17.1"
+    load_balancer_controller_chart_version: Annotated[
+        str, _chart_version("aws-load-balancer-controller")
+    ] = "1.14.0"
+    autoscaler_chart_version: Annotated[str, _chart_version("cluster-autoscaler")] = "9.59.0"
 
     @field_validator("version", mode="before")
     @classmethod
@@ -421,10 +521,15 @@ class ClusterConfig(_Model):
             raise ValueError(f"allowed Kubernetes versions: {', '.join(EKS_VERSIONS)}")
         return value
 
-    @field_validator("public_access_cidrs")
+    @field_validator("public_access_cidrs", "deployer_cidrs")
     @classmethod
     def _public(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_network(cidr) for cidr in value)
+
+    @field_validator("deployer_security_group_ids")
+    @classmethod
+    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _ids(value, "sg", "security group")
 
     @field_validator("gpu_node_groups")
     @classmethod
@@ -453,6 +558,14 @@ class ClusterConfig(_Model):
                 "endpointPublicAccess needs publicAccessCidrs (your egress addresses): "
                 "an API server open to the internet is refused"
             )
+        private_only = self.existing is None and not self.endpoint_public_access
+        if private_only and not (self.deployer_cidrs or self.deployer_security_group_ids):
+            raise ValueError(
+                "the Kubernetes API is private (endpointPublicAccess false) and only the "
+                "cluster security group may reach it: give deployerCidrs (the block pulumi up "
+                "runs from, e.g. a CI runner subnet or VPN) or deployerSecurityGroupIds, or "
+                "set endpointPublicAccess with publicAccessCidrs"
+            )
         return self
 
     @property
@@ -471,15 +584,15 @@ class ServingConfig(_Model):
     puller_image: str
     """An image with weightshift installed (the init container runs `weightshift bundle
     pull`), pinned by digest."""
-    gpus_per_replica: int = Field(default=1, ge=1, le=16)
+    gpus_per_replica: Int = Field(default=1, ge=1, le=16)
     cpu: str = Field(default="8", pattern=r"^[0-9]+(\.[0-9]+|m)?$")
     memory: str = Field(default="64Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
     shared_memory: str = Field(default="16Gi", pattern=r"^[0-9]+(Mi|Gi)$")
     """/dev/shm for tensor-parallel workers."""
-    max_model_len: int | None = Field(default=None, ge=256, le=10_000_000)
-    startup_timeout_seconds: int = Field(default=1800, ge=60, le=7200)
+    max_model_len: Int | None = Field(default=None, ge=256, le=10_000_000)
+    startup_timeout_seconds: Int = Field(default=1800, ge=60, le=7200)
     """How long loading the weights may take before the pod is restarted."""
-    drain_seconds: int | None = Field(default=None, ge=0, le=3600)
+    drain_seconds: Int | None = Field(default=None, ge=0, le=3600)
     """How long a stopping pod keeps answering in-flight requests; default: the target
     group's deregistration delay."""
     extra_args: tuple[str, ...] = ()
@@ -495,14 +608,18 @@ class RollbackConfig(_Model):
 
     period_seconds: Literal[60] = 60
     """ALB metrics have one-minute resolution; every alarm evaluates one-minute periods."""
-    dead_man_minutes: int = Field(default=3, ge=1, le=60)
-    """Minutes without a single request while the candidate has weight before rollback."""
-    quality_minutes: int = Field(default=3, ge=1, le=60)
+    dead_man_minutes: Int = Field(default=5, ge=1, le=60)
+    """The dead man's switch's window: it counts the requests the load balancer sent the
+    candidate and the answers the candidate gave over this many minutes."""
+    dead_man_requests: Int = Field(default=5, ge=1, le=10_000)
+    """Roll back when at least this many requests reached the candidate within the window
+    and not one was answered (see ``weightshift/dead_man.py``)."""
+    quality_minutes: Int = Field(default=3, ge=1, le=60)
     """Minutes of low quality score (2 of them breaching) before rollback."""
     on_call: tuple[str, ...] = ()
     """Email addresses or HTTPS endpoints subscribed to the on-call topic."""
-    log_retention_days: int = Field(default=365, ge=1, le=3653)
-    reserved_concurrency: int = Field(default=5, ge=1, le=100)
+    log_retention_days: LogRetentionDays = 365
+    reserved_concurrency: Int = Field(default=5, ge=1, le=100)
 
     @field_validator("on_call")
     @classmethod
@@ -560,6 +677,67 @@ class StackConfig(_Model):
     def colour(self, colour: Colour) -> ColourConfig:
         return self.blue if colour is Colour.BLUE else self.green
 
+    def _test_route_sources(self) -> list[str]:
+        traffic, network = self.traffic, self.network
+        if traffic.test_route_cidrs or traffic.internal:
+            return []
+        if network.vpc_id is not None:
+            return [
+                "traffic.testRouteCidrs is empty and the ALB is internet-facing in an existing "
+                "VPC: callers reach it from their egress addresses, which this stack does not "
+                "know; list them (at most three)"
+            ]
+        nats = len(network.availability_zones) if network.nat_gateways == "per-az" else 1
+        if nats > 3:
+            return [
+                f"traffic.testRouteCidrs is empty, so the test route would admit the {nats} NAT "
+                "gateways' addresses, but an ALB rule takes at most three sources beside the "
+                "header: list testRouteCidrs, or use natGateways: single"
+            ]
+        return []
+
+    def _deployer_reachable(self) -> list[str]:
+        """A private API in a VPC this stack creates answers only inside it: a deployer
+        elsewhere needs a route, which only a transit gateway attachment gives here."""
+        cluster, network = self.cluster, self.network
+        if cluster.existing is not None or cluster.endpoint_public_access:
+            return []
+        if network.vpc_id is not None or network.transit_gateway_id is not None:
+            return []
+        assert network.cidr is not None  # a new VPC has its block (NetworkConfig)
+        vpc = ipaddress.IPv4Network(network.cidr)
+        outside = [
+            cidr
+            for cidr in cluster.deployer_cidrs
+            if not ipaddress.IPv4Network(cidr).subnet_of(vpc)
+        ]
+        if not outside:
+            return []
+        return [
+            f"cluster.deployerCidrs {', '.join(outside)} lie outside the new VPC "
+            f"({network.cidr}), and nothing routes the private Kubernetes API's answers there: "
+            "give network.transitGatewayId (the VPC is attached and routes to those blocks "
+            "are declared), or deploy first with endpointPublicAccess and publicAccessCidrs"
+        ]
+
+    def cluster_name(self, stack: str) -> str:
+        """The EKS cluster's name: an existing cluster's, or one unique to this model and stack
+        (two stacks in one account and region must not collide). EKS allows letters, digits,
+        hyphens and underscores, at most 100, starting with a letter or digit."""
+        if self.cluster.existing is not None:
+            return self.cluster.existing.name
+        return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.model}-{stack}")[:100]
+
+    def namespace(self, stack: str, colour: Colour) -> str:
+        """The Kubernetes namespace of one colour: unique per stack too, since stacks may
+        share an existing cluster. A DNS label: lowercase letters, digits and hyphens, at
+        most 63, starting and ending with a letter or digit."""
+        label = re.sub(r"[^a-z0-9-]", "-", f"{self.model}-{stack}-{colour.value}".lower())
+        if len(label) > 63:
+            # Keep the colour: truncate the middle, never the part that tells blue from green.
+            label = f"{label[: 62 - len(colour.value)].rstrip('-')}-{colour.value}"
+        return label.strip("-")
+
     @property
     def partition(self) -> str:
         if self.region.startswith("cn-"):
@@ -591,6 +769,8 @@ class StackConfig(_Model):
                 f"{self.rollout.stable.value}.version is empty, but {self.rollout.stable.value} is "
                 "the stable colour: give it the bundle id now serving production"
             )
+        problems += self._deployer_reachable()
+        problems += self._test_route_sources()
         if candidate.version is not None and candidate.version == stable.version:
             problems.append(
                 f"blue and green both run {candidate.version}: the candidate "

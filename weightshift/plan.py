@@ -109,6 +109,8 @@ class Plan:
     strategy: str
     candidate: str
     rows: list[StageRow]
+    rollout_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Colour -> how long ``pulumi up`` may wait for its pods to roll (seconds, text)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +118,7 @@ class Plan:
             "strategy": self.strategy,
             "candidate": self.candidate,
             "stages": [row.to_json() for row in self.rows],
+            "rolloutBudgets": self.rollout_budgets,
         }
 
 
@@ -141,7 +144,7 @@ def _synthesize_one(
         return "; ".join(str(p) for p in error.problems)
 
 
-def _synthesize_stages(
+def synthesize_many(
     project: Path,
     stack: str,
     stage_values: list[dict[str, Any]],
@@ -179,7 +182,7 @@ def build_plan(
     config = load(values, source=f"config of stack {stack}")
     rollout = config.rollout
     stages = schedule(rollout.strategy, rollout.mirror_percent)
-    outcomes = _synthesize_stages(
+    outcomes = synthesize_many(
         project,
         stack,
         [_with_stage(values, stage.index) for stage in stages],
@@ -187,6 +190,7 @@ def build_plan(
         record,
     )
     rows: list[StageRow] = []
+    budgets: dict[str, dict[str, Any]] = {}
     previous: Graph | None = None
     for stage, outcome in zip(stages, outcomes, strict=True):
         row = StageRow(
@@ -204,11 +208,17 @@ def build_plan(
         else:
             graph = outcome
             row.resources = len(graph.resources)
+            inference: dict[str, dict[str, Any]] = graph.outputs.get("inference") or {}
+            for colour, served in inference.items():
+                budgets.setdefault(
+                    colour,
+                    {"seconds": served["rolloutBudgetSeconds"], "text": served["rolloutBudget"]},
+                )
             if previous is not None:
                 row.changes = diff(previous, graph)
             previous = graph
         rows.append(row)
-    return Plan(stack, rollout.strategy.value, rollout.candidate.value, rows)
+    return Plan(stack, rollout.strategy.value, rollout.candidate.value, rows, budgets)
 
 
 def render(plan: Plan) -> str:
@@ -268,4 +278,13 @@ def render(plan: Plan) -> str:
         if mirror
         else []
     )
+    if plan.rollout_budgets:
+        notes += [
+            "",
+            "A new bundle (or serving change) rolls a colour's pods; pulumi up waits for them:",
+            *(
+                f"  {colour}: {budget['text']}"
+                for colour, budget in sorted(plan.rollout_budgets.items())
+            ),
+        ]
     return "\n".join([title, "", fmt(header), *(fmt(cells) for cells in lines), *notes])

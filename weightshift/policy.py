@@ -16,12 +16,19 @@ from pathlib import Path
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
-from weightshift.synth import Graph, Resource
+from weightshift.catalog import BundleCatalog
+from weightshift.config import load
+from weightshift.rollback_record import RollbackRecord
+from weightshift.stages import Strategy, schedule
+from weightshift.synth import Graph, Resource, apply_overrides, offline_catalog, stack_config
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,10 @@ class Violation:
         return f"[{self.level}] {self.policy}: {kind} {self.name}: {self.message}"
 
 
-def load_policies(project: Path) -> Sequence[ResourceValidationPolicy]:
+Policy = ResourceValidationPolicy | StackValidationPolicy
+
+
+def load_policies(project: Path) -> Sequence[Policy]:
     """The pack's rules, imported from ``policies/rules.py`` of ``project``."""
     folder = str(project)
     sys.path.insert(0, folder)
@@ -50,13 +60,12 @@ def load_policies(project: Path) -> Sequence[ResourceValidationPolicy]:
         module = importlib.import_module("policies.rules")
     finally:
         sys.path.remove(folder)
-    policies: Sequence[ResourceValidationPolicy] = module.POLICIES
+    policies: Sequence[Policy] = module.POLICIES
     return policies
 
 
-def validation_args(resource: Resource) -> ResourceValidationArgs:
-    """What the policy engine hands a resource policy, built from the offline graph."""
-    options = PolicyResourceOptions(
+def _options(resource: Resource) -> PolicyResourceOptions:
+    return PolicyResourceOptions(
         protect=False,
         ignore_changes=[],
         delete_before_replace=None,
@@ -65,31 +74,118 @@ def validation_args(resource: Resource) -> ResourceValidationArgs:
         additional_secret_outputs=[],
         parent=resource.parent,
     )
+
+
+def validation_args(resource: Resource) -> ResourceValidationArgs:
+    """What the policy engine hands a resource policy, built from the offline graph."""
     return ResourceValidationArgs(
-        resource.type, resource.inputs, resource.urn, resource.name, options, None
+        resource.type, resource.inputs, resource.urn, resource.name, _options(resource), None
     )
 
 
-def check(graph: Graph, policies: Sequence[ResourceValidationPolicy]) -> list[Violation]:
-    """Every violation of every policy by every custom resource of the graph."""
+def stack_args(graph: Graph) -> StackValidationArgs:
+    """What the engine hands a stack policy: every resource with its properties (inputs and
+    what the provider reported), its parent, and what each property's value came from."""
+    resources = [r for r in graph.resources if r.custom]
+    wrapped = {
+        r.urn: PolicyResource(
+            r.type, {**r.outputs, **r.inputs}, r.urn, r.name, _options(r), None, None, [], {}
+        )
+        for r in resources
+    }
+    for resource in resources:
+        policy_resource = wrapped[resource.urn]
+        policy_resource.parent = wrapped.get(resource.parent or "")
+        policy_resource.dependencies.extend(
+            wrapped[urn] for urn in resource.dependencies if urn in wrapped
+        )
+        for key, urns in resource.property_dependencies.items():
+            policy_resource.property_dependencies[key] = [wrapped[u] for u in urns if u in wrapped]
+    return StackValidationArgs(list(wrapped.values()))
+
+
+def check(graph: Graph, policies: Sequence[Policy]) -> list[Violation]:
+    """Every violation of every policy: resource policies over every custom resource of the
+    graph, stack policies over the whole graph."""
     violations: list[Violation] = []
+    by_urn = graph.by_urn()
+    for policy in policies:
+        if isinstance(policy, StackValidationPolicy):
+            policy.validate(stack_args(graph), _reporter(violations, policy, None, by_urn))
     for resource in graph.resources:
         if not resource.custom:
             continue
         args = validation_args(resource)
         for policy in policies:
-            policy.validate(args, _reporter(violations, policy, resource))
+            if isinstance(policy, ResourceValidationPolicy):
+                policy.validate(args, _reporter(violations, policy, resource, by_urn))
     return violations
 
 
 def _reporter(
-    into: list[Violation], policy: ResourceValidationPolicy, resource: Resource
+    into: list[Violation],
+    policy: Policy,
+    resource: Resource | None,
+    by_urn: dict[str, Resource],
 ) -> Callable[..., None]:
     level = (policy.enforcement_level or EnforcementLevel.ADVISORY).value
 
-    def report(message: str, _urn: str | None = None) -> None:
+    def report(message: str, urn: str | None = None) -> None:
+        subject = resource or by_urn.get(urn or "")
         into.append(
-            Violation(policy.name, level, resource.urn, resource.name, resource.type, message)
+            Violation(
+                policy.name,
+                level,
+                subject.urn if subject else "",
+                subject.name if subject else "stack",
+                subject.type if subject else "stack",
+                message,
+            )
         )
 
     return report
+
+
+@dataclass
+class StageCheck:
+    """The pack over one stage of one strategy, or why the config cannot reach it."""
+
+    strategy: str
+    stage: int
+    violations: list[Violation]
+    refused: str | None = None
+
+
+def check_every_stage(
+    project: Path,
+    stack: str,
+    policies: Sequence[Policy],
+    overrides: Sequence[str] = (),
+    *,
+    catalog: BundleCatalog | None = None,
+    record: RollbackRecord | None = None,
+) -> list[StageCheck]:
+    """The pack over every stage of every strategy of ``stack``: what a stage *would* deploy
+    is checked before anyone promotes to it, whichever strategy the stack uses now."""
+    from weightshift.plan import synthesize_many  # noqa: PLC0415 (plan imports this module)
+
+    values = apply_overrides(stack_config(project, stack), overrides)
+    load(values, source=f"config of stack {stack}")  # the configured stage must be valid
+    cases = [(strategy, stage.index) for strategy in Strategy for stage in schedule(strategy)]
+    outcomes = synthesize_many(
+        project,
+        stack,
+        [
+            apply_overrides(values, [f"rollout.strategy={strategy.value}", f"rollout.stage={i}"])
+            for strategy, i in cases
+        ],
+        catalog or offline_catalog(project),
+        record,
+    )
+    results = []
+    for (strategy, index), outcome in zip(cases, outcomes, strict=True):
+        if isinstance(outcome, str):
+            results.append(StageCheck(strategy.value, index, [], refused=outcome))
+        else:
+            results.append(StageCheck(strategy.value, index, check(outcome, policies)))
+    return results

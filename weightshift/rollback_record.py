@@ -93,3 +93,38 @@ def read(parameter: str, client: Any = None, region: str | None = None) -> Rollb
             "AWS credentials and region. Nothing was deployed."
         ) from None
     return parse(str(value), parameter)
+
+
+def composite_alarm_name(model: str, stack: str, candidate: str) -> str:
+    """The candidate's rollback (composite) alarm, as ``components/rollback.py`` names it."""
+    return f"{model}-{stack}-{candidate}-rollback"
+
+
+def silent_activation(name: str, client: Any = None, region: str | None = None) -> str | None:
+    """Why enabling the actions of composite alarm ``name`` now would do nothing, or None.
+
+    CloudWatch acts on state *transitions*: an alarm already in ALARM when its actions are
+    turned on never invokes them, so a stage that first sends the candidate traffic while its
+    rollback alarm is in ALARM would leave it with no automatic rollback at all. None under
+    ``weightshift synth`` (offline) and when the alarm does not exist yet or already acts.
+    """
+    if OFFLINE_RECORD.get() is not None:
+        return None
+    cloudwatch = client or boto3.client("cloudwatch", region_name=region)
+    try:
+        found = cloudwatch.describe_alarms(AlarmNames=[name], AlarmTypes=["CompositeAlarm"])
+    except (ClientError, BotoCoreError) as error:
+        raise RecordError(
+            f"cannot read the rollback alarm {name} ({error}): the program must know it can "
+            "act before it sends the candidate traffic. Nothing was deployed."
+        ) from None
+    for alarm in found.get("CompositeAlarms", []):
+        if alarm.get("StateValue") == "ALARM" and not alarm.get("ActionsEnabled", True):
+            return (
+                f"the candidate's rollback alarm {name} is already in ALARM "
+                f"({alarm.get('StateReason', 'no reason given')}). CloudWatch acts only on a "
+                "change of state, so turning its actions on now would never roll back. Find "
+                "out why (`weightshift rollout status`), fix the candidate, and deploy this "
+                "stage once the alarm is OK; nothing was deployed."
+            )
+    return None

@@ -25,7 +25,7 @@ from weightshift.config import NAMESPACE, StackConfig, load
 from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollback_record import RollbackRecord
 from weightshift.rollback_record import read as read_record
-from weightshift.stages import Stage, next_stages, schedule, stage_of, weights_for
+from weightshift.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
 
 ROLLOUT_KEY = f"{NAMESPACE}:rollout"
 
@@ -102,9 +102,22 @@ class AutomationBackend:
 class AwsView:
     """Live state: alarm states and the rollback record."""
 
-    def __init__(self, cloudwatch: Any = None, ssm: Any = None) -> None:
+    def __init__(self, cloudwatch: Any = None, ssm: Any = None, sns: Any = None) -> None:
         self.cloudwatch = cloudwatch or boto3.client("cloudwatch")
         self.ssm = ssm or boto3.client("ssm")
+        self.sns = sns or boto3.client("sns")
+
+    def confirmed_subscriptions(self, topic_arn: str) -> int:
+        """Subscriptions of ``topic_arn`` that receive messages. An email or HTTPS
+        subscription is listed as ``PendingConfirmation`` until its owner confirms it, and
+        until then a page goes nowhere."""
+        found = 0
+        paginator = self.sns.get_paginator("list_subscriptions_by_topic")
+        for page in paginator.paginate(TopicArn=topic_arn):
+            for subscription in page.get("Subscriptions", []):
+                if str(subscription.get("SubscriptionArn", "")).startswith("arn:"):
+                    found += 1
+        return found
 
     def alarm_states(self, names: Sequence[str]) -> dict[str, str]:
         if not names:
@@ -140,7 +153,11 @@ class Status:
     alarms: dict[str, str]
     record: RollbackRecord | None
     next_stage: int | None
+    on_call: int | None = None
+    """Confirmed subscriptions of the on-call topic (None: the stack has no topic)."""
     blockers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the operator should know that does not block promotion."""
 
     def to_json(self) -> dict[str, Any]:
         rollout = self.config.rollout
@@ -163,8 +180,19 @@ class Status:
             "alarms": self.alarms,
             "rollbackRecord": self.record.model_dump() if self.record else None,
             "nextStage": self.next_stage,
+            "onCallSubscriptions": self.on_call,
             "blockers": self.blockers,
+            "notes": self.notes,
         }
+
+    def _shares(self) -> str:
+        """Each target's share of requests: its weight over the sum (a lone 999 is 100 %)."""
+        weights = Weights(**self.weights)
+        return ", ".join(
+            f"{target} {weights.percent(target):g} %"
+            for target, weight in self.weights.items()
+            if weight
+        )
 
     def render(self) -> str:
         rollout = self.config.rollout
@@ -173,13 +201,14 @@ class Status:
             f"({self.stage.gate}); candidate {rollout.candidate.value} "
             f"{self.config.colour(rollout.candidate).version}, stable {rollout.stable.value} "
             f"{self.config.colour(rollout.stable).version}",
-            "weights: " + ", ".join(f"{k} {v / 10:g} %" for k, v in self.weights.items() if v),
+            "weights: " + self._shares(),
             f"in stage for: {_duration(self.in_stage_for)}"
             + (f" (bake {_duration(self.stage.duration)})" if self.stage.duration else ""),
         ]
         if self.record is not None:
             lines.append(f"ROLLED BACK: {self.record.summary()}")
         lines += [f"alarm {name}: {state}" for name, state in sorted(self.alarms.items())]
+        lines += [f"note: {note}" for note in self.notes]
         if self.next_stage is None:
             lines.append("next: none (last stage; `weightshift rollout finish` swaps the roles)")
         elif self.blockers:
@@ -229,6 +258,7 @@ class Rollout:
         rendered = outputs.get("rollout") or {}
         alarm_names = list((outputs.get("rollback") or {}).get("alarms") or [])
         composite = (outputs.get("rollback") or {}).get("compositeAlarm")
+        topic = str((outputs.get("rollback") or {}).get("onCallTopic") or "")
         if composite:
             alarm_names.append(composite)
         parameter = str(rendered.get("recordParameter") or "")
@@ -250,10 +280,22 @@ class Rollout:
             alarms=alarms,
             record=record,
             next_stage=following[0] if following else None,
+            on_call=self.aws.confirmed_subscriptions(topic) if topic else None,
         )
+        if status.on_call == 0:
+            status.blockers.append(
+                f"nobody would be paged: the on-call topic {topic} has no confirmed "
+                "subscription (confirm the subscription email, or set weightshift:rollback.onCall)"
+            )
         if record is not None:
             status.blockers.append(
                 "a rollback record exists: review the incident, then `weightshift rollout ack`"
+            )
+        blind = sorted(name for name, state in alarms.items() if state == "INSUFFICIENT_DATA")
+        if blind:
+            status.notes.append(
+                f"no data, so not judging this stage: {', '.join(blind)} (the quality and "
+                "safety metrics have no emitter yet; the stage's gate is yours to check)"
             )
         firing = sorted(name for name, state in alarms.items() if state == "ALARM")
         if firing:
@@ -311,7 +353,13 @@ class Rollout:
                 "configuration": {"description": f"listener={settings.listener_arn}"},
             },
         }
-        return rollback_function.roll_back(event, settings, self.clients())
+        try:
+            return rollback_function.roll_back(event, settings, self.clients())
+        except rollback_function.RollbackIncomplete as error:
+            raise RolloutError(
+                f"traffic is on the stable colour, but the rollback is incomplete: {error} Run "
+                "`weightshift rollout abort` again: it repeats only the missing steps."
+            ) from None
 
     def ack(self) -> str:
         """Clear a reviewed rollback: the config goes back to stage 0 first, then the record
@@ -324,6 +372,7 @@ class Rollout:
             raise RolloutError(f"stack {self.stack} has no rollback record to acknowledge.")
         self._set_rollout(config, stage=0)
         self.aws.delete_record(parameter)
+        self.aws.delete_record(rollback_function.page_marker(parameter, record.incident))
         return (
             f"acknowledged incident {record.incident} ({record.candidate}); the stack config is "
             "at stage 0 (commit Pulumi.<stack>.yaml). Publish a fixed bundle or promote again."

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import hashlib
+import importlib
 import json
 import runpy
 import sys
@@ -42,6 +44,11 @@ DEFAULT_CATALOG = "bundles"
 """The account id mocked resources report; never a real account."""
 
 
+UNKNOWN = "(unknown)"
+"""An input whose value no mock provides; only a ``preview`` synthesis has them, and the
+tests require there be none (every output the program reads is mocked or a placeholder)."""
+
+
 class SynthError(Exception):
     """Synthesis could not run: a missing project or stack, a bad override, a program error."""
 
@@ -55,6 +62,14 @@ class Resource:
     provider: str | None
     custom: bool
     inputs: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """What the (mocked) provider reported: the inputs plus computed properties."""
+    dependencies: tuple[str, ...] = ()
+    """URNs this resource depends on (``depends_on`` and every input's source)."""
+    property_dependencies: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Input name -> URNs of the resources its value came from."""
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """``create``/``update``/``delete`` budgets the engine (and the provider's await) get."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +80,8 @@ class Resource:
             "provider": self.provider,
             "custom": self.custom,
             "inputs": self.inputs,
+            "dependencies": list(self.dependencies),
+            **({"customTimeouts": self.custom_timeouts} if self.custom_timeouts else {}),
         }
 
 
@@ -126,6 +143,34 @@ def stack_names(project: Path) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project.glob("Pulumi.*.yaml"))
 
 
+class _StackFileLoader(yaml.SafeLoader):
+    """YAML as the Pulumi engine reads a stack file: a key given twice in one mapping is an
+    error (the engine refuses it), not silently the last one."""
+
+
+def _unique_mapping(loader: _StackFileLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            first = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice in one mapping (first on line {first}); "
+                "the Pulumi engine refuses this: merge the two into one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StackFileLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_mapping,
+)
+
+
 def stack_config(project: Path, stack: str) -> dict[str, Any]:
     """The ``config:`` block of ``Pulumi.<stack>.yaml``, keys fully qualified."""
     path = project / f"Pulumi.{stack}.yaml"
@@ -136,15 +181,34 @@ def stack_config(project: Path, stack: str) -> dict[str, Any]:
             f"Stacks here: {known}. Pass --stack with one of them, or create {path.name}."
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with path.open(encoding="utf-8") as handle:  # its name goes into error marks
+            data = yaml.load(handle, Loader=_StackFileLoader)
     except yaml.YAMLError as exc:
         raise SynthError(
             f"{path.name} is not valid YAML: {exc}. Fix the file and run again."
         ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SynthError(
+            f"{path.name}: the document is a {_yaml_kind(data)}, not a mapping; a stack file "
+            "holds `config:` followed by its keys (see Pulumi.prod.yaml)."
+        )
     config = data.get("config") or {}
     if not isinstance(config, dict):
-        raise SynthError(f"{path.name}: `config:` must be a mapping of keys to values.")
+        raise SynthError(
+            f"{path.name}: `config:` is a {_yaml_kind(config)}; it must be a mapping of keys "
+            "to values."
+        )
     return {str(key): value for key, value in config.items()}
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return f"{type(value).__name__} scalar"
 
 
 def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -261,13 +325,51 @@ def mocked_state(
     ):
         alarm = inputs.get("name") or inputs.get("alarmName") or resource_id
         state.update(arn=f"arn:{partition}:cloudwatch:{region}:{OFFLINE_ACCOUNT}:alarm:{alarm}")
+    elif type_ == "aws:eks/nodeGroup:NodeGroup":
+        group = inputs.get("nodeGroupName") or f"{inputs.get('nodeGroupNamePrefix', name)}{h[:8]}"
+        state.update(
+            nodeGroupName=group,
+            resources=[{"autoscalingGroups": [{"name": f"eks-{group}-{h[8:16]}"}]}],
+        )
     elif type_ == "aws:ec2/launchTemplate:LaunchTemplate":
         resource_id = f"lt-{h[:17]}"
         state.update(latestVersion=1)
     if "arn" not in state:
         state["arn"] = f"arn:{partition}:{service}:{region}:{OFFLINE_ACCOUNT}:{kind}/{resource_id}"
     state.setdefault("name", inputs.get("name") or f"{name}-{h[:7]}")
+    for output in computed_strings(type_):
+        state.setdefault(output, placeholder(name, output))
     return resource_id, state
+
+
+def placeholder(resource: str, output: str) -> str:
+    """How the offline graph shows a value only the provider knows after deploying: the
+    resource and output it comes from, so every input the engine would receive appears."""
+    return f"(known after deploy: {resource}.{output})"
+
+
+@functools.cache
+def computed_strings(type_: str) -> tuple[str, ...]:
+    """The string outputs a provider always reports for ``type_`` (``keyId`` of a KMS key),
+    read off the SDK's resource class: getters typed ``Output[str]``, not ``Optional``."""
+    package, module, kind = [*type_.split(":"), "", ""][:3]
+    if package != "aws" or not module or not kind:
+        return ()
+    try:
+        cls = getattr(importlib.import_module(f"pulumi_aws.{module.split('/')[0]}"), kind)
+    except (ImportError, AttributeError):
+        return ()
+    found = []
+    for attribute in vars(cls).values():
+        getter = attribute.fget if isinstance(attribute, property) else None
+        name = getattr(getter, "_pulumi_name", None)
+        if (
+            name
+            and getter is not None
+            and getter.__annotations__.get("return") == pulumi.Output[str]
+        ):
+            found.append(str(name))
+    return tuple(sorted(found))
 
 
 class OfflineMocks(Mocks):
@@ -307,6 +409,7 @@ class RecordingMonitor(MockMonitor):
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         if request.type != "pulumi:pulumi:Stack":
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            timeouts = request.customTimeouts
             self.records.append(
                 Resource(
                     urn=response.urn,
@@ -316,6 +419,17 @@ class RecordingMonitor(MockMonitor):
                     provider=request.provider or None,
                     custom=bool(request.custom),
                     inputs=_plain(inputs),
+                    outputs=_plain({**self.resources[response.urn].state, "id": response.id}),
+                    dependencies=tuple(sorted(set(request.dependencies))),
+                    property_dependencies={
+                        key: tuple(sorted(set(deps.urns)))
+                        for key, deps in request.propertyDependencies.items()
+                    },
+                    custom_timeouts={
+                        phase: str(getattr(timeouts, phase))
+                        for phase in ("create", "update", "delete")
+                        if timeouts is not None and getattr(timeouts, phase)
+                    },
                 )
             )
         return response
@@ -325,6 +439,8 @@ def _plain(value: Any) -> Any:
     """JSON-ready form of deserialized inputs: secrets hidden, whole floats as ints."""
     if rpc.is_rpc_secret(value):
         return "[secret]"
+    if isinstance(value, pulumi.output.Unknown):
+        return UNKNOWN
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in sorted(value.items())}
     if isinstance(value, list | tuple):
@@ -371,13 +487,16 @@ def synthesize(
     values: Mapping[str, Any],
     catalog: BundleCatalog | None = None,
     record: RollbackRecord | None = None,
+    *,
+    preview: bool = False,
 ) -> Graph:
     """Run the program of ``project`` for ``stack`` with config ``values``, offline.
 
     The config is validated first, so a bad value fails with the config's own
     message before the program starts. Bundle manifests come from ``catalog``
     (default: the project's ``bundles/`` folder), never from S3; the rollback record is
-    ``record`` (default: none), never read from SSM.
+    ``record`` (default: none), never read from SSM. With ``preview``, outputs no mock
+    provides are unknown (as in ``pulumi preview``) instead of absent.
     """
     config = load(values, source=f"config of stack {stack}")
     context = contextvars.Context()
@@ -389,6 +508,7 @@ def synthesize(
         values,
         catalog=catalog or offline_catalog(project),
         record=record,
+        preview=preview,
     )
 
 
@@ -400,12 +520,13 @@ def _run(
     *,
     catalog: BundleCatalog,
     record: RollbackRecord | None,
+    preview: bool,
 ) -> Graph:
     OFFLINE_CATALOG.set(catalog)
     set_offline(record)
     mocks = OfflineMocks(config.region, config.partition)
     monitor = RecordingMonitor(mocks)
-    set_mocks(mocks, project=project_name(project), stack=stack, preview=False, monitor=monitor)
+    set_mocks(mocks, project=project_name(project), stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(_pulumi_config(values))
     outputs: dict[str, Any] = {}
 
