@@ -298,8 +298,8 @@ class InferenceStack(pulumi.ComponentResource):
         self.serving = [deployment, binding]
         self.register_outputs({"namespace": self.namespace, "role_arn": self.role_arn})
 
-    @staticmethod
     def _deployment_spec(
+        self,
         args: InferenceStackArgs,
         labels: dict[str, str],
         versioned: dict[str, str],
@@ -328,7 +328,7 @@ class InferenceStack(pulumi.ComponentResource):
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE},
             },
             # Kubernetes counts this afresh whenever a pod becomes ready: one pod's budget.
-            "progressDeadlineSeconds": budget(args).per_pod_seconds,
+            "progressDeadlineSeconds": self.budget.per_pod_seconds,
             "template": {
                 "metadata": {
                     "labels": versioned,

@@ -461,8 +461,8 @@ def test_every_eks_cluster_version_has_an_autoscaler_release() -> None:
 
 
 def test_the_deployer_reaches_the_private_api(graph: Graph) -> None:
-    """The control plane's interfaces accept only the cluster security group (EKS user
-    guide, cluster security group requirements): the deployer needs a rule on 443."""
+    """The control plane's interfaces accept only its security groups (EKS user guide,
+    cluster security group requirements): the deployer needs a rule on 443."""
     cluster = graph.named("cluster", "Cluster")
     (rule,) = [
         r

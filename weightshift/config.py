@@ -487,8 +487,9 @@ class ClusterConfig(_Model):
     public_access_cidrs: tuple[str, ...] = ()
     deployer_cidrs: tuple[str, ...] = ()
     """Where ``pulumi up`` runs from inside the network (a CI runner subnet, a VPN's block):
-    the cluster security group admits them on 443. The private API endpoint accepts only
-    that security group, so without this the Kubernetes half of the deploy is refused."""
+    the control plane's security group admits them on 443. The private API endpoint accepts
+    only its security groups, so without this the Kubernetes half of the deploy is refused.
+    Outside a new VPC, ``network.transitGatewayId`` routes them."""
     deployer_security_group_ids: tuple[str, ...] = ()
     """Security groups of the deployer (e.g. a runner's), admitted on 443 like
     ``deployerCidrs``."""
@@ -562,9 +563,9 @@ class ClusterConfig(_Model):
         if private_only and not (self.deployer_cidrs or self.deployer_security_group_ids):
             raise ValueError(
                 "the Kubernetes API is private (endpointPublicAccess false) and only the "
-                "cluster security group may reach it: give deployerCidrs (the block pulumi up "
-                "runs from, e.g. a CI runner subnet or VPN) or deployerSecurityGroupIds, or "
-                "set endpointPublicAccess with publicAccessCidrs"
+                "control plane's security groups may reach it: give deployerCidrs (the block "
+                "pulumi up runs from, e.g. a CI runner subnet or VPN) or "
+                "deployerSecurityGroupIds, or set endpointPublicAccess with publicAccessCidrs"
             )
         return self
 

@@ -109,16 +109,18 @@ def check(graph: Graph, policies: Sequence[Policy]) -> list[Violation]:
     graph, stack policies over the whole graph."""
     violations: list[Violation] = []
     by_urn = graph.by_urn()
-    for policy in policies:
-        if isinstance(policy, StackValidationPolicy):
-            policy.validate(stack_args(graph), _reporter(violations, policy, None, by_urn))
+    stack_policies = [p for p in policies if isinstance(p, StackValidationPolicy)]
+    if stack_policies:
+        whole = stack_args(graph)  # built once: every stack policy reads the same graph
+        for stack_policy in stack_policies:
+            stack_policy.validate(whole, _reporter(violations, stack_policy, None, by_urn))
+    resource_policies = [p for p in policies if isinstance(p, ResourceValidationPolicy)]
     for resource in graph.resources:
         if not resource.custom:
             continue
         args = validation_args(resource)
-        for policy in policies:
-            if isinstance(policy, ResourceValidationPolicy):
-                policy.validate(args, _reporter(violations, policy, resource, by_urn))
+        for policy in resource_policies:
+            policy.validate(args, _reporter(violations, policy, resource, by_urn))
     return violations
 
 
