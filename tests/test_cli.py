@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,3 +221,40 @@ def test_policy_check_reports_each_violation_once_with_the_stages_it_is_in(
         "(at canary 0, canary 1, canary 2, canary 3, canary 4, canary 5, blue-green 0, "
         "blue-green 1)"
     )
+
+
+def test_plan_never_forks_beside_a_thread_python_does_not_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A synthesis leaves gRPC's C-core threads behind, invisible to ``threading``; a child
+    forked beside them can hang on a lock one of them held. Raw OS threads count."""
+    import _thread
+    import multiprocessing
+    import threading
+
+    import weightshift.plan as plan_module
+
+    release = threading.Lock()
+    release.acquire()
+    started = threading.Event()
+    raw: list[int] = []
+
+    def hold() -> None:
+        raw.append(threading.get_ident())
+        started.set()
+        release.acquire()
+
+    _thread.start_new_thread(hold, ())
+    started.wait(5)
+    try:
+        assert raw[0] not in {t.ident for t in threading.enumerate()}  # Python does not list it
+        assert plan_module._os_threads() >= 2  # the kernel does
+
+        def no_fork(method: str) -> Any:
+            raise AssertionError(f"forked ({method}) beside another thread")
+
+        monkeypatch.setattr(multiprocessing, "get_context", no_fork)
+        plan = plan_module.build_plan(PROJECT, "prod")
+        assert len(plan.rows) == 6
+    finally:
+        release.release()

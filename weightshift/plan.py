@@ -144,6 +144,14 @@ def _synthesize_one(
         return "; ".join(str(p) for p in error.problems)
 
 
+def _os_threads() -> int:
+    """Threads of this process as the kernel sees them (Linux), Python's or not."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count() + 1  # cannot tell: never fork
+
+
 def synthesize_many(
     project: Path,
     stack: str,
@@ -156,11 +164,13 @@ def synthesize_many(
     jobs = [(project, stack, values, catalog, record) for values in stage_values]
     workers = min(len(jobs), os.cpu_count() or 1)
     # Forking is safe only from a single-threaded process: a lock another thread holds at
-    # the fork stays locked forever in the child.
+    # the fork stays locked forever in the child. Count the OS's threads, not Python's: a
+    # synthesis leaves threads of gRPC's C core behind that threading does not list, and a
+    # child forked beside them hung (seen in a test worker that had synthesized before).
     if (
         workers < 2
         or sys.platform != "linux"
-        or threading.active_count() > 1
+        or _os_threads() > 1
         or os.environ.get("WEIGHTSHIFT_SERIAL")
     ):
         return [_synthesize_one(job) for job in jobs]
