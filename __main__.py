@@ -15,6 +15,7 @@ import pulumi_aws as aws
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.gpu_cluster import GpuCluster, GpuClusterArgs
 from components.inference_stack import InferenceStack, InferenceStackArgs
+from components.log_bucket import LogBucket, LogBucketArgs
 from components.network import Network, NetworkArgs
 from components.rollback import Rollback, RollbackArgs
 from components.traffic import Traffic, TrafficArgs
@@ -153,6 +154,17 @@ cluster = GpuCluster(
     ),
     opts=with_provider,
 )
+# Mirrored pairs of shadow rollouts: every colour's gateway may write them, so the bucket
+# exists whatever the strategy (switching to shadow then restarts no pod).
+shadow_records = LogBucket(
+    "shadow-records",
+    LogBucketArgs(
+        region=config.region,
+        partition=config.partition,
+        retention_days=rollout.shadow_record_days,
+    ),
+    opts=with_provider,
+)
 alb_subnet_cidrs = (
     network.private_subnet_cidrs if config.traffic.internal else network.public_subnet_cidrs
 )
@@ -165,6 +177,18 @@ stacks = {
             colour=colour,
             model=config.model,
             namespace=config.namespace(pulumi.get_stack(), colour),
+            stack=pulumi.get_stack(),
+            other_namespace=config.namespace(pulumi.get_stack(), colour.other),
+            mirror_port=config.traffic.mirror_port,
+            idle_timeout_seconds=config.traffic.idle_timeout_seconds,
+            metrics_period_seconds=config.rollback.fast_period_seconds,
+            # Shadow: the stable colour's mirror listener serves the mirror target group.
+            mirror_target_group_arn=traffic.target_group_arns.get("mirror")
+            if colour is rollout.stable
+            else None,
+            shadow_bucket=shadow_records.bucket,
+            shadow_bucket_arn=shadow_records.arn,
+            shadow_keep_text=rollout.shadow_keep_text,
             bundle=bundle,
             replicas=config.colour(colour).replicas,
             serving=config.serving,

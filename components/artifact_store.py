@@ -106,20 +106,26 @@ def bucket_policy(bucket_arn: str, key_arn: str) -> str:
 
 
 def bundle_read_policy(
-    bucket_arn: str, key_arn: str, region: str, bundle: BundleId, blob_digests: Sequence[str]
+    bucket_arn: str,
+    key_arn: str,
+    region: str,
+    bundle: BundleId,
+    blob_digests: Sequence[str],
+    *,
+    reserve: int = 0,
 ) -> str:
     """Read one bundle: its manifest and the blobs it lists, decrypted through S3 only.
 
     Every blob by name while that fits IAM's limit on a role's inline policies
-    (``facts.IAM_ROLE_INLINE_POLICY_CHARACTERS``); a bundle of many files (over a hundred or
-    so) gets the content-addressed blob prefix instead: a pod can then read other bundles'
-    blobs of this bucket, but only by knowing their content's hash, and the manifest is still
-    its own alone.
+    (``facts.IAM_ROLE_INLINE_POLICY_CHARACTERS``, less ``reserve`` for the role's others);
+    a bundle of many files (over a hundred or so) gets the content-addressed blob prefix
+    instead: a pod can then read other bundles' blobs of this bucket, but only by knowing
+    their content's hash, and the manifest is still its own alone.
     """
     manifest = manifest_key(bundle.name, bundle.version)
     blobs = [f"{bucket_arn}/{blob_key(digest)}" for digest in sorted(set(blob_digests))]
     exact = _bundle_read_statements(bucket_arn, key_arn, region, manifest, blobs)
-    if policy_size(exact) <= IAM_ROLE_INLINE_POLICY_CHARACTERS:
+    if policy_size(exact) <= IAM_ROLE_INLINE_POLICY_CHARACTERS - reserve:
         return exact
     return _bundle_read_statements(
         bucket_arn, key_arn, region, manifest, [f"{bucket_arn}/{blob_key('*')}"]

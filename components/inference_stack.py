@@ -18,11 +18,15 @@ import pulumi_kubernetes as k8s
 
 from components.artifact_store import bundle_read_policy
 from components.gpu_cluster import GPU_TOLERATION, required_node_affinity
-from components.iam import pod_identity
+from components.guardrail import BundleGuardrail, BundleGuardrailArgs, apply_guardrail_policy
+from components.iam import allow, pod_identity, policy_document
 from weightshift.budget import RolloutBudget, rollout_budget
 from weightshift.catalog import ResolvedBundle
 from weightshift.config import ServingConfig
 from weightshift.facts import READINESS_GATE_NAMESPACE_LABEL
+from weightshift.gateway.metrics import NAMESPACE as GATEWAY_NAMESPACE
+from weightshift.gateway.moderation import local_gaps
+from weightshift.guardrail import guardrail_config, guardrail_name
 from weightshift.stages import Colour
 
 BUNDLE_ROOT = "/bundle"
@@ -69,6 +73,18 @@ class InferenceStackArgs:
     alb_subnet_cidrs: Sequence[str]
     gpu_node_labels: dict[str, str]
     region: str
+    stack: str
+    other_namespace: str
+    """The other colour's namespace: the mirror copies requests to its gateway."""
+    mirror_port: int
+    idle_timeout_seconds: int
+    """The load balancer's: the gateway keeps idle connections open longer."""
+    metrics_period_seconds: int
+    mirror_target_group_arn: pulumi.Input[str] | None = None
+    """Shadow, on the stable colour: the ``mirror`` target group its mirror listener serves."""
+    shadow_bucket: pulumi.Input[str] | None = None
+    shadow_bucket_arn: pulumi.Input[str] | None = None
+    shadow_keep_text: bool = False
     depends_on: Sequence[pulumi.Resource] = ()
 
 
@@ -90,10 +106,12 @@ def server_args(args: InferenceStackArgs) -> list[str]:
         f"{BUNDLE_ROOT}/{SERVING_LAYOUT}",
         "--served-model-name",
         args.model,
+        # Every interface, so the kubelet can probe it; only the gateway is admitted to this
+        # port (the NetworkPolicy and security groups admit the serving ports alone).
         "--host",
         "0.0.0.0",
         "--port",
-        str(args.port),
+        str(args.serving.model_port),
         "--tensor-parallel-size",
         str(args.serving.gpus_per_replica),
         "--generation-config",
@@ -104,6 +122,46 @@ def server_args(args: InferenceStackArgs) -> list[str]:
     if args.serving.max_model_len is not None:
         result += ["--max-model-len", str(args.serving.max_model_len)]
     return result + list(args.serving.extra_args)
+
+
+SHADOW_PREFIX = "shadow"
+"""Where a stable gateway writes its mirrored pairs in the shadow bucket."""
+
+
+def gateway_args(
+    args: InferenceStackArgs, guardrail: pulumi.Output[str] | None
+) -> list[pulumi.Input[str]]:
+    """``weightshift gateway`` for this colour (every option: ``docs/gateway.md``)."""
+    result: list[pulumi.Input[str]] = [
+        "gateway",
+        "--bundle",
+        BUNDLE_ROOT,
+        "--upstream",
+        f"http://127.0.0.1:{args.serving.model_port}",
+        "--colour",
+        args.colour.value,
+        "--listen",
+        f"0.0.0.0:{args.port}",
+        "--mirror-listen",
+        f"0.0.0.0:{args.mirror_port}",
+        "--mirror-to",
+        f"http://inference.{args.other_namespace}.svc.cluster.local:{args.port}",
+        "--keep-alive",
+        str(args.idle_timeout_seconds + 20),
+        "--region",
+        args.region,
+        "--metrics",
+        "cloudwatch",
+        "--metrics-interval",
+        str(args.metrics_period_seconds),
+    ]
+    if guardrail is not None:
+        result += ["--guardrail", guardrail]
+    if args.shadow_bucket is not None:
+        result += ["--shadow-bucket", args.shadow_bucket, "--shadow-prefix", SHADOW_PREFIX]
+        if args.shadow_keep_text:
+            result.append("--shadow-keep-text")
+    return result
 
 
 def drain_seconds(args: InferenceStackArgs) -> int:
@@ -121,6 +179,32 @@ def budget(args: InferenceStackArgs) -> RolloutBudget:
         startup_seconds=args.serving.startup_timeout_seconds,
         bundle_bytes=args.bundle.manifest.size,
     )
+
+
+GATEWAY_POLICY_RESERVE = 1_024
+"""Characters of the role's inline-policy quota kept for the gateway's own policy."""
+
+
+def gateway_statements(
+    guardrail_arn: str | None, shadow_bucket_arn: str | None
+) -> list[dict[str, Any]]:
+    """What the gateway calls: CloudWatch (its own namespace only), the bundle's guardrail,
+    and the shadow bucket's pair prefix."""
+    statements: list[dict[str, Any]] = [
+        {
+            **allow("PutGatewayMetrics", ["cloudwatch:PutMetricData"], ["*"]),
+            # PutMetricData has no resource-level permissions; the namespace condition is
+            # what scopes it.
+            "Condition": {"StringEquals": {"cloudwatch:namespace": GATEWAY_NAMESPACE}},
+        }
+    ]
+    if guardrail_arn is not None:
+        statements.append(apply_guardrail_policy(guardrail_arn))
+    if shadow_bucket_arn is not None:
+        statements.append(
+            allow("WriteShadowPairs", ["s3:PutObject"], [f"{shadow_bucket_arn}/{SHADOW_PREFIX}/*"])
+        )
+    return statements
 
 
 def _ephemeral(size: int) -> str:
@@ -172,6 +256,7 @@ class InferenceStack(pulumi.ComponentResource):
         annotations = {"weightshift.io/bundle": str(bundle)}
         account = "inference"
 
+        guardrail = self._guardrail(name, args)
         role, policy, identity = pod_identity(
             f"{name}-pods",
             name,
@@ -180,20 +265,42 @@ class InferenceStack(pulumi.ComponentResource):
             service_account=account,
             policy=pulumi.Output.all(args.bucket_arn, args.key_arn).apply(
                 lambda arns: bundle_read_policy(
-                    arns[0], arns[1], args.region, bundle, args.bundle.blob_digests
+                    arns[0],
+                    arns[1],
+                    args.region,
+                    bundle,
+                    args.bundle.blob_digests,
+                    reserve=GATEWAY_POLICY_RESERVE,
                 )
             ),
             parent=self,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-from-alb",
-            security_group_id=args.cluster_security_group_id,
-            referenced_security_group_id=args.alb_security_group_id,
-            ip_protocol="tcp",
-            from_port=args.port,
-            to_port=args.port,
-            description=f"ALB to {namespace_name} inference pods",
+        gateway_policy = aws.iam.RolePolicy(
+            f"{name}-gateway",
+            role=role.id,
+            policy=pulumi.Output.all(
+                guardrail.guardrail_arn if guardrail is not None else None,
+                args.shadow_bucket_arn,
+            ).apply(lambda values: policy_document(gateway_statements(values[0], values[1]))),
             opts=child,
+        )
+        for port, what in ((args.port, "requests"), (args.mirror_port, "mirrored requests")):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-from-alb" if port == args.port else f"{name}-from-alb-mirror",
+                security_group_id=args.cluster_security_group_id,
+                referenced_security_group_id=args.alb_security_group_id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                description=f"ALB {what} to {namespace_name} gateways",
+                opts=child,
+            )
+        guardrail_arg = (
+            None
+            if guardrail is None
+            else pulumi.Output.all(guardrail.guardrail_id, guardrail.version).apply(
+                lambda values: f"{values[0]}:{values[1]}"
+            )
         )
 
         namespace = k8s.core.v1.Namespace(
@@ -230,11 +337,15 @@ class InferenceStack(pulumi.ComponentResource):
                     "annotations": annotations,
                 }
             ),
-            spec=manifest(self._deployment_spec(args, labels, versioned, annotations, account)),
+            spec=manifest(
+                self._deployment_spec(
+                    args, labels, versioned, annotations, account, guardrail=guardrail_arg
+                )
+            ),
             opts=pulumi.ResourceOptions.merge(
                 in_namespace,
                 pulumi.ResourceOptions(
-                    depends_on=[service_account, identity, policy],
+                    depends_on=[service_account, identity, policy, gateway_policy],
                     # pulumi-kubernetes waits 10 minutes by default; a GPU rollout takes hours.
                     custom_timeouts=pulumi.CustomTimeouts(
                         create=f"{self.budget.seconds}s", update=f"{self.budget.seconds}s"
@@ -256,7 +367,18 @@ class InferenceStack(pulumi.ComponentResource):
                     "type": "ClusterIP",
                     "selector": labels,
                     "ports": [
-                        {"name": "http", "port": args.port, "targetPort": "http", "protocol": "TCP"}
+                        {
+                            "name": "http",
+                            "port": args.port,
+                            "targetPort": "http",
+                            "protocol": "TCP",
+                        },
+                        {
+                            "name": "mirror",
+                            "port": args.mirror_port,
+                            "targetPort": "mirror",
+                            "protocol": "TCP",
+                        },
                     ],
                 }
             ),
@@ -276,6 +398,25 @@ class InferenceStack(pulumi.ComponentResource):
                 in_namespace, pulumi.ResourceOptions(depends_on=[service, deployment])
             ),
         )
+        bindings = [binding]
+        if args.mirror_target_group_arn is not None:
+            # Shadow, on the stable colour: its mirror listener serves the mirror target group.
+            bindings.append(
+                k8s.apiextensions.CustomResource(
+                    f"{name}-mirror",
+                    api_version=TARGET_GROUP_BINDING_API,
+                    kind="TargetGroupBinding",
+                    metadata={"name": "mirror", "namespace": namespace_name, "labels": labels},
+                    spec={
+                        "targetGroupARN": args.mirror_target_group_arn,
+                        "targetType": "ip",
+                        "serviceRef": {"name": "inference", "port": args.mirror_port},
+                    },
+                    opts=pulumi.ResourceOptions.merge(
+                        in_namespace, pulumi.ResourceOptions(depends_on=[service, deployment])
+                    ),
+                )
+            )
         k8s.networking.v1.NetworkPolicy(
             name,
             metadata=manifest({"name": "only-the-load-balancer", "namespace": namespace_name}),
@@ -286,8 +427,24 @@ class InferenceStack(pulumi.ComponentResource):
                     "ingress": [
                         {
                             "from": [{"ipBlock": {"cidr": cidr}} for cidr in args.alb_subnet_cidrs],
+                            "ports": [
+                                {"protocol": "TCP", "port": args.port},
+                                {"protocol": "TCP", "port": args.mirror_port},
+                            ],
+                        },
+                        {
+                            # The other colour's gateways: mirrored copies (shadow).
+                            "from": [
+                                {
+                                    "namespaceSelector": {
+                                        "matchLabels": {
+                                            "kubernetes.io/metadata.name": args.other_namespace
+                                        }
+                                    }
+                                }
+                            ],
                             "ports": [{"protocol": "TCP", "port": args.port}],
-                        }
+                        },
                     ],
                 }
             ),
@@ -295,8 +452,36 @@ class InferenceStack(pulumi.ComponentResource):
         )
         self.namespace = namespace.metadata.apply(lambda meta: str(meta.name))
         self.role_arn = role.arn
-        self.serving = [deployment, binding]
+        self.serving = [deployment, *bindings]
         self.register_outputs({"namespace": self.namespace, "role_arn": self.role_arn})
+
+    def _guardrail(self, name: str, args: InferenceStackArgs) -> BundleGuardrail | None:
+        """The bundle's safety configuration as a Bedrock guardrail (moderator ``bedrock``);
+        None where the gateway moderates locally or the bundle moderates nothing."""
+        safety = args.bundle.safety
+        if args.serving.moderator == "local":
+            gaps = local_gaps(safety)
+            if gaps:
+                raise ValueError(
+                    f"{args.bundle.id} ({args.colour.value}): serving.moderator is local, which "
+                    f"does not enforce {'; '.join(gaps)}. Set weightshift:serving.moderator "
+                    "to bedrock, or remove them from the bundle's config/safety.json."
+                )
+            return None
+        if guardrail_config(safety) is None:
+            return None
+        bundle = args.bundle.id
+        return BundleGuardrail(
+            f"{name}-guardrail",
+            BundleGuardrailArgs(
+                safety=safety,
+                guardrail_name=guardrail_name(
+                    args.model, args.stack, args.colour.value, f"v{bundle.version}-{bundle.digest}"
+                ),
+                description=f"Moderation of {bundle} ({args.colour.value}), from safety.json",
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
     def _deployment_spec(
         self,
@@ -305,11 +490,15 @@ class InferenceStack(pulumi.ComponentResource):
         versioned: dict[str, str],
         annotations: dict[str, str],
         account: str,
+        *,
+        guardrail: pulumi.Output[str] | None,
     ) -> dict[str, Any]:
         serving = args.serving
         bundle = args.bundle
         drain = drain_seconds(args)
-        probe = {"httpGet": {"path": args.health_path, "port": "http"}, "timeoutSeconds": 5}
+        # The model server answers its own probes; the gateway's readiness follows it.
+        probe = {"httpGet": {"path": "/health", "port": "model"}, "timeoutSeconds": 5}
+        answering = args.bundle.routing.request_timeout_seconds
         restricted = {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -342,8 +531,9 @@ class InferenceStack(pulumi.ComponentResource):
                     "serviceAccountName": account,
                     "automountServiceAccountToken": False,
                     # The ALB drains a target for the deregistration delay; the pod keeps
-                    # answering in-flight requests that long (preStop), then stops.
-                    "terminationGracePeriodSeconds": drain + 30,
+                    # answering that long (preStop), then the gateway finishes the answers in
+                    # flight (at most the request timeout) and stops.
+                    "terminationGracePeriodSeconds": drain + answering + 30,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 1000,
@@ -403,7 +593,11 @@ class InferenceStack(pulumi.ComponentResource):
                             "image": serving.image,
                             "args": server_args(args),
                             "ports": [
-                                {"name": "http", "containerPort": args.port, "protocol": "TCP"}
+                                {
+                                    "name": "model",
+                                    "containerPort": serving.model_port,
+                                    "protocol": "TCP",
+                                }
                             ],
                             "env": [
                                 {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -447,7 +641,58 @@ class InferenceStack(pulumi.ComponentResource):
                                 {"name": "shm", "mountPath": "/dev/shm"},
                                 {"name": "tmp", "mountPath": "/tmp"},
                             ],
-                        }
+                        },
+                        {
+                            "name": "gateway",
+                            "image": serving.puller_image,
+                            "command": ["weightshift"],
+                            "args": gateway_args(args, guardrail),
+                            "ports": [
+                                {"name": "http", "containerPort": args.port, "protocol": "TCP"},
+                                {
+                                    "name": "mirror",
+                                    "containerPort": args.mirror_port,
+                                    "protocol": "TCP",
+                                },
+                            ],
+                            "env": [
+                                {"name": "AWS_REGION", "value": args.region},
+                                {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                                {"name": "HF_HUB_OFFLINE", "value": "1"},
+                            ],
+                            "resources": {
+                                "requests": {
+                                    "cpu": serving.gateway_cpu,
+                                    "memory": serving.gateway_memory,
+                                },
+                                "limits": {"memory": serving.gateway_memory},
+                            },
+                            # Ready only while the model server is (the ALB's health check
+                            # is the same path); alive as long as the gateway itself answers.
+                            "readinessProbe": {
+                                "httpGet": {"path": args.health_path, "port": "http"},
+                                "timeoutSeconds": 3,
+                                "periodSeconds": 5,
+                                "failureThreshold": 2,
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/livez", "port": "http"},
+                                "timeoutSeconds": 3,
+                                "periodSeconds": 10,
+                                "failureThreshold": 6,
+                            },
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(drain)]}}},
+                            "securityContext": {**restricted, "readOnlyRootFilesystem": True},
+                            "volumeMounts": [
+                                {
+                                    "name": "bundle",
+                                    "mountPath": BUNDLE_ROOT,
+                                    "subPath": "current",
+                                    "readOnly": True,
+                                },
+                                {"name": "gateway-tmp", "mountPath": "/tmp"},
+                            ],
+                        },
                     ],
                     "volumes": [
                         {"name": "bundle", "emptyDir": {"sizeLimit": disk}},
@@ -456,6 +701,7 @@ class InferenceStack(pulumi.ComponentResource):
                             "emptyDir": {"medium": "Memory", "sizeLimit": serving.shared_memory},
                         },
                         {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+                        {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                     ],
                 },
             },

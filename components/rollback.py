@@ -13,17 +13,18 @@ import pulumi
 import pulumi_aws as aws
 
 from components.iam import allow, policy_document, service_trust
-from weightshift import dead_man
+from weightshift import dead_man, rates
 from weightshift.config import RollbackConfig, Thresholds
+from weightshift.gateway.metrics import NAMESPACE as GATEWAY_NAMESPACE
 from weightshift.lambdas.rollback import page_marker
 from weightshift.rollback_record import composite_alarm_name
 from weightshift.stages import Colour
 
 FUNCTION_SOURCE = Path(__file__).resolve().parent.parent / "weightshift" / "lambdas" / "rollback.py"
-NAMESPACE = "weightshift"
-"""Custom metrics the serving layer or the evaluation job emits, dimensions Model, Version."""
+NAMESPACE = GATEWAY_NAMESPACE
+"""The gateway's metrics (``weightshift/gateway/metrics.py``): Model, Version, Colour."""
 QUALITY_METRIC = "QualityScore"
-SAFETY_METRIC = "SafetyViolationRate"
+ALB_NAMESPACE = "AWS/ApplicationELB"
 ALARM_PRINCIPAL = "lambda.alarms.cloudwatch.amazonaws.com"
 
 
@@ -54,17 +55,20 @@ class RollbackArgs:
     account: pulumi.Input[str]
 
 
-def alb_sum(
-    query_id: str, metric: str, alb: Mapping[str, pulumi.Input[str]], period: int
+def metric_sum(
+    query_id: str,
+    namespace: str,
+    metric: str,
+    dimensions: Mapping[str, pulumi.Input[str]],
+    period: int,
 ) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
-    """One ALB metric of the candidate's target group, summed per ``period``, as a metric
-    math input (not itself the alarm's value)."""
+    """One metric summed per ``period``, as a metric math input (not the alarm's value)."""
     return aws.cloudwatch.MetricAlarmMetricQueryArgs(
         id=query_id,
         metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
-            namespace="AWS/ApplicationELB",
+            namespace=namespace,
             metric_name=metric,
-            dimensions=alb,
+            dimensions=dimensions,
             period=period,
             stat="Sum",
         ),
@@ -171,7 +175,9 @@ class Rollback(pulumi.ComponentResource):
     function and pages on-call, and the function itself.
 
     Children: ``{name}-latency-p99``, ``{name}-errors``, ``{name}-quality``,
-    ``{name}-safety``, ``{name}-no-healthy-hosts``, ``{name}-no-answers`` MetricAlarms;
+    ``{name}-safety``, ``{name}-no-heartbeat`` (the candidate's gateways' metrics, mostly at
+    10-second periods), ``{name}-refused``, ``{name}-no-healthy-hosts``, ``{name}-no-answers``
+    (the load balancer's) MetricAlarms;
     ``{name}`` CompositeAlarm; ``{name}-on-call`` KMS Key, Topic, TopicPolicy and
     subscriptions; ``{name}-function`` Role, RolePolicy, LogGroup, Function and Permission.
     """
@@ -195,7 +201,6 @@ class Rollback(pulumi.ComponentResource):
             "LoadBalancer": args.load_balancer_suffix,
             "TargetGroup": args.candidate_target_group_suffix,
         }
-        custom = {"Model": args.model, "Version": args.candidate_version}
 
         def alarm(suffix: str, description: str, **kwargs: Any) -> aws.cloudwatch.MetricAlarm:
             return aws.cloudwatch.MetricAlarm(
@@ -208,17 +213,70 @@ class Rollback(pulumi.ComponentResource):
                 **kwargs,
             )
 
+        settings = args.settings
+        fast = settings.fast_period_seconds
+        gateway = {
+            "Model": args.model,
+            "Version": args.candidate_version,
+            "Colour": args.candidate.value,
+        }
+
+        def rate_alarm(
+            suffix: str,
+            description: str,
+            *,
+            events: tuple[str, str, Mapping[str, pulumi.Input[str]]],
+            requests: tuple[str, str, Mapping[str, pulumi.Input[str]]],
+            every: int,
+            threshold: float,
+        ) -> aws.cloudwatch.MetricAlarm:
+            """``events`` per ``requests`` (namespace, metric, dimensions), in percent, on
+            enough evidence (``weightshift/rates.py``)."""
+            return alarm(
+                suffix,
+                description,
+                comparison_operator="GreaterThanThreshold",
+                threshold=threshold,
+                evaluation_periods=1,
+                datapoints_to_alarm=1,
+                treat_missing_data="notBreaching",
+                period=None,
+                metric_queries=[
+                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                        id="rate",
+                        expression=rates.expression(
+                            "events", "requests", settings.min_requests, settings.min_errors
+                        ),
+                        label=f"{suffix} percent",
+                        return_data=True,
+                    ),
+                    metric_sum("events", *events, every),
+                    metric_sum("requests", *requests, every),
+                ],
+            )
+
         alarms = [
+            # From the candidate's gateways, every fast period (10 s).
+            rate_alarm(
+                "errors",
+                f"answers failed (5xx, timeouts, upstream down) above "
+                f"{thresholds.error_rate_percent} % of requests (at least "
+                f"{settings.min_errors} of {settings.min_requests})",
+                events=(NAMESPACE, "Errors", gateway),
+                requests=(NAMESPACE, "Requests", gateway),
+                every=fast,
+                threshold=thresholds.error_rate_percent,
+            ),
             alarm(
                 "latency-p99",
-                f"p99 target response time above {thresholds.latency_p99_seconds} s",
-                namespace="AWS/ApplicationELB",
-                metric_name="TargetResponseTime",
-                dimensions=alb,
+                f"p99 time to first token above {thresholds.latency_p99_seconds} s",
+                namespace=NAMESPACE,
+                metric_name="TimeToFirstToken",
+                dimensions=gateway,
                 extended_statistic="p99",
-                # A p99 of a handful of requests is their slowest one: at 1 % of traffic one
-                # long generation would roll back a healthy candidate. CloudWatch judges the
-                # percentile only with enough samples to be significant.
+                period=fast,
+                # A p99 of a handful of requests is their slowest one: CloudWatch judges
+                # the percentile only over enough samples to be significant.
                 evaluate_low_sample_count_percentiles="ignore",
                 comparison_operator="GreaterThanThreshold",
                 threshold=thresholds.latency_p99_seconds,
@@ -227,62 +285,60 @@ class Rollback(pulumi.ComponentResource):
                 treat_missing_data="notBreaching",
             ),
             alarm(
-                "errors",
-                f"target 5xx and refused connections above {thresholds.error_rate_percent} % of "
-                "requests",
-                comparison_operator="GreaterThanThreshold",
-                threshold=thresholds.error_rate_percent,
-                evaluation_periods=1,
-                datapoints_to_alarm=1,
-                treat_missing_data="notBreaching",
-                period=None,
-                metric_queries=[
-                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
-                        id="rate",
-                        expression=(
-                            "IF(FILL(requests, 0) > 0, "
-                            "100 * (FILL(errors, 0) + FILL(refused, 0)) / requests, 0)"
-                        ),
-                        label="failed percent",
-                        return_data=True,
-                    ),
-                    alb_sum("errors", "HTTPCode_Target_5XX_Count", alb, period),
-                    # The ALB's own 502s when a target refuses the connection (a crashed
-                    # server): target 5xx counts only what targets answered.
-                    alb_sum("refused", "TargetConnectionErrorCount", alb, period),
-                    alb_sum("requests", "RequestCount", alb, period),
-                ],
-            ),
-            alarm(
                 "quality",
-                f"quality score below {thresholds.min_quality_score}",
+                f"user feedback (quality score) below {thresholds.min_quality_score}",
                 namespace=NAMESPACE,
                 metric_name=QUALITY_METRIC,
-                dimensions=custom,
+                # Feedback may reach either colour's pod: it names the colour, not the version.
+                dimensions={"Model": args.model, "Colour": args.candidate.value},
                 statistic="Average",
                 comparison_operator="LessThanThreshold",
                 threshold=thresholds.min_quality_score,
-                evaluation_periods=args.settings.quality_minutes,
-                datapoints_to_alarm=min(2, args.settings.quality_minutes),
+                evaluation_periods=settings.quality_minutes,
+                datapoints_to_alarm=min(2, settings.quality_minutes),
                 treat_missing_data="notBreaching",
             ),
-            alarm(
+            rate_alarm(
                 "safety",
-                f"safety violations above {thresholds.max_safety_violation_percent} %",
-                namespace=NAMESPACE,
-                metric_name=SAFETY_METRIC,
-                dimensions=custom,
-                statistic="Average",
-                comparison_operator="GreaterThanThreshold",
+                f"answers blocked by output moderation above "
+                f"{thresholds.max_safety_violation_percent} % of requests",
+                events=(NAMESPACE, "OutputBlocks", gateway),
+                requests=(NAMESPACE, "Requests", gateway),
+                every=period,
                 threshold=thresholds.max_safety_violation_percent,
-                evaluation_periods=1,
-                datapoints_to_alarm=1,
-                treat_missing_data="notBreaching",
+            ),
+            alarm(
+                "no-heartbeat",
+                f"dead man's switch: no candidate gateway reported for "
+                f"{settings.heartbeat_periods * fast} s",
+                namespace=NAMESPACE,
+                metric_name="Heartbeat",
+                dimensions=gateway,
+                statistic="Sum",
+                period=fast,
+                comparison_operator="LessThanThreshold",
+                threshold=1,
+                evaluation_periods=settings.heartbeat_periods,
+                datapoints_to_alarm=settings.heartbeat_periods,
+                # Every gateway reports every period from stage 0 on, zeros included: silence
+                # means the gateways are gone, never that traffic is low.
+                treat_missing_data="breaching",
+            ),
+            # What only the load balancer sees.
+            rate_alarm(
+                "refused",
+                f"connections the candidate refused above {thresholds.error_rate_percent} % "
+                "of requests",
+                events=(ALB_NAMESPACE, "TargetConnectionErrorCount", alb),
+                requests=(ALB_NAMESPACE, "RequestCount", alb),
+                every=period,
+                threshold=thresholds.error_rate_percent,
             ),
             alarm(
                 "no-healthy-hosts",
-                "dead man's switch: no healthy candidate target",
-                namespace="AWS/ApplicationELB",
+                "dead man's switch: no healthy candidate target (none registered is missing "
+                "data, a breach)",
+                namespace=ALB_NAMESPACE,
                 metric_name="HealthyHostCount",
                 dimensions=alb,
                 statistic="Minimum",
@@ -477,9 +533,9 @@ class Rollback(pulumi.ComponentResource):
                     label="requests sent, none answered",
                     return_data=True,
                 ),
-                alb_sum("asked", "RequestCount", alb, window),
+                metric_sum("asked", ALB_NAMESPACE, "RequestCount", alb, window),
                 *[
-                    alb_sum(query_id, f"HTTPCode_Target_{cls}_Count", alb, window)
+                    metric_sum(query_id, ALB_NAMESPACE, f"HTTPCode_Target_{cls}_Count", alb, window)
                     for query_id, cls in zip(
                         dead_man.ANSWER_QUERY_IDS, dead_man.ANSWER_CLASSES, strict=True
                     )

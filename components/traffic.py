@@ -112,7 +112,14 @@ class Traffic(pulumi.ComponentResource):
         )
 
         targets = [Colour.BLUE.value, Colour.GREEN.value] + ([MIRROR] if args.mirror else [])
-        groups = {target: self._target_group(f"{name}-{target}", args) for target in targets}
+        groups = {
+            target: self._target_group(
+                f"{name}-{target}",
+                args,
+                args.settings.mirror_port if target == MIRROR else args.settings.serving_port,
+            )
+            for target in targets
+        }
         weight = {
             Colour.BLUE.value: args.weights.blue,
             Colour.GREEN.value: args.weights.green,
@@ -240,13 +247,24 @@ class Traffic(pulumi.ComponentResource):
             description="requests and health checks to the inference pods",
             opts=child,
         )
+        if args.mirror:
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-alb-out-mirror",
+                security_group_id=group.id,
+                cidr_ipv4=args.vpc_cidr,
+                ip_protocol="tcp",
+                from_port=args.settings.mirror_port,
+                to_port=args.settings.mirror_port,
+                description="mirrored requests to the stable colour's gateways (shadow)",
+                opts=child,
+            )
         return group
 
-    def _target_group(self, name: str, args: TrafficArgs) -> aws.lb.TargetGroup:
+    def _target_group(self, name: str, args: TrafficArgs, port: int) -> aws.lb.TargetGroup:
         settings = args.settings
         return aws.lb.TargetGroup(
             name,
-            port=settings.serving_port,
+            port=port,
             protocol="HTTP",
             protocol_version="HTTP1",
             target_type="ip",

@@ -18,7 +18,7 @@ from tests.emulator import make_artifact_bucket
 
 REGION = "us-east-1"
 ALARM = "support-assistant-prod-green-rollback"
-CANDIDATE = "support-assistant/v1.5.0-d93b4b8ffe77"
+CANDIDATE = "support-assistant/v1.5.0-d80719af096e"
 PARAMETER = "/weightshift/support-assistant/prod/rollback"
 BUCKET = "weightshift-incidents-test"
 

@@ -60,8 +60,9 @@ def serialize(monkeypatch: pytest.MonkeyPatch, handler: type, *names: str) -> No
         monkeypatch.setattr(handler, name, atomic)
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def offline_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region, and no endpoint or profile a developer's shell may set:
+    every boto3 call goes to moto."""
     for var, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -71,6 +72,11 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    offline_aws(monkeypatch)
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         make_artifact_bucket(client, BUCKET, 30, boto3.client("kms", region_name="us-east-1"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -40,10 +40,12 @@ _TOKENS = (
 )
 
 
-def _if(condition: Any, then: Any, otherwise: Any) -> Any:
+def _if(condition: Any, then: Callable[[], Any], otherwise: Callable[[], Any]) -> Any:
+    """Per datapoint, only the chosen branch matters (``IF(r > 0, e / r, 0)`` at r = 0 is 0):
+    the branches are evaluated lazily, so the other one's division by zero never raises."""
     if condition is MISSING:
         return MISSING
-    return then if condition else otherwise
+    return then() if condition else otherwise()
 
 
 def _fill(value: Any, default: float) -> Any:
@@ -58,6 +60,20 @@ def _compare(tree: ast.Expression) -> ast.Expression:
             self.generic_visit(node)
             name = "_and" if isinstance(node.op, ast.And) else "_or"
             return ast.Call(ast.Name(name, ast.Load()), node.values, [])
+
+        def visit_Call(self, node: ast.Call) -> ast.AST:
+            self.generic_visit(node)
+            if isinstance(node.func, ast.Name) and node.func.id == "_if":
+                condition, *branches = node.args
+                lazy = [
+                    ast.Lambda(
+                        ast.arguments([], [], None, [], [], None, []),
+                        branch,
+                    )
+                    for branch in branches
+                ]
+                node.args = [condition, *lazy]
+            return node
 
     transformed: ast.Expression = Logical().visit(tree)
     return ast.fix_missing_locations(transformed)
@@ -82,4 +98,5 @@ def evaluate(expression: str, metrics: Mapping[str, float | None]) -> Any:
     }
     names.update(_if=_if, _fill=_fill, _and=_and, _or=_or)
     code = compile(tree, "<metric math>", "eval")
-    return eval(code, {"__builtins__": {}}, names)
+    # One namespace as globals: the lazy branches (lambdas) resolve names there.
+    return eval(code, {"__builtins__": {}, **names})

@@ -147,7 +147,8 @@ def test_policy_check_passes_prod_and_fails_a_weakened_stack() -> None:
     weak = run("policy", "check", "--set", "traffic.deregistrationDelaySeconds=5")
     assert weak.returncode == 1
     assert "[mandatory] target-group-drains: TargetGroup traffic-blue" in weak.stdout
-    assert "2 mandatory and 0 advisory violation(s)" in weak.stdout
+    assert "[mandatory] target-group-drains: TargetGroup traffic-mirror" in weak.stdout
+    assert "3 mandatory and 0 advisory violation(s)" in weak.stdout
 
 
 def test_plan_in_parallel_workers_equals_the_serial_plan() -> None:
@@ -211,15 +212,15 @@ def test_policy_check_reports_each_violation_once_with_the_stages_it_is_in(
 ) -> None:
     assert main(["policy", "check", "--project", str(PROJECT)]) == 0
     out = capsys.readouterr().out
-    assert "0 mandatory and 0 advisory violation(s) over 8 stage(s) of 2 strategy(ies)" in out
-    assert "not checked: strategy shadow is refused by the config" in out
+    assert "0 mandatory and 0 advisory violation(s) over 10 stage(s) of 3 strategy(ies)" in out
+    assert "not checked" not in out
     assert main(["policy", "check", "--project", str(PROJECT), "--set", "rollback.onCall=[]"]) == 1
     lines = capsys.readouterr().out.splitlines()
     (violation,) = [line for line in lines if line.startswith("[mandatory]")]
     assert "on-call-topic-subscribed" in violation
     assert violation.endswith(
         "(at canary 0, canary 1, canary 2, canary 3, canary 4, canary 5, blue-green 0, "
-        "blue-green 1)"
+        "blue-green 1, shadow 0, shadow 1)"
     )
 
 

@@ -305,7 +305,7 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
     from weightshift.stages import Colour
 
     bundle = LocalCatalog(PROJECT / "bundles").resolve(
-        BundleId.parse("support-assistant/v1.5.0-d93b4b8ffe77")
+        BundleId.parse("support-assistant/v1.5.0-d80719af096e")
     )
     digest = "sha256:" + "1" * 64
     stack = InferenceStack(
@@ -330,6 +330,11 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
             alb_subnet_cidrs=["10.0.0.0/24"],
             gpu_node_labels={"weightshift.io/pool": "gpu"},
             region="eu-west-1",
+            stack="staging",
+            other_namespace="support-assistant-staging-blue",
+            mirror_port=8001,
+            idle_timeout_seconds=300,
+            metrics_period_seconds=10,
         ),
         provider=k8s.Provider("is1-k8s", kubeconfig="{}"),
     )
@@ -339,7 +344,12 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
         deployment = REGISTERED["kubernetes:apps/v1:Deployment::is1"]
         pod = deployment["spec"]["template"]["spec"]
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-        assert pod["terminationGracePeriodSeconds"] == 150
+        # Drain (120 s), then the answers in flight (the bundle's 120 s timeout), then stop.
+        assert pod["terminationGracePeriodSeconds"] == 120 + 120 + 30
+        gateway = pod["containers"][1]
+        assert gateway["name"] == "gateway"
+        assert gateway["args"][:2] == ["gateway", "--bundle"]
+        assert "--guardrail" in gateway["args"]
         binding = REGISTERED["kubernetes:elbv2.k8s.aws/v1beta1:TargetGroupBinding::is1"]
         assert binding["spec"]["targetGroupARN"].endswith("targetgroup/g/2")
         assert binding["spec"]["serviceRef"] == {"name": "inference", "port": 8000}

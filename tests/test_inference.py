@@ -65,11 +65,14 @@ def test_blue_and_green_are_identical_but_for_colour_names_bundle_and_replicas(
             if resource.type == "kubernetes:apps/v1:Deployment":
                 assert inputs["spec"].pop("replicas") == (3 if colour == "blue" else 6)
             text = json.dumps({"type": resource.type, "name": resource.name, "in": inputs})
+            other = "green" if colour == "blue" else "blue"
             for value, token in (
                 (str(bundle), "<bundle>"),
                 (f"v{bundle.version}-{bundle.digest}", "<version>"),
                 (f"v{bundle.version}.json", "<manifest>"),
+                (f"v{bundle.version}-", "<version>-"),  # the guardrail's name
                 (colour, "<colour>"),
+                (other, "<other>"),  # where its mirror copies go, and who may send them
             ):
                 text = text.replace(value, token)
             # Made-up ids and ARNs of the colour's own resources (the mocks hash the name).
@@ -77,7 +80,7 @@ def test_blue_and_green_are_identical_but_for_colour_names_bundle_and_replicas(
         return sorted(shapes)
 
     blue_shape, green_shape = shape("blue", blue), shape("green", green)
-    assert len(blue_shape) == 11
+    assert len(blue_shape) == 14
     assert blue_shape == green_shape
 
 
@@ -101,8 +104,9 @@ def test_gpu_nodes_are_tainted_and_only_the_inference_pods_tolerate_them(graph: 
         assert term["matchExpressions"] == [
             {"key": "weightshift.io/pool", "operator": "In", "values": ["gpu"]}
         ]
-        (server,) = pod["containers"]
+        server, gateway = pod["containers"]
         assert server["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert "nvidia.com/gpu" not in gateway["resources"]["limits"]
 
 
 def test_nodes_require_imdsv2_and_encrypted_volumes_sized_for_weights(graph: Graph) -> None:
@@ -206,19 +210,38 @@ def test_changing_only_the_candidate_version_changes_only_the_candidate(tmp_path
     rollback = after.named("rollback", "Rollback").urn  # the candidate's alarms and function
     changes = diff(before, after)
     assert changes
-    assert {c.urn for c in changes} <= {
-        r.urn for r in after.resources if r.parent in (green, rollback)
+    by_urn = {**before.by_urn(), **after.by_urn()}
+
+    def under(urn: str, root: str) -> bool:
+        while urn in by_urn:
+            if urn == root:
+                return True
+            urn = by_urn[urn].parent or ""
+        return False
+
+    assert all(under(c.urn, green) or under(c.urn, rollback) for c in changes)
+    in_green = {
+        f"{c.action} {c.name} {c.type.rsplit(':', 1)[-1]}" for c in changes if under(c.urn, green)
     }
-    by_urn = after.by_urn()
-    in_green = {f"{c.name} {c.type}" for c in changes if by_urn[c.urn].parent == green}
     assert in_green == {
-        "green kubernetes:apps/v1:Deployment",
-        "green-pods aws:iam/rolePolicy:RolePolicy",
+        "update green Deployment",
+        "update green-pods RolePolicy",
+        # The colour's guardrail is renamed for the new bundle; its safety configuration is
+        # the same, so it keeps its version (a changed one would get a new version).
+        "update green-guardrail Guardrail",
     }
-    # The candidate's alarms follow its version (the custom metrics carry it), and the
-    # function records which version it rolls back.
-    in_rollback = {c.name for c in changes if by_urn[c.urn].parent == rollback}
-    assert in_rollback == {"rollback", "rollback-quality", "rollback-safety", "rollback-function"}
+    # The candidate's alarms on its gateways' metrics follow its version (a dimension), and
+    # the function records which version it rolls back; feedback (quality) names only the
+    # colour.
+    in_rollback = {c.name for c in changes if under(c.urn, rollback)}
+    assert in_rollback == {
+        "rollback",
+        "rollback-errors",
+        "rollback-latency-p99",
+        "rollback-safety",
+        "rollback-no-heartbeat",
+        "rollback-function",
+    }
 
 
 def test_a_colour_with_no_version_is_not_deployed() -> None:
@@ -229,8 +252,11 @@ def test_a_colour_with_no_version_is_not_deployed() -> None:
 
 def test_pods_drain_for_the_deregistration_delay(graph: Graph) -> None:
     pod = graph.named("green", "Deployment").inputs["spec"]["template"]["spec"]
-    (server,) = pod["containers"]
+    server, gateway = pod["containers"]
     assert server["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "180"]}}
+    assert gateway["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "180"]}}
+    # After draining, the gateway finishes the answers in flight (the bundle's timeout).
+    assert pod["terminationGracePeriodSeconds"] == 180 + 120 + 30
     assert pod["terminationGracePeriodSeconds"] >= 180
     assert (
         server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"] == 1800
@@ -245,11 +271,22 @@ def test_pods_drain_for_the_deregistration_delay(graph: Graph) -> None:
 
 def test_only_the_alb_reaches_the_pods(graph: Graph) -> None:
     policy = graph.named("green", "NetworkPolicy").inputs["spec"]
-    (rule,) = policy["ingress"]
+    rule, copies = policy["ingress"]
     public, private = carve("10.40.0.0/16", 3)
     assert [peer["ipBlock"]["cidr"] for peer in rule["from"]] == public
     assert not set(public) & set(private)
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # The gateway's ports only: the model server's port (8080) is never admitted.
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8001}]
+    assert copies == {
+        "from": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "support-assistant-prod-blue"}
+                }
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 8000}],
+    }
     sg_rule = graph.named("green-from-alb", "SecurityGroupIngressRule").inputs
     alb_sg = graph.named("traffic-alb", "SecurityGroup")
     assert sg_rule["referencedSecurityGroupId"].startswith("sg-")
@@ -393,7 +430,7 @@ def test_the_server_has_a_user_name_under_an_arbitrary_uid(
 
     pod = pod_spec(graph, "green")
     assert pod["securityContext"]["runAsUser"] == 1000
-    (server,) = pod["containers"]
+    server = pod["containers"][0]
     env = {e["name"]: e["value"] for e in server["env"]}
     assert env["HOME"] == "/tmp"
 
@@ -563,3 +600,133 @@ def test_a_bundle_of_many_files_still_fits_the_pod_roles_policy(tmp_path: Path) 
     small = json.loads(graph.named("blue-pods", "RolePolicy").inputs["policy"])
     (exact,) = [s for s in small["Statement"] if s["Sid"] == "ReadBundleObjects"]
     assert not any(r.endswith("*") for r in exact["Resource"])  # a small bundle: each blob
+
+
+def test_every_pod_runs_the_gateway_in_front_of_the_model_server(graph: Graph) -> None:
+    """The ALB reaches the gateway (8000, mirror 8001); the gateway reaches vLLM on
+    localhost:8080, with its colour, its guardrail, its metrics and the other colour to copy
+    mirrored requests to."""
+    for colour, other in (("blue", "green"), ("green", "blue")):
+        pod = graph.named(colour, "Deployment").inputs["spec"]["template"]["spec"]
+        server, gateway = pod["containers"]
+        assert server["args"][server["args"].index("--port") + 1] == "8080"
+        assert gateway["command"] == ["weightshift"]
+        assert gateway["image"] == graph.config.serving.puller_image
+        args = gateway["args"]
+
+        def arg(flag: str, given: list[str] = args) -> str:
+            return given[given.index(flag) + 1]
+
+        assert args[0] == "gateway"
+        assert arg("--bundle") == "/bundle"
+        assert arg("--upstream") == "http://127.0.0.1:8080"
+        assert arg("--colour") == colour
+        assert (arg("--listen"), arg("--mirror-listen")) == ("0.0.0.0:8000", "0.0.0.0:8001")
+        assert arg("--mirror-to") == (
+            f"http://inference.support-assistant-prod-{other}.svc.cluster.local:8000"
+        )
+        assert (arg("--metrics"), arg("--metrics-interval")) == ("cloudwatch", "10")
+        assert arg("--region") == "us-east-1"
+        # Keep-alive beyond the ALB's idle timeout: the ALB, not the pod, closes idle
+        # connections (a pod closing first races a request into a 502).
+        alb = graph.named("traffic-alb", "LoadBalancer").inputs
+        assert int(arg("--keep-alive")) > alb["idleTimeout"]
+        assert arg("--guardrail").startswith(f"(known after deploy: {colour}-guardrail.")
+        assert arg("--shadow-prefix") == "shadow"
+        bucket = graph.named("shadow-records", "Bucket").outputs["bucket"]
+        assert arg("--shadow-bucket") == bucket
+        assert [p["containerPort"] for p in gateway["ports"]] == [8000, 8001]
+        assert gateway["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert gateway["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+        context = gateway["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["runAsNonRoot"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        (bundle,) = [m for m in gateway["volumeMounts"] if m["name"] == "bundle"]
+        assert bundle["readOnly"] is True
+
+
+def test_the_gateway_may_send_its_metrics_apply_its_guardrail_and_write_shadow_pairs_only(
+    graph: Graph,
+) -> None:
+    for colour in ("blue", "green"):
+        policy = json.loads(graph.named(f"{colour}-gateway", "RolePolicy").inputs["policy"])
+        grants = {s["Sid"]: s for s in policy["Statement"]}
+        assert set(grants) == {"PutGatewayMetrics", "ApplyBundleGuardrail", "WriteShadowPairs"}
+        metrics = grants["PutGatewayMetrics"]
+        assert metrics["Action"] == ["cloudwatch:PutMetricData"]
+        # PutMetricData has no resource type: the namespace condition is the limit.
+        assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "weightshift"}}
+        guardrail = grants["ApplyBundleGuardrail"]
+        assert guardrail["Action"] == ["bedrock:ApplyGuardrail"]
+        assert guardrail["Resource"] == [f"(known after deploy: {colour}-guardrail.guardrailArn)"]
+        shadow = grants["WriteShadowPairs"]
+        bucket = graph.named("shadow-records", "Bucket").outputs["bucket"]
+        assert (shadow["Action"], shadow["Resource"]) == (
+            ["s3:PutObject"],
+            [f"arn:aws:s3:::{bucket}/shadow/*"],
+        )
+        assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+
+
+def test_each_colour_has_the_guardrail_of_its_own_bundle(graph: Graph) -> None:
+    guardrails = {r.name: r.inputs for r in graph.of_type("aws:bedrock/guardrail:Guardrail")}
+    assert set(guardrails) == {"blue-guardrail", "green-guardrail"}
+    for colour in ("blue", "green"):
+        version = getattr(graph.config, colour).version
+        found = guardrails[f"{colour}-guardrail"]
+        assert found["description"].startswith(f"Moderation of {version} ({colour})")
+        release = BundleId.parse(version).version
+        safety = PROJECT / "bundles" / NAME / f"v{release}" / "config" / "safety.json"
+        refusal = json.loads(safety.read_text())["refusal_message"]
+        assert found["blockedInputMessaging"] == found["blockedOutputsMessaging"] == refusal
+    versions = {
+        r.name: r.inputs for r in graph.of_type("aws:bedrock/guardrailVersion:GuardrailVersion")
+    }
+    # A published guardrail version is what the pods apply; the old one outlives the update
+    # (pods of the previous ReplicaSet still name it while they drain).
+    assert all(v["skipDestroy"] is True for v in versions.values())
+
+
+def test_the_weightshift_image_runs_as_the_user_the_pods_require(graph: Graph) -> None:
+    """The Dockerfile builds serving.pullerImage (init container and gateway): its user is
+    numeric and the pods' own, its entrypoint the command they run."""
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", dockerfile, flags=re.MULTILINE)
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile, flags=re.MULTILINE)
+    pod = graph.named("green", "Deployment").inputs["spec"]["template"]["spec"]
+    context = pod["securityContext"]
+    assert (int(user[0]), int(user[1])) == (context["runAsUser"], context["runAsGroup"])
+    gateway = pod["containers"][1]
+    (init,) = pod["initContainers"]
+    assert gateway["command"] == init["command"] == json.loads(entrypoint)
+    assert "-c constraints.txt" in dockerfile
+
+
+def test_local_moderation_is_refused_for_a_bundle_that_needs_a_classifier(
+    tmp_path: Path,
+) -> None:
+    """Blocked categories need the Bedrock guardrail: a local moderator would serve the
+    bundle with them silently off."""
+    from weightshift.synth import SynthError
+
+    with pytest.raises(SynthError, match=r"serving.moderator is local, which does not enforce "):
+        synth("serving.moderator=local")
+    blue = copy_bundle(tmp_path, "1.4.2", "1.4.2")
+    green = copy_bundle(tmp_path, "1.5.0", "1.5.0")
+    for version in ("1.4.2", "1.5.0"):
+        safety_file = tmp_path / NAME / f"v{version}" / "config/safety.json"
+        safety = json.loads(safety_file.read_text())
+        safety["blocked_categories"] = []
+        safety["blocked_terms"] = ["wire the money"]
+        safety_file.write_text(json.dumps(safety))
+    blue = BundleId.parse(str(load_local(tmp_path / NAME / "v1.4.2").manifest(blue.version).id))
+    green = BundleId.parse(str(load_local(tmp_path / NAME / "v1.5.0").manifest(green.version).id))
+    graph = synth_with(
+        tmp_path, "serving.moderator=local", f"blue.version={blue}", f"green.version={green}"
+    )
+    assert graph.of_type("aws:bedrock/guardrail:Guardrail") == []
+    gateway = graph.named("green", "Deployment").inputs["spec"]["template"]["spec"]["containers"][1]
+    assert "--guardrail" not in gateway["args"]
+    policy = json.loads(graph.named("green-gateway", "RolePolicy").inputs["policy"])
+    assert "ApplyBundleGuardrail" not in {s["Sid"] for s in policy["Statement"]}

@@ -10,13 +10,14 @@ import pytest
 
 from tests.conftest import PROJECT, listener_weights, synth
 from tests.metric_math import evaluate
+from weightshift import rates
 from weightshift.dead_man import ANSWER_QUERY_IDS, Verdict, decide, expression
 from weightshift.rollback_record import RollbackRecord
 from weightshift.stages import Strategy, schedule
 from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
 
 PREFIX = "support-assistant-prod-green"
-CANDIDATE = "support-assistant/v1.5.0-d93b4b8ffe77"
+CANDIDATE = "support-assistant/v1.5.0-d80719af096e"
 
 
 @pytest.fixture(scope="module")
@@ -29,64 +30,104 @@ def alarm(graph: Graph, suffix: str) -> dict[str, Any]:
     return graph.named(f"rollback-{suffix}", "MetricAlarm").inputs
 
 
-def test_latency_alarm_is_p99_of_the_candidates_target_response_time(live: Graph) -> None:
+GATEWAY = {"Model": "support-assistant", "Version": CANDIDATE, "Colour": "green"}
+
+
+def test_latency_alarm_is_p99_time_to_first_token_from_the_candidates_gateways(
+    live: Graph,
+) -> None:
     latency = alarm(live, "latency-p99")
     assert latency["name"] == f"{PREFIX}-latency-p99"
-    assert (latency["namespace"], latency["metricName"]) == (
-        "AWS/ApplicationELB",
-        "TargetResponseTime",
-    )
+    assert (latency["namespace"], latency["metricName"]) == ("weightshift", "TimeToFirstToken")
+    assert latency["dimensions"] == GATEWAY
     assert latency["extendedStatistic"] == "p99"
     assert "statistic" not in latency
     # A p99 of a few requests is their slowest: at 1 % one long generation would roll back.
     assert latency["evaluateLowSampleCountPercentiles"] == "ignore"
+    # The gateways send high-resolution datapoints every 10 s: one fast period decides.
     assert (latency["period"], latency["evaluationPeriods"], latency["datapointsToAlarm"]) == (
-        60,
+        10,
         1,
         1,
     )
     assert latency["comparisonOperator"] == "GreaterThanThreshold"
     assert latency["threshold"] == 8  # Pulumi.prod.yaml: latencyP99Seconds
     assert latency["treatMissingData"] == "notBreaching"
-    green_arn = live.outputs["targetGroupArns"]["green"]
-    assert green_arn.endswith(latency["dimensions"]["TargetGroup"])
-    assert latency["dimensions"]["TargetGroup"].startswith("targetgroup/traffic-green-")
-    assert latency["dimensions"]["LoadBalancer"].startswith("app/traffic-alb-")
 
 
-def test_error_rate_is_metric_math_over_5xx_and_requests(live: Graph) -> None:
-    errors = alarm(live, "errors")
-    assert "period" not in errors
-    assert "metricName" not in errors
-    queries = {q["id"]: q for q in errors["metricQueries"]}
-    assert queries["rate"]["expression"] == (
-        "IF(FILL(requests, 0) > 0, 100 * (FILL(errors, 0) + FILL(refused, 0)) / requests, 0)"
-    )
+def _rate_queries(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    assert "period" not in found
+    assert "metricName" not in found
+    queries = {q["id"]: q for q in found["metricQueries"]}
+    assert set(queries) == {"rate", "events", "requests"}
     assert queries["rate"]["returnData"] is True
-    for query_id, metric in (
-        ("errors", "HTTPCode_Target_5XX_Count"),
-        # The ALB's own 502s when a crashed server refuses connections: target 5xx alone
-        # counts only answers (ALB docs: target codes exclude load-balancer-generated ones).
-        ("refused", "TargetConnectionErrorCount"),
-        ("requests", "RequestCount"),
-    ):
+    assert queries["events"]["returnData"] is queries["requests"]["returnData"] is False
+    # Rollback settings: minRequests 10, minErrors 3 (config defaults).
+    assert queries["rate"]["expression"] == rates.expression("events", "requests", 10, 3)
+    return queries
+
+
+def test_error_rate_is_metric_math_over_the_gateways_errors_and_requests(live: Graph) -> None:
+    errors = alarm(live, "errors")
+    queries = _rate_queries(errors)
+    for query_id, metric in (("events", "Errors"), ("requests", "Requests")):
         stat = queries[query_id]["metric"]
-        assert (stat["metricName"], stat["stat"], stat["period"]) == (metric, "Sum", 60)
-        assert queries[query_id]["returnData"] is False
+        assert (stat["namespace"], stat["metricName"]) == ("weightshift", metric)
+        assert (stat["stat"], stat["period"]) == ("Sum", 10)
+        assert stat["dimensions"] == GATEWAY
     assert (errors["comparisonOperator"], errors["threshold"]) == ("GreaterThanThreshold", 0.5)
     assert errors["treatMissingData"] == "notBreaching"
 
 
-def test_quality_and_safety_alarms_read_the_custom_metrics_of_this_version(live: Graph) -> None:
-    quality, safety = alarm(live, "quality"), alarm(live, "safety")
-    for found, metric in ((quality, "QualityScore"), (safety, "SafetyViolationRate")):
-        assert (found["namespace"], found["metricName"]) == ("weightshift", metric)
-        assert found["dimensions"] == {"Model": "support-assistant", "Version": CANDIDATE}
-        assert found["statistic"] == "Average"
-        assert found["treatMissingData"] == "notBreaching"
+def test_connections_the_candidate_refused_are_judged_from_the_load_balancer(
+    live: Graph,
+) -> None:
+    """A crashed pod answers nothing and its gateway counts nothing: the ALB's own 502s
+    (TargetConnectionErrorCount; target codes exclude load-balancer-generated ones)."""
+    refused = alarm(live, "refused")
+    queries = _rate_queries(refused)
+    for query_id, metric in (
+        ("events", "TargetConnectionErrorCount"),
+        ("requests", "RequestCount"),
+    ):
+        stat = queries[query_id]["metric"]
+        assert (stat["namespace"], stat["metricName"]) == ("AWS/ApplicationELB", metric)
+        assert (stat["stat"], stat["period"]) == ("Sum", 60)
+        assert stat["dimensions"]["TargetGroup"].startswith("targetgroup/traffic-green-")
+        assert stat["dimensions"]["LoadBalancer"].startswith("app/traffic-alb-")
+    green_arn = live.outputs["targetGroupArns"]["green"]
+    assert green_arn.endswith(queries["events"]["metric"]["dimensions"]["TargetGroup"])
+
+
+def test_quality_reads_feedback_by_colour_and_safety_the_blocked_answers_of_this_version(
+    live: Graph,
+) -> None:
+    quality = alarm(live, "quality")
+    assert (quality["namespace"], quality["metricName"]) == ("weightshift", "QualityScore")
+    # Feedback may reach the other colour's pod: it names the colour that answered only.
+    assert quality["dimensions"] == {"Model": "support-assistant", "Colour": "green"}
+    assert quality["statistic"] == "Average"
+    assert quality["treatMissingData"] == "notBreaching"
     assert (quality["comparisonOperator"], quality["threshold"]) == ("LessThanThreshold", 0.82)
     assert (quality["evaluationPeriods"], quality["datapointsToAlarm"]) == (3, 2)
+    safety = alarm(live, "safety")
+    queries = _rate_queries(safety)
+    assert queries["events"]["metric"]["metricName"] == "OutputBlocks"
+    assert queries["requests"]["metric"]["metricName"] == "Requests"
+    assert queries["events"]["metric"]["dimensions"] == GATEWAY
     assert (safety["comparisonOperator"], safety["threshold"]) == ("GreaterThanThreshold", 0.2)
+
+
+def test_a_candidate_whose_gateways_stop_reporting_is_rolled_back(live: Graph) -> None:
+    """Every gateway sends a Heartbeat of 1 every 10 s from stage 0 on: two silent periods
+    are a breach, whatever the traffic."""
+    silent = alarm(live, "no-heartbeat")
+    assert (silent["namespace"], silent["metricName"]) == ("weightshift", "Heartbeat")
+    assert silent["dimensions"] == GATEWAY
+    assert (silent["statistic"], silent["period"]) == ("Sum", 10)
+    assert (silent["comparisonOperator"], silent["threshold"]) == ("LessThanThreshold", 1)
+    assert (silent["evaluationPeriods"], silent["datapointsToAlarm"]) == (2, 2)
+    assert silent["treatMissingData"] == "breaching"
 
 
 def test_no_healthy_host_treats_missing_data_as_a_breach(live: Graph) -> None:
@@ -173,8 +214,19 @@ def test_the_dead_mans_switch_decisions_the_issue_names() -> None:
 
 def test_the_composite_alarm_invokes_the_function_and_pages_only_while_live(live: Graph) -> None:
     composite = live.named("rollback", "CompositeAlarm").inputs
-    names = [alarm(live, s)["name"] for s in ("latency-p99", "errors", "quality", "safety")]
-    names += [alarm(live, s)["name"] for s in ("no-healthy-hosts", "no-answers")]
+    names = [
+        alarm(live, s)["name"]
+        for s in (
+            "errors",
+            "latency-p99",
+            "quality",
+            "safety",
+            "no-heartbeat",
+            "refused",
+            "no-healthy-hosts",
+            "no-answers",
+        )
+    ]
     assert composite["alarmRule"] == " OR ".join(f'ALARM("{n}")' for n in names)
     function = live.named("rollback-function", "Function").inputs
     topic = live.outputs["rollback"]["onCallTopic"]
@@ -381,14 +433,28 @@ def test_without_credentials_the_program_stops_with_one_paragraph(
         contextvars.Context().run(read, "/weightshift/m/s/rollback", region="us-east-1")
 
 
-def test_the_error_rate_expression_evaluates_to_the_percentage(live: Graph) -> None:
-    rate = next(
+@pytest.mark.parametrize("requests", [None, 0, 1, 9, 10, 11, 200, 10_000])
+@pytest.mark.parametrize("events", [None, 0, 1, 2, 3, 4, 9, 150])
+def test_the_rate_expression_decides_exactly_as_the_rate_function(
+    live: Graph, requests: int | None, events: int | None
+) -> None:
+    """The synthesized metric math, evaluated, against ``rates.rate`` (None: no datapoint)."""
+    text = next(
         q["expression"] for q in alarm(live, "errors")["metricQueries"] if q["id"] == "rate"
     )
-    assert evaluate(rate, {"requests": None, "errors": None, "refused": None}) == 0
-    assert evaluate(rate, {"requests": 200, "errors": 3, "refused": None}) == 1.5
-    assert evaluate(rate, {"requests": 200, "errors": None, "refused": 2}) == 1
-    assert evaluate(rate, {"requests": 200, "errors": None, "refused": None}) == 0
+    found = evaluate(text, {"events": events, "requests": requests})
+    assert found == pytest.approx(rates.rate(events or 0, requests or 0, 10, 3))
+    threshold = alarm(live, "errors")["threshold"]
+    assert (found > threshold) == (rates.rate(events or 0, requests or 0, 10, 3) > threshold)
+
+
+def test_a_rate_needs_enough_evidence() -> None:
+    # 1 error in 2 requests at 1 % of a quiet service is not a 50 % error rate.
+    assert rates.rate(1, 2, min_requests=10, min_events=3) == 0
+    assert rates.rate(2, 400, min_requests=10, min_events=3) == 0
+    assert rates.rate(3, 200, min_requests=10, min_events=3) == 1.5
+    assert rates.rate(5, 5, min_requests=10, min_events=3) == 0
+    assert rates.rate(10, 10, min_requests=10, min_events=3) == 100
 
 
 def test_a_stage_that_would_enable_an_alarm_already_in_alarm_is_refused() -> None:

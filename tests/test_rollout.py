@@ -15,7 +15,6 @@ import pytest
 from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
 from weightshift.cli import main
-from weightshift.config import ConfigError
 from weightshift.plan import diff
 from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError
 from weightshift.synth import Graph, stack_config, synthesize
@@ -244,17 +243,19 @@ def test_finish_swaps_the_roles_at_the_last_stage_only(
     assert backend.graph.outputs["rollout"]["stable"] == "green"
 
 
-def test_a_shadow_rollout_is_refused_before_anything_moves(
+def test_a_shadow_rollout_mirrors_and_never_finishes(
     rollout: Rollout, backend: FakeBackend
 ) -> None:
-    backend.values["weightshift:rollout"] = {
-        **backend.values["weightshift:rollout"],
-        "strategy": "shadow",
-        "stage": 0,
-    }
-    with pytest.raises(ConfigError, match="shadow is not available yet"):
-        rollout.promote()
-    assert backend.ups == []
+    set_stage(backend, 0, strategy="shadow")
+    assert backend.graph.outputs["rollout"]["weights"]["mirror"] == 0
+    rollout.promote(ignore_bake=True)
+    assert backend.values["weightshift:rollout"]["stage"] == 1
+    weights = backend.graph.outputs["rollout"]["weights"]
+    # The stable colour serves every request; the mirror listener gets its copy.
+    assert weights["mirror"] > 0
+    assert weights[backend.values["weightshift:rollout"]["candidate"]] == 0
+    with pytest.raises(RolloutError, match="never serves the candidate at 100 %"):
+        rollout.finish()
 
 
 @pytest.mark.skipif(shutil.which("pulumi") is not None, reason="the Pulumi CLI is installed")

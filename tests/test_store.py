@@ -58,10 +58,11 @@ def object_versions(s3: Any) -> set[tuple[str, str]]:
 
 
 def files_of(root: Path) -> dict[str, bytes]:
+    """The bundle's files under ``root`` (not the id stamp ``pull`` writes beside them)."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not p.relative_to(root).as_posix().startswith(".weightshift/")
     }
 
 
@@ -78,6 +79,10 @@ def test_publish_then_pull_is_byte_identical(
     )
     dest = tmp_path / "pulled"
     store.pull(result.id, dest)
+    # Beside the bundle's own files, what the folder holds (the gateway's metrics name it).
+    stamp = json.loads((dest / ".weightshift/bundle.json").read_text())
+    assert stamp["id"] == str(result.id)
+    assert stamp["digest"] == store.resolve(result.id).manifest.digest
     assert files_of(dest) == files_of(bundle)
     assert store.verify(result.id) == []
     assert [str(p.manifest.id) for p in [store.resolve(result.id)]] == [str(result.id)]
@@ -94,6 +99,7 @@ def test_pull_can_link_the_serving_layout_without_copying(
         "config.json",
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
+        "tokenizer.json",
         "tokenizer_config.json",
     ]
     shard = dest / "model/weights/model-00001-of-00002.safetensors"

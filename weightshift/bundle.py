@@ -81,14 +81,23 @@ class Generation(_Strict):
 
 
 class Safety(_Strict):
-    """``config/safety.json``: guardrails applied around the model."""
+    """``config/safety.json``: guardrails applied around the model (``docs/gateway.md``)."""
 
     input_moderation: bool = True
+    """Moderate the client's messages before they reach the model."""
     output_moderation: bool = True
+    """Moderate the model's answer before it reaches the client."""
     blocked_categories: list[str] = Field(default_factory=list)
+    """Content categories to block: the Bedrock Guardrail's content filters and denied
+    topics (``weightshift/guardrail.py``)."""
+    blocked_terms: list[str] = Field(default_factory=list, max_length=10_000)
+    """Words or phrases refused outright, by both moderators (case-insensitive, whole words)."""
     max_toxicity: float = Field(default=0.05, ge=0, le=1)
+    """Tolerance of the content filters: the lower, the stricter the filter strength."""
     pii_redaction: bool = True
+    """Mask personal data (emails, phone and card numbers, ...) in inputs and outputs."""
     refusal_message: str = Field(min_length=1)
+    """What the client receives instead of a blocked request or answer."""
 
 
 class RoutingRule(_Strict):
@@ -658,6 +667,21 @@ def skeleton(name: str) -> dict[str, bytes]:
         "model/weights/model.safetensors": _placeholder_safetensors(),
         "model/tokenizer/tokenizer_config.json": js(
             {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192}
+        ),
+        # A placeholder the `tokenizers` library loads (one token per word), so the gateway
+        # can count input tokens before the model's own tokenizer.json replaces it.
+        "model/tokenizer/tokenizer.json": js(
+            {
+                "version": "1.0",
+                "truncation": None,
+                "padding": None,
+                "added_tokens": [],
+                "normalizer": None,
+                "pre_tokenizer": {"type": "Whitespace"},
+                "post_processor": None,
+                "decoder": None,
+                "model": {"type": "WordLevel", "vocab": {"[UNK]": 0}, "unk_token": "[UNK]"},
+            }
         ),
         "model/config.json": js({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}),
         "prompt/system.txt": b"You are a helpful assistant. Answer accurately and concisely.\n",

@@ -11,19 +11,23 @@ credentials. Either way the manifest's digest must match the hash in the configu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import boto3
 from botocore.exceptions import BotoCoreError
+from pydantic import BaseModel
 
-from weightshift.bundle import BundleError, Generation, Manifest, load_local
+from weightshift.bundle import BundleError, Generation, Manifest, Routing, Safety, load_local
 from weightshift.store import BundleStore, StoreError
 from weightshift.versioning import BundleId
 
 GENERATION_PATH = "config/generation.json"
+SAFETY_PATH = "config/safety.json"
+ROUTING_PATH = "config/routing.json"
 
 
 class CatalogError(Exception):
@@ -37,6 +41,10 @@ class ResolvedBundle:
     id: BundleId
     manifest: Manifest
     generation: Generation
+    safety: Safety
+    """Becomes the bundle's Bedrock guardrail."""
+    routing: Routing
+    """Its request timeout sizes the pods' grace period."""
 
     @property
     def blob_digests(self) -> list[str]:
@@ -47,11 +55,25 @@ class BundleCatalog(Protocol):
     def resolve(self, bundle: BundleId) -> ResolvedBundle: ...
 
 
-def _generation(bundle: BundleId, data: bytes) -> Generation:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _part(bundle: BundleId, path: str, data: bytes, model: type[_M]) -> _M:
     try:
-        return Generation.model_validate(json.loads(data))
+        return model.model_validate(json.loads(data))
     except ValueError as exc:
-        raise CatalogError(f"{bundle}: {GENERATION_PATH} is not valid ({exc}).") from None
+        raise CatalogError(f"{bundle}: {path} is not valid ({exc}).") from None
+
+
+def _resolved(bundle: BundleId, manifest: Manifest, read: Callable[[str], bytes]) -> ResolvedBundle:
+    """What the program needs of ``bundle``, its small JSON parts read with ``read``."""
+    return ResolvedBundle(
+        bundle,
+        manifest,
+        _part(bundle, GENERATION_PATH, read(GENERATION_PATH), Generation),
+        _part(bundle, SAFETY_PATH, read(SAFETY_PATH), Safety),
+        _part(bundle, ROUTING_PATH, read(ROUTING_PATH), Routing),
+    )
 
 
 def _check_id(bundle: BundleId, manifest: Manifest, where: str) -> None:
@@ -85,9 +107,7 @@ class LocalCatalog:
             raise CatalogError(str(error)) from None
         manifest = local.manifest(bundle.version)
         _check_id(bundle, manifest, str(folder))
-        resolved = ResolvedBundle(
-            bundle, manifest, _generation(bundle, (folder / GENERATION_PATH).read_bytes())
-        )
+        resolved = _resolved(bundle, manifest, lambda path: (folder / path).read_bytes())
         self._cache[bundle] = resolved
         return resolved
 
@@ -110,11 +130,14 @@ class S3Catalog:
                 f"cannot reach the artifact bucket {self.store.bucket} to read {bundle} "
                 f"({error}): check the AWS credentials and region."
             ) from None
-        try:
-            data = self.store.read_file(published, GENERATION_PATH)
-        except StoreError as error:
-            raise CatalogError(str(error)) from None
-        return ResolvedBundle(bundle, published.manifest, _generation(bundle, data))
+
+        def read(path: str) -> bytes:
+            try:
+                return self.store.read_file(published, path)
+            except StoreError as error:
+                raise CatalogError(str(error)) from None
+
+        return _resolved(bundle, published.manifest, read)
 
 
 OFFLINE_CATALOG: ContextVar[BundleCatalog | None] = ContextVar("OFFLINE_CATALOG", default=None)

@@ -230,6 +230,16 @@ def cmd_bundle_pull(args: argparse.Namespace) -> int:
     manifest = _store(args).pull(
         _bundle_id(args.id), Path(args.dest), serving_layout=args.serving_layout
     )
+    if args.json:
+        document = {
+            "id": str(manifest.id),
+            "digest": manifest.digest,
+            "files": len(manifest.files),
+            "bytes": manifest.size,
+            "dest": str(args.dest),
+        }
+        print(json.dumps(document, indent=2))
+        return 0
     print(f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {args.dest}")
     return 0
 
@@ -292,6 +302,54 @@ def cmd_bundle_diff(args: argparse.Namespace) -> int:
     for reason in change.reasons:
         print(f"  {reason}")
     return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from weightshift.gateway.server import Options, parse_address, serve
+
+    try:
+        options = Options(
+            bundle=Path(args.bundle),
+            upstream=args.upstream,
+            colour=args.colour,
+            listen=parse_address(args.listen, "--listen"),
+            bundle_id=args.bundle_id,
+            keep_alive=args.keep_alive,
+            guardrail=_guardrail(args.guardrail),
+            region=args.region or os.environ.get("AWS_REGION"),
+            metrics=args.metrics,
+            metrics_interval=args.metrics_interval,
+            mirror_listen=parse_address(args.mirror_listen, "--mirror-listen")
+            if args.mirror_listen
+            else None,
+            mirror_to=args.mirror_to,
+            mirror_queue=args.mirror_queue,
+            mirror_workers=args.mirror_workers,
+            mirror_timeout=args.mirror_timeout,
+            shadow_bucket=args.shadow_bucket,
+            shadow_prefix=args.shadow_prefix,
+            shadow_keep_text=args.shadow_keep_text,
+            shadow_flush_seconds=args.shadow_flush_seconds,
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if options.mirror_listen and not options.mirror_to:
+        raise CommandError("--mirror-listen needs --mirror-to URL (the candidate's service).")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(options))
+    return 0
+
+
+def _guardrail(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    identifier, sep, version = text.rpartition(":")
+    if not sep or not identifier or not version:
+        raise ValueError(f"--guardrail {text!r}: give ID:VERSION, e.g. abc123def456:3")
+    return identifier, version
 
 
 def _bucket_options(parser: argparse.ArgumentParser) -> None:
@@ -413,6 +471,82 @@ def build_parser() -> argparse.ArgumentParser:
     _bucket_options(compare)
     compare.set_defaults(func=cmd_bundle_diff)
 
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve a bundle in front of an OpenAI-compatible model server (the pod's sidecar)",
+        description="Apply a bundle's system prompt, few-shot examples, generation, routing "
+        "and safety configuration to every request, forward it to the model server, and send "
+        "10-second metrics to CloudWatch. See docs/gateway.md.",
+    )
+    gateway.add_argument("--bundle", required=True, metavar="DIR", help="a pulled bundle folder")
+    gateway.add_argument(
+        "--upstream",
+        required=True,
+        metavar="URL",
+        help="the model server, e.g. http://127.0.0.1:8080",
+    )
+    gateway.add_argument("--colour", required=True, choices=["blue", "green"])
+    gateway.add_argument(
+        "--listen", default="0.0.0.0:8000", metavar="HOST:PORT", help="default 0.0.0.0:8000"
+    )
+    gateway.add_argument(
+        "--bundle-id",
+        metavar="ID",
+        help="the bundle's id, for a folder not pulled by `weightshift bundle pull`",
+    )
+    gateway.add_argument(
+        "--keep-alive",
+        type=int,
+        default=620,
+        metavar="SECONDS",
+        help="idle connection timeout; keep it above the load balancer's (default 620)",
+    )
+    gateway.add_argument(
+        "--guardrail",
+        metavar="ID:VERSION",
+        help="moderate with this Amazon Bedrock guardrail (default: the local moderator)",
+    )
+    gateway.add_argument("--region", help="AWS region for Bedrock and CloudWatch")
+    gateway.add_argument(
+        "--metrics",
+        choices=["auto", "cloudwatch", "off"],
+        default="auto",
+        help="auto: to CloudWatch when AWS credentials are present (default)",
+    )
+    gateway.add_argument(
+        "--metrics-interval", type=float, default=10.0, metavar="SECONDS", help="default 10"
+    )
+    gateway.add_argument(
+        "--mirror-listen",
+        metavar="HOST:PORT",
+        help="also answer on this address and copy each request to --mirror-to (shadow)",
+    )
+    gateway.add_argument("--mirror-to", metavar="URL", help="the candidate's gateway")
+    gateway.add_argument(
+        "--mirror-queue", type=int, default=256, help="copies waiting, at most (default 256)"
+    )
+    gateway.add_argument(
+        "--mirror-workers", type=int, default=16, help="copies in flight (default 16)"
+    )
+    gateway.add_argument(
+        "--mirror-timeout", type=float, default=120.0, help="seconds a copy may take (default 120)"
+    )
+    gateway.add_argument("--shadow-bucket", help="S3 bucket for the mirrored pairs")
+    gateway.add_argument("--shadow-prefix", default="shadow", help="key prefix (default shadow)")
+    gateway.add_argument(
+        "--shadow-keep-text",
+        action="store_true",
+        help="store prompts and answers in the pairs (default: hashes only)",
+    )
+    gateway.add_argument(
+        "--shadow-flush-seconds",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="write a batch of pairs at least this often (default 60)",
+    )
+    gateway.set_defaults(func=cmd_gateway)
+
     rollout = commands.add_parser(
         "rollout", help="operate a rollout (Pulumi Automation API; needs the Pulumi CLI)"
     )
@@ -449,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError
 
     from weightshift.bundle import BundleError
+    from weightshift.gateway.errors import BundleLoadError
     from weightshift.rollback_record import RecordError
     from weightshift.rollout import RolloutError
     from weightshift.store import StoreError
@@ -471,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         VersionError,
         RecordError,
         RolloutError,
+        BundleLoadError,
     ) as error:
         print(f"weightshift {args.command}: error: {_paragraph(str(error))}", file=sys.stderr)
         return EXIT_USAGE

@@ -163,6 +163,9 @@ class Thresholds(_Model):
     """Gate and rollback thresholds. Defaults follow the seed's evaluation gates."""
 
     latency_p99_seconds: Float = Field(default=10.0, gt=0, le=600)
+    """Rollback when the candidate's p99 time to first token (streamed answers, measured by
+    its gateways, over one fast period) exceeds this. Whole (non-streamed) answers are not
+    judged by it: their time grows with their length, not with the model's health."""
     error_rate_percent: Float = Field(default=1.0, gt=0, le=100)
     min_quality_score: Float = Field(default=0.8, ge=0, le=1)
     max_safety_violation_percent: Float = Field(default=0.5, ge=0, le=100)
@@ -180,19 +183,12 @@ class RolloutConfig(_Model):
     """0 turns stickiness off; otherwise 1 s to 7 days (the ALB's range)."""
     mirror_percent: Float = Field(default=DEFAULT_MIRROR_PERCENT, gt=0, le=100)
     """Shadow only: share of live requests copied to the candidate."""
+    shadow_record_days: Int = Field(default=30, ge=1, le=3653)
+    """Shadow only: how long the mirrored pairs are kept (the shadow bucket's lifecycle)."""
+    shadow_keep_text: Flag = False
+    """Shadow only: store prompts and answers in the pairs, not only their hashes (they may
+    hold personal data: decide with whoever owns that data)."""
     thresholds: Thresholds = Thresholds()
-
-    @field_validator("strategy")
-    @classmethod
-    def _served(cls, value: Strategy) -> Strategy:
-        if value is Strategy.SHADOW:
-            raise ValueError(
-                "shadow is not available yet: its stage gives the ALB's mirror target group a "
-                "share of live requests, but nothing serves that target group (the mirroring "
-                "gateway is not built), so the ALB would answer those users 503. Use canary or "
-                "blue-green"
-            )
-        return value
 
     @field_validator("stage")
     @classmethod
@@ -317,6 +313,9 @@ class TrafficConfig(_Model):
     internal: Flag = False
     ingress_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     serving_port: Int = Field(default=8000, ge=1024, le=65535)
+    """The gateway's port: the target groups, health checks and bindings point at it."""
+    mirror_port: Int = Field(default=8001, ge=1024, le=65535)
+    """The gateway's mirror listener: the shadow strategy's ``mirror`` target group."""
     health_check_path: str = Field(default="/health", pattern=r"^/[A-Za-z0-9/_.-]*$")
     deregistration_delay_seconds: Int = Field(default=120, ge=0, le=3600)
     idle_timeout_seconds: Int = Field(default=300, ge=1, le=4000)
@@ -583,8 +582,9 @@ class ServingConfig(_Model):
     image: str
     """The server image, pinned by digest."""
     puller_image: str
-    """An image with weightshift installed (the init container runs `weightshift bundle
-    pull`), pinned by digest."""
+    """The weightshift image (the repository's ``Dockerfile``), pinned by digest: the init
+    container runs ``weightshift bundle pull`` in it, the gateway sidecar ``weightshift
+    gateway``."""
     gpus_per_replica: Int = Field(default=1, ge=1, le=16)
     cpu: str = Field(default="8", pattern=r"^[0-9]+(\.[0-9]+|m)?$")
     memory: str = Field(default="64Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
@@ -597,6 +597,13 @@ class ServingConfig(_Model):
     """How long a stopping pod keeps answering in-flight requests; default: the target
     group's deregistration delay."""
     extra_args: tuple[str, ...] = ()
+    model_port: Int = Field(default=8080, ge=1024, le=65535)
+    """The model server's port inside the pod (only the gateway and the kubelet reach it)."""
+    moderator: Literal["bedrock", "local"] = "bedrock"
+    """bedrock: each bundle's safety.json becomes an Amazon Bedrock Guardrail the gateway
+    calls; local: blocked terms and personal-data patterns only, no cloud call."""
+    gateway_cpu: str = Field(default="2", pattern=r"^[0-9]+(\.[0-9]+|m)?$")
+    gateway_memory: str = Field(default="2Gi", pattern=r"^[0-9]+(Mi|Gi)$")
 
     @field_validator("image", "puller_image")
     @classmethod
@@ -608,7 +615,17 @@ class RollbackConfig(_Model):
     """Automated rollback of the candidate: alarm timing and who is paged."""
 
     period_seconds: Literal[60] = 60
-    """ALB metrics have one-minute resolution; every alarm evaluates one-minute periods."""
+    """ALB metrics have one-minute resolution: the ALB's alarms evaluate one-minute periods."""
+    fast_period_seconds: Literal[10, 20, 30] = 10
+    """The gateway's metrics are high resolution: its alarms evaluate periods this short
+    (and the gateway sends its metrics this often)."""
+    min_requests: Int = Field(default=10, ge=1, le=1_000_000)
+    """An error or safety rate is judged only over at least this many requests."""
+    min_errors: Int = Field(default=3, ge=1, le=1_000_000)
+    """...and only with at least this many errors: one stray error never rolls back."""
+    heartbeat_periods: Int = Field(default=2, ge=1, le=30)
+    """Fast periods without a single gateway heartbeat before rollback (every candidate
+    pod's gateway reports every period, zeros included, from stage 0 on)."""
     dead_man_minutes: Int = Field(default=5, ge=1, le=60)
     """The dead man's switch's window: it counts the requests the load balancer sent the
     candidate and the answers the candidate gave over this many minutes."""

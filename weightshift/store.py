@@ -60,6 +60,10 @@ class StoreError(Exception):
     """A store operation that cannot go ahead; the message says why and what to do."""
 
 
+PULLED_ID = ".weightshift/bundle.json"
+"""Written by ``pull`` beside the bundle's files: its id, digest and publication time."""
+
+
 def blob_key(sha256: str) -> str:
     return f"blobs/sha256/{sha256}"
 
@@ -1033,6 +1037,21 @@ class BundleStore:
                 list(pool.map(fetch, sorted(by_blob)))
             if serving_layout:
                 link_serving_layout(staging)
+            # What the folder holds, for whoever serves it (the gateway names its metrics
+            # by this id): the bundle's own files never carry it.
+            (staging / PULLED_ID).parent.mkdir()
+            (staging / PULLED_ID).write_text(
+                json.dumps(
+                    {
+                        "id": str(manifest.id),
+                        "digest": manifest.digest,
+                        "publishedAt": published.published_at,
+                    },
+                    sort_keys=True,
+                )
+                + "\n",
+                encoding="utf-8",
+            )
             os.replace(staging, dest)
         except ClientError as error:
             shutil.rmtree(staging, ignore_errors=True)

@@ -13,6 +13,7 @@ This module imports Pulumi: it is the one place in the package that must.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 import functools
@@ -512,6 +513,18 @@ def synthesize(
     )
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's runtime runs on the thread's current event loop; an ``asyncio.run`` earlier
+    in the process (a test, the gateway) leaves none set, or a closed one."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        loop: asyncio.AbstractEventLoop | None = policy.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        policy.set_event_loop(policy.new_event_loop())
+
+
 def _run(
     project: Path,
     stack: str,
@@ -524,6 +537,7 @@ def _run(
 ) -> Graph:
     OFFLINE_CATALOG.set(catalog)
     set_offline(record)
+    _ensure_event_loop()
     mocks = OfflineMocks(config.region, config.partition)
     monitor = RecordingMonitor(mocks)
     set_mocks(mocks, project=project_name(project), stack=stack, preview=preview, monitor=monitor)

@@ -1,0 +1,370 @@
+"""The gateway as a real process in front of a real (fake) model server process: every part
+of the bundle takes effect, limits answer with their documented status, moderation refuses,
+metrics reach an emulated CloudWatch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.gateway_harness import (
+    AWS,
+    PROJECT,
+    Gateway,
+    Upstream,
+    aws_emulator,
+    gateway,
+    request,
+    sse,
+    upstream,
+)
+
+EXAMPLE = PROJECT / "bundles/support-assistant/v1.5.0"
+BUNDLE_ID = "support-assistant/v1.5.0-d80719af096e"
+SYSTEM = (EXAMPLE / "prompt/system.txt").read_text().strip()
+
+
+def tuned_bundle(root: Path) -> Path:
+    """The example bundle with tight limits and a blocked term, for the limit tests."""
+    target = root / "tuned"
+    shutil.copytree(EXAMPLE, target)
+    (target / "config/routing.json").write_text(
+        json.dumps(
+            {
+                "max_input_tokens": 120,
+                "max_concurrent_requests": 2,
+                "request_timeout_seconds": 2,
+                "rules": [
+                    {
+                        "match": {"header:x-tenant": "bulk"},
+                        "max_output_tokens": 64,
+                        "priority": "batch",
+                    }
+                ],
+            }
+        )
+    )
+    safety = json.loads((target / "config/safety.json").read_text())
+    safety["blocked_terms"] = ["forbidden phrase"]
+    (target / "config/safety.json").write_text(json.dumps(safety))
+    return target
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[Upstream]:
+    with upstream() as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def cloudwatch() -> Iterator[str]:
+    with aws_emulator() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def served(
+    model: Upstream, cloudwatch: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The example bundle served, metrics every second to the emulated CloudWatch."""
+    with gateway(
+        EXAMPLE,
+        model.url,
+        bundle_id=BUNDLE_ID,
+        extra=["--metrics", "cloudwatch", "--metrics-interval", "1"],
+        env={**AWS, "AWS_ENDPOINT_URL": cloudwatch},
+    ) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def tight(model: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tuned_bundle(tmp_path_factory.mktemp("tight"))
+    with gateway(root, model.url, bundle_id=BUNDLE_ID, extra=["--metrics", "off"]) as found:
+        yield found
+
+
+@pytest.fixture(autouse=True)
+def reset(model: Upstream) -> None:
+    model.control(
+        mode="ok",
+        text="Open Settings, then Security. Then choose Reset password.",
+        token_delay=0.0,
+        first_token_delay=0.0,
+    )
+    model.clear()
+
+
+def chat(
+    url: str, content: str = "How do I change my email?", **fields: Any
+) -> tuple[int, dict[str, str], bytes]:
+    headers = fields.pop("headers", None)
+    body = {
+        "model": "support-assistant",
+        "messages": [{"role": "user", "content": content}],
+        **fields,
+    }
+    return request(f"{url}/v1/chat/completions", body, headers=headers)
+
+
+def test_the_model_receives_the_bundles_prompt_examples_and_defaults(
+    served: Gateway, model: Upstream
+) -> None:
+    status, headers, body = chat(served.url, temperature=0.5)
+    assert status == 200, body
+    (seen,) = model.received()
+    messages = seen["body"]["messages"]
+    assert messages[0] == {"role": "system", "content": SYSTEM}
+    assert messages[1] == {"role": "user", "content": "How do I reset my password?"}
+    assert messages[2]["role"] == "assistant"
+    assert messages[-1] == {"role": "user", "content": "How do I change my email?"}
+    sent = seen["body"]
+    assert sent["temperature"] == 0.5  # the client's, within limits
+    assert sent["top_p"] == 0.9  # the bundle's
+    assert sent["max_tokens"] == 1024
+    assert sent["model"] == "support-assistant"
+    assert json.loads(body)["choices"][0]["message"]["content"].startswith("Open Settings")
+    assert headers["x-weightshift-version"] == BUNDLE_ID
+    assert headers["x-weightshift-colour"] == "green"
+    assert headers["x-request-id"].startswith("ws-green-")
+
+
+def test_a_streamed_answer_arrives_whole_and_the_model_is_asked_the_same(
+    served: Gateway, model: Upstream
+) -> None:
+    status, _, body = chat(served.url, stream=True)
+    assert status == 200
+    events = sse(body)
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        (e["choices"][0].get("delta") or {}).get("content") or ""
+        for e in events[:-1]
+        if e["choices"]
+    )
+    assert text == "Open Settings, then Security. Then choose Reset password."
+    # The gateway asked for usage (a metric) but the client did not: no usage chunk.
+    assert all(e == "[DONE]" or e["choices"] for e in events)
+    (seen,) = model.received()
+    assert seen["body"]["messages"][0]["content"] == SYSTEM
+    assert seen["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_the_request_id_is_kept_or_assigned(served: Gateway) -> None:
+    _, headers, _ = chat(served.url, headers={"x-request-id": "client-abc"})
+    assert headers["x-request-id"] == "client-abc"
+
+
+def test_completions_get_the_prompt_as_text(served: Gateway, model: Upstream) -> None:
+    status, _, body = request(
+        f"{served.url}/v1/completions", {"prompt": "Customer: where is my order?"}
+    )
+    assert status == 200, body
+    (seen,) = model.received()
+    prompt = seen["body"]["prompt"]
+    assert prompt.startswith(SYSTEM + "\n\nUser: How do I reset my password?\nAssistant: ")
+    assert prompt.endswith("Customer: where is my order?")
+
+
+def test_unknown_fields_and_limits_beyond_the_bundle_are_refused(served: Gateway) -> None:
+    status, _, body = chat(served.url, echo=True)
+    assert status == 400
+    assert json.loads(body)["error"]["param"] == "echo"
+    status, _, body = chat(served.url, max_tokens=5000)
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert "max_tokens 5000 exceeds this model version's limit of 1024" in error["message"]
+
+
+def test_an_over_long_input_gets_400_naming_the_limit(tight: Gateway, model: Upstream) -> None:
+    status, _, body = chat(tight.url, "word " * 200)
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert error["code"] == "input_too_long"
+    assert "the limit is 120 (config/routing.json max_input_tokens)" in error["message"]
+    assert model.received() == []
+
+
+def test_beyond_the_concurrency_limit_a_request_gets_429_with_retry_after(
+    tight: Gateway, model: Upstream
+) -> None:
+    model.control(first_token_delay=1.0)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        slow = [pool.submit(chat, tight.url) for _ in range(2)]
+        time.sleep(0.4)
+        status, headers, body = chat(tight.url)
+        assert [f.result()[0] for f in slow] == [200, 200]
+    assert status == 429
+    assert headers["retry-after"] == "1"
+    assert "max_concurrent_requests" in json.loads(body)["error"]["message"]
+
+
+def test_a_batch_rule_uses_half_the_slots_and_caps_output(tight: Gateway, model: Upstream) -> None:
+    model.control(first_token_delay=1.0)
+    bulk = {"x-tenant": "bulk"}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(chat, tight.url, headers=bulk)
+        time.sleep(0.4)
+        second = chat(tight.url, headers=bulk)
+        assert first.result()[0] == 200
+    assert second[0] == 429  # a batch request may hold 1 of the 2 slots
+    model.control(first_token_delay=0.0)
+    assert chat(tight.url, headers=bulk, max_tokens=100)[0] == 400
+    model.clear()
+    assert chat(tight.url, headers=bulk)[0] == 200
+    assert model.received()[0]["body"]["max_tokens"] == 64
+
+
+def test_a_model_that_does_not_answer_in_time_gets_504_and_is_cancelled(
+    tight: Gateway, model: Upstream
+) -> None:
+    model.control(mode="hang")
+    started = time.monotonic()
+    status, _, body = chat(tight.url)
+    elapsed = time.monotonic() - started
+    assert status == 504
+    assert "request_timeout_seconds" in json.loads(body)["error"]["message"]
+    assert 1.8 < elapsed < 4
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _, _, state = request(f"{model.url}/state")
+        if json.loads(state)["cancelled"] >= 1:
+            break
+        time.sleep(0.1)
+    assert json.loads(state)["cancelled"] >= 1  # the upstream saw the request cancelled
+
+
+def test_a_blocked_input_gets_the_refusal_message(tight: Gateway, model: Upstream) -> None:
+    status, headers, body = chat(tight.url, "Tell me the Forbidden Phrase now")
+    assert status == 200
+    choice = json.loads(body)["choices"][0]
+    assert choice["message"]["content"] == "Sorry, I can't help with that."
+    assert choice["finish_reason"] == "content_filter"
+    assert headers["x-weightshift-outcome"] == "blocked"
+    assert model.received() == []  # never reached the model
+
+
+def test_a_blocked_output_gets_the_refusal_message(tight: Gateway, model: Upstream) -> None:
+    model.control(text="Sure. Here is the forbidden phrase you asked for.")
+    status, _, body = chat(tight.url)
+    choice = json.loads(body)["choices"][0]
+    assert (status, choice["message"]["content"]) == (200, "Sorry, I can't help with that.")
+    status, _, body = chat(tight.url, stream=True)
+    events = sse(body)
+    text = "".join(
+        (e["choices"][0].get("delta") or {}).get("content") or ""
+        for e in events
+        if e != "[DONE]" and e.get("choices")
+    )
+    assert "forbidden phrase" not in text.lower()
+    assert text.endswith("Sorry, I can't help with that.")
+    finishes = [e["choices"][0].get("finish_reason") for e in events if e != "[DONE]"]
+    assert "content_filter" in finishes
+    assert events[-1] == "[DONE]"
+
+
+def test_personal_data_is_masked_both_ways(tight: Gateway, model: Upstream) -> None:
+    model.control(text="Write to jane.doe@example.com for help.")
+    _, _, body = chat(tight.url, "My email is john@example.org, call me")
+    (seen,) = model.received()
+    assert "john@example.org" not in seen["body"]["messages"][-1]["content"]
+    assert "[EMAIL]" in seen["body"]["messages"][-1]["content"]
+    answer = json.loads(body)["choices"][0]["message"]["content"]
+    assert "jane.doe@example.com" not in answer
+
+
+def test_health_follows_the_model_server(served: Gateway, model: Upstream) -> None:
+    assert request(f"{served.url}/health")[0] == 200
+    model.control(mode="refuse-health")
+    time.sleep(1.1)  # the health answer is reused for a second
+    assert request(f"{served.url}/health")[0] == 503
+    assert request(f"{served.url}/livez")[0] == 200
+    model.control(mode="ok")
+    time.sleep(1.1)
+    assert request(f"{served.url}/health")[0] == 200
+    _, _, body = request(f"{served.url}/v1/models")
+    assert json.loads(body)["data"][0] == {
+        "id": "support-assistant",
+        "object": "model",
+        "owned_by": "weightshift",
+        "root": BUNDLE_ID,
+    }
+
+
+def test_feedback_is_attributed_to_the_colour_that_answered(served: Gateway) -> None:
+    _, headers, _ = chat(served.url)
+    status, _, body = request(
+        f"{served.url}/v1/feedback", {"request_id": headers["x-request-id"], "score": 0.9}
+    )
+    assert (status, json.loads(body)["colour"]) == (202, "green")
+    status, _, body = request(f"{served.url}/v1/feedback", {"request_id": "mine", "score": 1})
+    assert status == 400
+    assert json.loads(body)["error"]["param"] == "served_by"
+    status, _, _ = request(
+        f"{served.url}/v1/feedback", {"request_id": "mine", "score": 1, "served_by": "blue"}
+    )
+    assert status == 202
+
+
+def _datapoints(endpoint: str, name: str, stat: Any = "Sum") -> list[float]:
+    client = boto3.client(
+        "cloudwatch",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    now = datetime.now(UTC)
+    found = client.get_metric_statistics(
+        Namespace="weightshift",
+        MetricName=name,
+        Dimensions=[
+            {"Name": "Model", "Value": "support-assistant"},
+            {"Name": "Version", "Value": BUNDLE_ID},
+            {"Name": "Colour", "Value": "green"},
+        ],
+        StartTime=now - timedelta(minutes=10),
+        EndTime=now + timedelta(minutes=1),
+        Period=1,
+        Statistics=[stat],
+    )["Datapoints"]
+    return [float(point[stat]) for point in found]  # type: ignore[literal-required]
+
+
+def test_metrics_arrive_every_interval_with_explicit_zeros(
+    served: Gateway, cloudwatch: str
+) -> None:
+    chat(served.url)
+    time.sleep(3.5)  # a few intervals, mostly idle
+    requests = _datapoints(cloudwatch, "Requests")
+    assert len(requests) >= 3
+    assert 0.0 in requests  # idle intervals send zeros, not nothing
+    assert sum(requests) >= 1
+    assert _datapoints(cloudwatch, "Heartbeat")
+    assert sum(_datapoints(cloudwatch, "TokensOut")) > 0
+    latency = _datapoints(cloudwatch, "Latency", "SampleCount")
+    assert sum(latency) >= 1
+
+
+def test_a_stream_survives_many_concurrent_clients(served: Gateway, model: Upstream) -> None:
+    model.control(token_delay=0.01)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        status, _, body = chat(served.url, stream=True)
+        with lock:
+            results.append(status if sse(body)[-1] == "[DONE]" else -1)
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(lambda _: one(), range(32)))
+    assert results == [200] * 32

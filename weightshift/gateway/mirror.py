@@ -1,0 +1,249 @@
+"""Shadow mirroring: requests answered by this (stable) colour, copied to the candidate.
+
+The semantics are Envoy's request mirroring: the copy is fire-and-forget, sent once the
+served answer is complete, so it never delays or fails it; its answer is read and
+discarded; it is marked (``x-weightshift-shadow: 1``). Copies wait in a bounded queue and
+are sent by a fixed number of workers, each with its own timeout; when the queue is full
+(the candidate is slow or down) a copy is dropped and counted (``MirrorDropped``), and its
+pair records the candidate's side as ``dropped``. Every copy becomes a pair record
+(``docs/shadow-records.md``), batched to S3 by :class:`ShadowRecorder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from weightshift.gateway.app import SHADOW_HEADER, Gateway, Outcome, _sse_events
+from weightshift.gateway.shadow import Answer, ShadowRecorder, pair_from
+
+if TYPE_CHECKING:
+    from weightshift.gateway.server import Options
+
+log = logging.getLogger("weightshift.gateway.mirror")
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One served request, waiting to be mirrored."""
+
+    body: bytes
+    request_id: str
+    endpoint: str
+    at: datetime
+    stable: Answer
+
+
+def _answer(outcome: Outcome) -> Answer:
+    return Answer(
+        status=outcome.status,
+        outcome=outcome.outcome,  # type: ignore[arg-type]
+        latency_ms=None if outcome.latency is None else outcome.latency * 1000,
+        ttft_ms=None if outcome.ttft is None else outcome.ttft * 1000,
+        tokens_in=outcome.tokens_in,
+        tokens_out=outcome.tokens_out,
+        refusal=outcome.outcome == "blocked",
+        text="".join(outcome.text) if outcome.text else None,
+    )
+
+
+class Mirror:
+    """The stable colour's copies to the candidate, and their pairs."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        target: str,
+        *,
+        queue_size: int = 256,
+        workers: int = 16,
+        timeout: float = 120.0,
+        recorder: ShadowRecorder | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.target = target.rstrip("/")
+        self.queue: asyncio.Queue[Copy] = asyncio.Queue(maxsize=queue_size)
+        self.workers = workers
+        self.timeout = timeout
+        self.recorder = recorder
+        self.candidate_version: str | None = None
+        """The candidate's bundle id, as its last answer named it (a dropped copy's pair
+        names the version that was then the candidate)."""
+        self.client: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def observe(self, raw: bytes, headers: Mapping[str, str], outcome: Outcome) -> None:
+        """Called when a served answer is complete: queue its copy, or drop it."""
+        copy = Copy(
+            raw,
+            outcome.request_id,
+            outcome.endpoint,
+            datetime.now(UTC),
+            _answer(outcome),
+        )
+        try:
+            self.queue.put_nowait(copy)
+        except asyncio.QueueFull:
+            self.gateway.metrics.add("MirrorDropped")
+            self._pair(copy, Answer(status=None, outcome="dropped"), None)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        if self.client is None:
+            self.client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.workers),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=3),
+            )
+        if self.recorder is not None:
+            self.recorder.start()
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+        return list(self._tasks)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.recorder is not None:
+            await self.recorder.stop()
+        if self.client is not None:
+            await self.client.close()
+
+    async def _work(self) -> None:
+        while True:
+            copy = await self.queue.get()
+            try:
+                answer, version = await self._send(copy)
+                self.gateway.metrics.add("MirrorSent")
+                self._pair(copy, answer, version)
+            except Exception as error:  # noqa: BLE001 (a copy must never take the worker down)
+                log.warning("mirroring %s failed: %s", copy.request_id, error)
+            finally:
+                self.queue.task_done()
+
+    async def _send(self, copy: Copy) -> tuple[Answer, str | None]:
+        assert self.client is not None
+        path = "chat/completions" if copy.endpoint == "chat" else "completions"
+        started = time.monotonic()
+        ttft: float | None = None
+        text: list[str] = []
+        tokens_in = tokens_out = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.client.post(
+                    f"{self.target}/v1/{path}",
+                    data=copy.body,
+                    headers={
+                        "content-type": "application/json",
+                        "x-request-id": copy.request_id,
+                        SHADOW_HEADER: "1",
+                    },
+                ) as response:
+                    version = response.headers.get("x-weightshift-version")
+                    outcome = response.headers.get("x-weightshift-outcome", "ok")
+                    if response.content_type == "text/event-stream":
+                        async for event in _sse_events(response):
+                            if event == b"[DONE]":
+                                break
+                            data = json.loads(event)
+                            usage = data.get("usage")
+                            if usage:
+                                tokens_in = usage.get("prompt_tokens")
+                                tokens_out = usage.get("completion_tokens")
+                            for choice in data.get("choices") or []:
+                                piece = (choice.get("delta") or {}).get("content") or choice.get(
+                                    "text"
+                                )
+                                if piece:
+                                    if ttft is None:
+                                        ttft = time.monotonic() - started
+                                    text.append(piece)
+                    else:
+                        data = json.loads(await response.read() or b"{}")
+                        usage = data.get("usage") or {}
+                        tokens_in = usage.get("prompt_tokens")
+                        tokens_out = usage.get("completion_tokens")
+                        for choice in data.get("choices") or []:
+                            text.append(
+                                (choice.get("message") or {}).get("content")
+                                or choice.get("text")
+                                or ""
+                            )
+                    status = response.status
+        except TimeoutError:
+            return Answer(
+                status=None, outcome="timeout", latency_ms=(time.monotonic() - started) * 1000
+            ), None
+        except (aiohttp.ClientError, ValueError):
+            return Answer(
+                status=None, outcome="error", latency_ms=(time.monotonic() - started) * 1000
+            ), None
+        known = ("ok", "refused", "blocked", "error", "timeout")
+        return Answer(
+            status=status,
+            outcome=outcome if outcome in known else "error",  # type: ignore[arg-type]
+            latency_ms=(time.monotonic() - started) * 1000,
+            ttft_ms=None if ttft is None else ttft * 1000,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            refusal=outcome == "blocked",
+            text="".join(text),
+        ), version
+
+    def _pair(self, copy: Copy, candidate: Answer, version: str | None) -> None:
+        if self.recorder is None:
+            return
+        if version is not None:
+            self.candidate_version = version
+        candidate_version = version or self.candidate_version
+        try:
+            body = json.loads(copy.body)
+        except ValueError:
+            body = {"unparsed": copy.body.decode(errors="replace")}
+        try:
+            pair = pair_from(
+                request_id=copy.request_id,
+                time=copy.at,
+                model=self.gateway.bundle.model,
+                stable_version=self.gateway.bundle.version,
+                candidate_version=candidate_version,
+                endpoint="chat" if copy.endpoint == "chat" else "completions",
+                body=body if isinstance(body, dict) else {"body": body},
+                stable=copy.stable,
+                candidate=candidate,
+                keep_text=self.recorder.keep_text,
+            )
+        except ValueError as error:
+            log.warning("no pair for %s: %s", copy.request_id, error)
+            return
+        self.recorder.record(pair)
+
+
+async def build_mirror(gateway: Gateway, options: Options) -> Mirror:
+    recorder = None
+    if options.shadow_bucket:
+        import boto3  # noqa: PLC0415 (only where pairs are stored)
+
+        recorder = ShadowRecorder(
+            options.shadow_bucket,
+            options.shadow_prefix,
+            keep_text=options.shadow_keep_text,
+            max_seconds=options.shadow_flush_seconds,
+            client=boto3.client("s3", region_name=options.region),
+        )
+    else:
+        log.warning("no --shadow-bucket: mirrored pairs are not stored")
+    assert options.mirror_to is not None
+    return Mirror(
+        gateway,
+        options.mirror_to,
+        queue_size=options.mirror_queue,
+        workers=options.mirror_workers,
+        timeout=options.mirror_timeout,
+        recorder=recorder,
+    )

@@ -1,0 +1,244 @@
+"""The request pipeline's steps, each a small function of the bundle and the request.
+
+assemble the prompt → check the limits → (moderate input) → forward → (moderate output) →
+record. I/O (the upstream, the moderator, CloudWatch) stays in ``app.py``; what is decided
+here is pure and tested alone:
+
+- **Prompt.** Chat: the bundle's system prompt (its template filled), then the few-shot
+  examples as user/assistant turns, then the client's messages unchanged (a client's own
+  system message stays where the client put it, after the bundle's). Completions: the same
+  as text, ``system\\n\\nUser: input\\nAssistant: output\\n\\n...`` then the client's prompt.
+- **Input limit.** Tokens of every message's content by the bundle's tokenizer, plus
+  ``MESSAGE_OVERHEAD_TOKENS`` per message, against ``routing.max_input_tokens``.
+- **Sampling.** ``generation.json`` gives every default. A client may set ``temperature``
+  (0 to 2), ``top_p`` (above 0, at most 1), ``presence_penalty`` and ``frequency_penalty``
+  (-2 to 2), ``seed``,
+  ``stop`` (added to the bundle's stop sequences) and ``max_tokens`` (or
+  ``max_completion_tokens``) up to the bundle's ``max_tokens`` and any routing rule's
+  ``max_output_tokens``; ``top_k`` and ``repetition_penalty`` are the bundle's alone.
+- **Routing rules.** ``routing.json`` ``rules`` are tried in order; the first whose every
+  ``match`` entry holds applies. Keys: ``header:<name>`` (the request header, exact value),
+  ``user`` (the request's ``user`` field), ``model`` (the ``model`` named). A rule may cap
+  ``max_output_tokens``; ``priority: batch`` requests may use at most half of
+  ``max_concurrent_requests``, so interactive requests always find room.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from weightshift.bundle import RoutingRule
+from weightshift.gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_body,
+)
+from weightshift.gateway.served import MESSAGE_OVERHEAD_TOKENS, ServedBundle
+
+MAX_STOP_SEQUENCES = 16
+
+
+class Refusal(Exception):
+    """A request the gateway answers itself, with ``status`` and an OpenAI-style body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = error_body(message, kind, code, param)
+        self.headers = dict(headers or {})
+
+
+def rule_for(
+    bundle: ServedBundle,
+    headers: Mapping[str, str],
+    request: ChatCompletionRequest | CompletionRequest,
+) -> RoutingRule | None:
+    """The first routing rule every ``match`` entry of which holds for this request."""
+    for rule in bundle.routing.rules:
+        if all(_holds(key, value, headers, request) for key, value in rule.match.items()):
+            return rule
+    return None
+
+
+def _holds(
+    key: str,
+    value: str,
+    headers: Mapping[str, str],
+    request: ChatCompletionRequest | CompletionRequest,
+) -> bool:
+    if key.startswith("header:"):
+        return headers.get(key.removeprefix("header:").lower()) == value
+    if key == "user":
+        return request.user == value
+    if key == "model":
+        return request.model == value
+    return False  # an unknown key never matches (documented: header:, user, model)
+
+
+def concurrency_limit(bundle: ServedBundle, rule: RoutingRule | None) -> int:
+    limit = bundle.routing.max_concurrent_requests
+    if rule is not None and rule.priority == "batch":
+        return max(1, limit // 2)
+    return limit
+
+
+def sampling(
+    bundle: ServedBundle,
+    request: ChatCompletionRequest | CompletionRequest,
+    rule: RoutingRule | None,
+) -> dict[str, Any]:
+    """The sampling parameters sent upstream: the bundle's, with the client's allowed
+    overrides (refused beyond the bundle's limits)."""
+    generation = bundle.generation
+    cap = generation.max_tokens
+    source = "config/generation.json max_tokens"
+    if rule is not None and rule.max_output_tokens is not None and rule.max_output_tokens < cap:
+        cap, source = rule.max_output_tokens, "the matching routing rule's max_output_tokens"
+    asked = request.max_tokens
+    param = "max_tokens"
+    if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None:
+        asked, param = request.max_completion_tokens, "max_completion_tokens"
+    if asked is not None and asked > cap:
+        raise Refusal(
+            400,
+            f"{param} {asked} exceeds this model version's limit of {cap} ({source}).",
+            "max_tokens_exceeded",
+            param=param,
+        )
+    stops = list(generation.stop)
+    extra = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    stops += [s for s in extra if s not in stops]
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise Refusal(
+            400,
+            f"{len(stops)} stop sequences (the bundle's {len(generation.stop)} and yours); at "
+            f"most {MAX_STOP_SEQUENCES}.",
+            "too_many_stop_sequences",
+            param="stop",
+        )
+    chosen: dict[str, Any] = {
+        "temperature": _pick(request.temperature, generation.temperature),
+        "top_p": _pick(request.top_p, generation.top_p),
+        "presence_penalty": _pick(request.presence_penalty, generation.presence_penalty),
+        "frequency_penalty": _pick(request.frequency_penalty, generation.frequency_penalty),
+        "max_tokens": asked if asked is not None else cap,
+        "top_k": generation.top_k,
+        "repetition_penalty": generation.repetition_penalty,
+    }
+    if stops:
+        chosen["stop"] = stops
+    seed = _pick(request.seed, generation.seed)
+    if seed is not None:
+        chosen["seed"] = seed
+    return chosen
+
+
+def _pick(given: Any, default: Any) -> Any:
+    return default if given is None else given
+
+
+def chat_messages(
+    bundle: ServedBundle,
+    request: ChatCompletionRequest,
+    now: datetime | None = None,
+    texts: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The conversation the model server receives: system prompt, examples, the client's
+    messages (with ``texts`` replacing their text where input moderation redacted it)."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": bundle.system_prompt(request.user, now)},
+        *bundle.few_shot_messages,
+    ]
+    for index, message in enumerate(request.messages):
+        data = message.model_dump(exclude_none=True)
+        if texts is not None and isinstance(message.content, str):
+            data["content"] = texts[index]
+        messages.append(data)
+    return messages
+
+
+def completion_prompt(
+    bundle: ServedBundle, request: CompletionRequest, now: datetime | None = None
+) -> str:
+    """The text the model server completes: the system prompt and examples, then the
+    client's prompt."""
+    examples = "".join(
+        f"User: {example.input}\nAssistant: {example.output}\n\n" for example in bundle.few_shot
+    )
+    return f"{bundle.system_prompt(request.user, now)}\n\n{examples}{request.prompt}"
+
+
+def input_tokens(
+    bundle: ServedBundle, request: ChatCompletionRequest | CompletionRequest, system: str
+) -> int:
+    """Tokens the request puts in front of the model, by the bundle's tokenizer."""
+    if isinstance(request, CompletionRequest):
+        return (
+            bundle.count([system, request.prompt])
+            + bundle.few_shot_tokens
+            + MESSAGE_OVERHEAD_TOKENS
+        )
+    client = [message.text() for message in request.messages]
+    return (
+        bundle.count([system, *client])
+        + bundle.few_shot_tokens
+        + MESSAGE_OVERHEAD_TOKENS * (1 + len(client))
+    )
+
+
+def check_input(bundle: ServedBundle, tokens: int) -> None:
+    limit = bundle.routing.max_input_tokens
+    if tokens > limit:
+        raise Refusal(
+            400,
+            f"The request has {tokens} input tokens (system prompt and examples included, "
+            f"counted with this model's tokenizer); the limit is {limit} "
+            "(config/routing.json max_input_tokens). Shorten the messages.",
+            "input_too_long",
+            param="messages",
+        )
+
+
+_SENTENCE_END = re.compile("(?<=[.!?\u3002\uff01\uff1f])\\s|\n")
+"""A sentence ends after ., ! or ? (and their CJK full-width forms) and a space, or at a
+line break."""
+
+
+class SentenceBuffer:
+    """Streamed output held back until a sentence ends, so that each piece released to the
+    client has been moderated as a whole sentence (a phrase split across stream chunks is
+    still caught). Pieces shorter than ``min_chars`` wait for the next sentence."""
+
+    def __init__(self, min_chars: int = 64) -> None:
+        self.min_chars = min_chars
+        self._pending = ""
+
+    def feed(self, text: str) -> str | None:
+        """Add ``text``; the part ready to release (ends at a sentence boundary), if any."""
+        self._pending += text
+        if len(self._pending) < self.min_chars:
+            return None
+        cut = -1
+        for match in _SENTENCE_END.finditer(self._pending):
+            if match.end() >= self.min_chars:
+                cut = match.end()
+        if cut < 0:
+            return None
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        return ready
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return rest
