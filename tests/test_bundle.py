@@ -69,6 +69,20 @@ def test_every_problem_is_listed_at_once_with_its_path(bundle: Path) -> None:
     assert len(caught.value.problems) == len(problems) >= 6
 
 
+def test_what_the_gateway_could_not_serve_is_refused_before_publishing(bundle: Path) -> None:
+    """A template variable the gateway cannot fill, or no tokenizer.json to count input
+    tokens with, would stop every pod at start: validate (and so publish) says so first."""
+    (bundle / "prompt/system.txt").write_text("You help {{ customer }} on {{date}} ({{tier}}).")
+    (bundle / "model/tokenizer/tokenizer.json").unlink()
+    _, _, problems = validate(bundle)
+    assert problems == [
+        "prompt/system.txt: names {{customer}}, {{tier}}; a template may use only {{model}}, "
+        "{{version}}, {{date}}, {{user}}",
+        "model/tokenizer/tokenizer.json: missing; the gateway counts input tokens with the "
+        "model's own tokenizer (the `tokenizers` library's file, which Hugging Face models ship)",
+    ]
+
+
 def test_metadata_architecture_must_match_the_model_config(bundle: Path) -> None:
     edit_json(bundle / "metadata.json", architecture="MistralForCausalLM")
     _, _, problems = validate(bundle)

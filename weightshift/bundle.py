@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -270,6 +271,26 @@ def list_files(root: Path) -> tuple[list[str], list[str]]:
     return sorted(files), problems
 
 
+TOKENIZER_FILE = "model/tokenizer/tokenizer.json"
+"""The tokenizer the gateway loads (``tokenizers``) to count input tokens."""
+TEMPLATE_VARIABLES = ("model", "version", "date", "user")
+"""What a system prompt template may name as ``{{variable}}``: the bundle's model name and
+full id, today's date (UTC, ``YYYY-MM-DD``) and the request's ``user`` field (empty when
+absent)."""
+PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
+
+
+def template_problems(text: str) -> list[str]:
+    """What is wrong with a system prompt template: variables the gateway cannot fill."""
+    unknown = sorted(set(PLACEHOLDER.split(text)[1::2]) - set(TEMPLATE_VARIABLES))
+    if not unknown:
+        return []
+    return [
+        f"names {', '.join('{{' + u + '}}' for u in unknown)}; a template may use only "
+        f"{', '.join('{{' + v + '}}' for v in TEMPLATE_VARIABLES)}"
+    ]
+
+
 def validate(root: Path) -> tuple[list[str], Metadata | None, list[str]]:
     """Check the layout and every JSON part. Returns (files, metadata, problems)."""
     if not root.is_dir():
@@ -312,10 +333,18 @@ def validate(root: Path) -> tuple[list[str], Metadata | None, list[str]]:
     metadata = check("metadata.json", Metadata)
     if "prompt/system.txt" in present:
         try:
-            if not (root / "prompt/system.txt").read_text(encoding="utf-8").strip():
-                problems.append("prompt/system.txt: empty; write the system prompt template")
+            template = (root / "prompt/system.txt").read_text(encoding="utf-8")
         except UnicodeDecodeError:
             problems.append("prompt/system.txt: not UTF-8 text")
+        else:
+            if not template.strip():
+                problems.append("prompt/system.txt: empty; write the system prompt template")
+            problems.extend(f"prompt/system.txt: {p}" for p in template_problems(template))
+    if any(rel.startswith("model/tokenizer/") for rel in files) and TOKENIZER_FILE not in files:
+        problems.append(
+            f"{TOKENIZER_FILE}: missing; the gateway counts input tokens with the model's own "
+            "tokenizer (the `tokenizers` library's file, which Hugging Face models ship)"
+        )
     for rel in files:
         if rel.startswith("model/tokenizer/") and rel.endswith(".json"):
             _json(root / rel, problems, rel)

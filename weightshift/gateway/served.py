@@ -9,7 +9,6 @@ counts, the generation defaults, the safety and routing configuration and the to
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,17 +17,21 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tokenizers import Tokenizer
 
-from weightshift.bundle import FewShotExample, Generation, Metadata, Routing, Safety
+from weightshift.bundle import (
+    PLACEHOLDER,
+    TOKENIZER_FILE,
+    FewShotExample,
+    Generation,
+    Metadata,
+    Routing,
+    Safety,
+    template_problems,
+)
 from weightshift.gateway.errors import BundleLoadError
 from weightshift.store import PULLED_ID
 from weightshift.versioning import BundleId
 
-TOKENIZER_PATH = "model/tokenizer/tokenizer.json"
-TEMPLATE_VARIABLES = ("model", "version", "date", "user")
-"""What a system prompt template may name as ``{{variable}}``: the bundle's model name and
-full id, today's date (UTC, ``YYYY-MM-DD``) and the request's ``user`` field (empty when
-absent)."""
-_PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
+TOKENIZER_PATH = TOKENIZER_FILE
 MESSAGE_OVERHEAD_TOKENS = 4
 """Tokens a chat template adds per message (role markers and separators), counted on top of
 each message's content: the model server applies the template; the gateway approximates it
@@ -47,14 +50,10 @@ class PromptTemplate:
 
     @classmethod
     def parse(cls, text: str) -> PromptTemplate:
-        pieces = _PLACEHOLDER.split(text)
-        unknown = sorted({name for name in pieces[1::2] if name not in TEMPLATE_VARIABLES})
-        if unknown:
-            raise BundleLoadError(
-                f"prompt/system.txt names {', '.join('{{' + u + '}}' for u in unknown)}; a "
-                f"template may use only {', '.join('{{' + v + '}}' for v in TEMPLATE_VARIABLES)}"
-            )
-        return cls(tuple(pieces))
+        problems = template_problems(text)
+        if problems:
+            raise BundleLoadError(f"prompt/system.txt {problems[0]}")
+        return cls(tuple(PLACEHOLDER.split(text)))
 
     @property
     def variables(self) -> tuple[str, ...]:
