@@ -18,6 +18,7 @@ from components.inference_stack import InferenceStack, InferenceStackArgs
 from components.log_bucket import LogBucket, LogBucketArgs
 from components.network import Network, NetworkArgs
 from components.rollback import Rollback, RollbackArgs
+from components.serving_edge import ServingEdge, ServingEdgeArgs
 from components.traffic import Traffic, TrafficArgs
 from weightshift.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
@@ -165,6 +166,19 @@ shadow_records = LogBucket(
     ),
     opts=with_provider,
 )
+# The ALB's way into both colours' pods, and the key their feedback tokens are signed under:
+# once per stack.
+edge = ServingEdge(
+    "serving",
+    ServingEdgeArgs(
+        cluster_security_group_id=cluster.security_group_id,
+        alb_security_group_id=traffic.security_group_id,
+        port=config.traffic.serving_port,
+        mirror_port=config.traffic.mirror_port,
+        description=f"{config.model} {pulumi.get_stack()}",
+    ),
+    opts=with_provider,
+)
 alb_subnet_cidrs = (
     network.private_subnet_cidrs if config.traffic.internal else network.public_subnet_cidrs
 )
@@ -189,6 +203,7 @@ stacks = {
             shadow_bucket=shadow_records.bucket,
             shadow_bucket_arn=shadow_records.arn,
             shadow_keep_text=rollout.shadow_keep_text,
+            feedback_key_arn=edge.feedback_key_arn,
             bundle=bundle,
             replicas=config.colour(colour).replicas,
             serving=config.serving,
@@ -200,12 +215,10 @@ stacks = {
             bucket_arn=artifacts.bucket_arn,
             key_arn=artifacts.key_arn,
             cluster_name=cluster.cluster_name,
-            cluster_security_group_id=cluster.security_group_id,
-            alb_security_group_id=traffic.security_group_id,
             alb_subnet_cidrs=alb_subnet_cidrs,
             gpu_node_labels=cluster.gpu_node_labels,
             region=config.region,
-            depends_on=cluster.ready,
+            depends_on=[*cluster.ready, *edge.rules],
         ),
         provider=cluster.kubernetes,
         opts=with_provider,

@@ -68,8 +68,6 @@ class InferenceStackArgs:
     bucket_arn: pulumi.Input[str]
     key_arn: pulumi.Input[str]
     cluster_name: pulumi.Input[str]
-    cluster_security_group_id: pulumi.Input[str]
-    alb_security_group_id: pulumi.Input[str]
     alb_subnet_cidrs: Sequence[str]
     gpu_node_labels: dict[str, str]
     region: str
@@ -85,6 +83,8 @@ class InferenceStackArgs:
     shadow_bucket: pulumi.Input[str] | None = None
     shadow_bucket_arn: pulumi.Input[str] | None = None
     shadow_keep_text: bool = False
+    feedback_key_arn: pulumi.Input[str] | None = None
+    """The stack's KMS HMAC key (``ServingEdge``): feedback tokens verify in every gateway."""
     depends_on: Sequence[pulumi.Resource] = ()
 
 
@@ -157,6 +157,8 @@ def gateway_args(
     ]
     if guardrail is not None:
         result += ["--guardrail", guardrail]
+    if args.feedback_key_arn is not None:
+        result += ["--feedback-key", args.feedback_key_arn]
     if args.shadow_bucket is not None:
         result += ["--shadow-bucket", args.shadow_bucket, "--shadow-prefix", SHADOW_PREFIX]
         if args.shadow_keep_text:
@@ -186,10 +188,12 @@ GATEWAY_POLICY_RESERVE = 1_024
 
 
 def gateway_statements(
-    guardrail_arn: str | None, shadow_bucket_arn: str | None
+    shadow_bucket_arn: str | None, feedback_key_arn: str | None = None
 ) -> list[dict[str, Any]]:
-    """What the gateway calls: CloudWatch (its own namespace only), the bundle's guardrail,
-    and the shadow bucket's pair prefix."""
+    """What the gateway calls: CloudWatch (its own namespace only), the stack's feedback key
+    (GenerateMac, once at start), and the shadow bucket's pair prefix. The guardrail's grant
+    is a policy of its own (``{name}-guardrail``), so removing it is a delete, which Pulumi
+    runs after the Deployment has rolled."""
     statements: list[dict[str, Any]] = [
         {
             **allow("PutGatewayMetrics", ["cloudwatch:PutMetricData"], ["*"]),
@@ -198,8 +202,13 @@ def gateway_statements(
             "Condition": {"StringEquals": {"cloudwatch:namespace": GATEWAY_NAMESPACE}},
         }
     ]
-    if guardrail_arn is not None:
-        statements.append(apply_guardrail_policy(guardrail_arn))
+    if feedback_key_arn is not None:
+        statements.append(
+            {
+                **allow("DeriveFeedbackKey", ["kms:GenerateMac"], [feedback_key_arn]),
+                "Condition": {"StringEquals": {"kms:MacAlgorithm": "HMAC_SHA_256"}},
+            }
+        )
     if shadow_bucket_arn is not None:
         statements.append(
             allow("WriteShadowPairs", ["s3:PutObject"], [f"{shadow_bucket_arn}/{SHADOW_PREFIX}/*"])
@@ -219,9 +228,11 @@ class InferenceStack(pulumi.ComponentResource):
     a NetworkPolicy admitting only the ALB's subnets on the serving port, and the cluster
     security group rule admitting the ALB's security group on that port.
 
-    Children: ``{name}-pods`` Role and RolePolicy, ``{name}`` PodIdentityAssociation;
+    Children: ``{name}-pods`` Role and RolePolicy, ``{name}-gateway`` and ``{name}-guardrail``
+    RolePolicy, ``{name}`` PodIdentityAssociation; ``{name}-guardrail`` BundleGuardrail;
     ``{name}`` Namespace, ServiceAccount, Deployment, PodDisruptionBudget, Service,
-    TargetGroupBinding, NetworkPolicy; ``{name}-from-alb`` SecurityGroupIngressRule.
+    TargetGroupBinding(s), NetworkPolicy. The ALB's way into the pods is the stack's
+    (``ServingEdge``), shared by both colours.
     """
 
     namespace: pulumi.Output[str]
@@ -278,22 +289,25 @@ class InferenceStack(pulumi.ComponentResource):
         gateway_policy = aws.iam.RolePolicy(
             f"{name}-gateway",
             role=role.id,
-            policy=pulumi.Output.all(
-                guardrail.guardrail_arn if guardrail is not None else None,
-                args.shadow_bucket_arn,
-            ).apply(lambda values: policy_document(gateway_statements(values[0], values[1]))),
+            policy=pulumi.Output.all(args.shadow_bucket_arn, args.feedback_key_arn).apply(
+                lambda values: policy_document(gateway_statements(values[0], values[1]))
+            ),
             opts=child,
         )
-        for port, what in ((args.port, "requests"), (args.mirror_port, "mirrored requests")):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-from-alb" if port == args.port else f"{name}-from-alb-mirror",
-                security_group_id=args.cluster_security_group_id,
-                referenced_security_group_id=args.alb_security_group_id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
-                description=f"ALB {what} to {namespace_name} gateways",
-                opts=child,
+        grants: list[pulumi.Resource] = [policy, gateway_policy]
+        if guardrail is not None:
+            # Its own policy: when a change removes the guardrail (moderator local), the grant
+            # is deleted, and Pulumi deletes after the Deployment's pods (still applying it)
+            # have rolled. An edited statement would be revoked before they roll.
+            grants.append(
+                aws.iam.RolePolicy(
+                    f"{name}-guardrail",
+                    role=role.id,
+                    policy=guardrail.guardrail_arn.apply(
+                        lambda arn: policy_document([apply_guardrail_policy(arn)])
+                    ),
+                    opts=child,
+                )
             )
         guardrail_arg = (
             None
@@ -345,7 +359,7 @@ class InferenceStack(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(
                 in_namespace,
                 pulumi.ResourceOptions(
-                    depends_on=[service_account, identity, policy, gateway_policy],
+                    depends_on=[service_account, identity, *grants],
                     # pulumi-kubernetes waits 10 minutes by default; a GPU rollout takes hours.
                     custom_timeouts=pulumi.CustomTimeouts(
                         create=f"{self.budget.seconds}s", update=f"{self.budget.seconds}s"
@@ -629,7 +643,11 @@ class InferenceStack(pulumi.ComponentResource):
                                 "periodSeconds": 15,
                                 "failureThreshold": 4,
                             },
-                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(drain)]}}},
+                            # The server outlives the gateway's last answers: the gateway
+                            # stops after the drain plus the answers in flight.
+                            "lifecycle": {
+                                "preStop": {"exec": {"command": ["sleep", str(drain + answering)]}}
+                            },
                             "securityContext": restricted,
                             "volumeMounts": [
                                 {

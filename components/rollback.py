@@ -55,14 +55,16 @@ class RollbackArgs:
     account: pulumi.Input[str]
 
 
-def metric_sum(
+def metric_query(
     query_id: str,
     namespace: str,
     metric: str,
     dimensions: Mapping[str, pulumi.Input[str]],
     period: int,
+    *,
+    stat: str = "Sum",
 ) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
-    """One metric summed per ``period``, as a metric math input (not the alarm's value)."""
+    """One metric's ``stat`` per ``period``, as a metric math input (not the alarm's value)."""
     return aws.cloudwatch.MetricAlarmMetricQueryArgs(
         id=query_id,
         metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
@@ -70,10 +72,19 @@ def metric_sum(
             metric_name=metric,
             dimensions=dimensions,
             period=period,
-            stat="Sum",
+            stat=stat,
         ),
         return_data=False,
     )
+
+
+def slower_than(seconds: float) -> str:
+    """The percentile-rank statistic: the percentage of samples above ``seconds``."""
+    return f"PR({seconds:g}:)"
+
+
+SLOW_PERCENT = 1.0
+"""p99 above the threshold is the same as more than 1 % of samples above it."""
 
 
 def function_policy(
@@ -215,11 +226,10 @@ class Rollback(pulumi.ComponentResource):
 
         settings = args.settings
         fast = settings.fast_period_seconds
-        gateway = {
-            "Model": args.model,
-            "Version": args.candidate_version,
-            "Colour": args.candidate.value,
-        }
+        # By colour, not version: the candidate colour's pods report under it whatever
+        # bundle they run, so a rolling update of the candidate keeps its heartbeat and its
+        # rates (weightshift/gateway/metrics.py sends both dimension sets).
+        gateway = {"Model": args.model, "Colour": args.candidate.value}
 
         def rate_alarm(
             suffix: str,
@@ -250,53 +260,105 @@ class Rollback(pulumi.ComponentResource):
                         label=f"{suffix} percent",
                         return_data=True,
                     ),
-                    metric_sum("events", *events, every),
-                    metric_sum("requests", *requests, every),
+                    metric_query("events", *events, every),
+                    metric_query("requests", *requests, every),
                 ],
             )
 
-        alarms = [
-            # From the candidate's gateways, every fast period (10 s).
-            rate_alarm(
-                "errors",
-                f"answers failed (5xx, timeouts, upstream down) above "
-                f"{thresholds.error_rate_percent} % of requests (at least "
-                f"{settings.min_errors} of {settings.min_requests})",
-                events=(NAMESPACE, "Errors", gateway),
-                requests=(NAMESPACE, "Requests", gateway),
-                every=fast,
-                threshold=thresholds.error_rate_percent,
-            ),
-            alarm(
-                "latency-p99",
-                f"p99 time to first token above {thresholds.latency_p99_seconds} s",
-                namespace=NAMESPACE,
-                metric_name="TimeToFirstToken",
-                dimensions=gateway,
-                extended_statistic="p99",
-                period=fast,
-                # A p99 of a handful of requests is their slowest one: CloudWatch judges
-                # the percentile only over enough samples to be significant.
-                evaluate_low_sample_count_percentiles="ignore",
+        def slow_alarm(suffix: str, every: int) -> aws.cloudwatch.MetricAlarm:
+            """p99 time to first token above the threshold: more than 1 % of the period's
+            samples above it (percentile rank), on enough evidence. CloudWatch's own p99
+            alarm is judged only over 1,000 samples a period (10/(1-0.99)), which a canary's
+            share of traffic never reaches in 10 s, and over fewer is a few requests'
+            slowest."""
+            limit = thresholds.latency_p99_seconds
+            return alarm(
+                suffix,
+                f"p99 time to first token above {limit:g} s (more than {SLOW_PERCENT:g} % of "
+                f"first tokens slower, at least {settings.min_errors} of "
+                f"{settings.min_requests}) over {every} s",
                 comparison_operator="GreaterThanThreshold",
-                threshold=thresholds.latency_p99_seconds,
+                threshold=SLOW_PERCENT,
                 evaluation_periods=1,
                 datapoints_to_alarm=1,
                 treat_missing_data="notBreaching",
-            ),
+                period=None,
+                metric_queries=[
+                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                        id="slow",
+                        expression=rates.percent_expression(
+                            "above", "samples", settings.min_requests, settings.min_errors
+                        ),
+                        label="percent of first tokens slower than the threshold",
+                        return_data=True,
+                    ),
+                    metric_query(
+                        "above",
+                        NAMESPACE,
+                        "TimeToFirstToken",
+                        gateway,
+                        every,
+                        stat=slower_than(limit),
+                    ),
+                    metric_query(
+                        "samples",
+                        NAMESPACE,
+                        "TimeToFirstToken",
+                        gateway,
+                        every,
+                        stat="SampleCount",
+                    ),
+                ],
+            )
+
+        def error_alarm(suffix: str, every: int) -> aws.cloudwatch.MetricAlarm:
+            return rate_alarm(
+                suffix,
+                f"answers failed (5xx, timeouts, upstream down) above "
+                f"{thresholds.error_rate_percent} % of requests (at least "
+                f"{settings.min_errors} of {settings.min_requests}) over {every} s",
+                events=(NAMESPACE, "Errors", gateway),
+                requests=(NAMESPACE, "Requests", gateway),
+                every=every,
+                threshold=thresholds.error_rate_percent,
+            )
+
+        alarms = [
+            # From the candidate's gateways: every fast period (10 s) for a quick verdict at
+            # high traffic, and every minute, where a canary's share of a quiet service
+            # gathers enough requests to judge.
+            error_alarm("errors", fast),
+            error_alarm("errors-1m", period),
+            slow_alarm("latency-p99", fast),
+            slow_alarm("latency-p99-1m", period),
             alarm(
                 "quality",
-                f"user feedback (quality score) below {thresholds.min_quality_score}",
-                namespace=NAMESPACE,
-                metric_name=QUALITY_METRIC,
-                # Feedback may reach either colour's pod: it names the colour, not the version.
-                dimensions={"Model": args.model, "Colour": args.candidate.value},
-                statistic="Average",
+                f"user feedback (quality score) below {thresholds.min_quality_score} over "
+                f"minutes with at least {settings.min_feedback} scores",
                 comparison_operator="LessThanThreshold",
                 threshold=thresholds.min_quality_score,
                 evaluation_periods=settings.quality_minutes,
                 datapoints_to_alarm=min(2, settings.quality_minutes),
                 treat_missing_data="notBreaching",
+                period=None,
+                metric_queries=[
+                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                        id="quality",
+                        # Too few scores: judged as a perfect minute (1), never a breach.
+                        expression=rates.mean_expression(
+                            "score", "scores", settings.min_feedback, 1.0
+                        ),
+                        label="mean feedback score",
+                        return_data=True,
+                    ),
+                    # Feedback may reach either colour's pod: it names the colour only.
+                    metric_query(
+                        "score", NAMESPACE, QUALITY_METRIC, gateway, period, stat="Average"
+                    ),
+                    metric_query(
+                        "scores", NAMESPACE, QUALITY_METRIC, gateway, period, stat="SampleCount"
+                    ),
+                ],
             ),
             rate_alarm(
                 "safety",
@@ -533,9 +595,11 @@ class Rollback(pulumi.ComponentResource):
                     label="requests sent, none answered",
                     return_data=True,
                 ),
-                metric_sum("asked", ALB_NAMESPACE, "RequestCount", alb, window),
+                metric_query("asked", ALB_NAMESPACE, "RequestCount", alb, window),
                 *[
-                    metric_sum(query_id, ALB_NAMESPACE, f"HTTPCode_Target_{cls}_Count", alb, window)
+                    metric_query(
+                        query_id, ALB_NAMESPACE, f"HTTPCode_Target_{cls}_Count", alb, window
+                    )
                     for query_id, cls in zip(
                         dead_man.ANSWER_QUERY_IDS, dead_man.ANSWER_CLASSES, strict=True
                     )

@@ -34,6 +34,9 @@ TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
 PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS_RULE = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+PEERS = ("cidrIpv4", "cidrIpv6", "referencedSecurityGroupId", "prefixListId")
+"""What a security group rule's other end can be (exactly one per rule)."""
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 OBJECT_LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -332,6 +335,48 @@ def _inline_policies_fit(args: StackValidationArgs, report: ReportViolation) -> 
             )
 
 
+def _source(resource: PolicyResource, prop: str) -> Any:
+    """``prop``'s value, or (not known yet) the resources it comes from."""
+    value = resource.props.get(prop)
+    if isinstance(value, str) and value:
+        return value
+    return tuple(sorted(dep.urn for dep in resource.property_dependencies.get(prop, []))) or None
+
+
+def _rules_unique(args: StackValidationArgs, report: ReportViolation) -> None:
+    """No two security group rules are the same rule (group, direction, protocol, ports,
+    peer): EC2 refuses the second with InvalidPermission.Duplicate, and deleting either
+    revokes the one rule both stand for."""
+    seen: dict[tuple[Any, ...], PolicyResource] = {}
+    for kind in (INGRESS_RULE, EGRESS_RULE):
+        for rule in _of_type(args, kind):
+            peer = next(
+                (
+                    (prop, _source(rule, prop))
+                    for prop in PEERS
+                    if rule.props.get(prop) or rule.property_dependencies.get(prop)
+                ),
+                None,
+            )
+            key = (
+                kind,
+                _source(rule, "securityGroupId"),
+                str(rule.props.get("ipProtocol")),
+                rule.props.get("fromPort"),
+                rule.props.get("toPort"),
+                peer,
+            )
+            if key in seen:
+                report(
+                    f"{rule.name} is the same rule as {seen[key].name} (group, protocol, "
+                    "ports, peer): EC2 refuses the second (InvalidPermission.Duplicate). "
+                    "Declare it once.",
+                    rule.urn,
+                )
+            else:
+                seen[key] = rule
+
+
 def _pods_schedulable(args: StackValidationArgs, report: ReportViolation) -> None:
     """Every pod of the stack (our Deployments, every Helm release's pods as its pinned
     chart's defaults and our values define them) can land on some node group, and a pod
@@ -387,4 +432,5 @@ POLICIES: tuple[ResourceValidationPolicy | StackValidationPolicy, ...] = (
     _stack_policy("listener-weight-reaches-targets", _weight_has_targets),
     _stack_policy("pods-schedulable", _pods_schedulable),
     _stack_policy("iam-inline-policies-fit", _inline_policies_fit),
+    _stack_policy("sg-rules-unique", _rules_unique),
 )

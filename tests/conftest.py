@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,21 @@ def serialize(monkeypatch: pytest.MonkeyPatch, handler: type, *names: str) -> No
                 return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(handler, name, atomic)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_event_loop() -> Iterator[None]:
+    """Pulumi's runtime (synthesis, ``@pulumi.runtime.test``) runs on the thread's current
+    event loop and keeps state bound to it; a test's ``asyncio.run`` leaves none current.
+    Each test ends with the loop it started with."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        before: asyncio.AbstractEventLoop | None = policy.get_event_loop()
+    except RuntimeError:
+        before = None
+    yield
+    if before is not None and not before.is_closed():
+        policy.set_event_loop(before)
 
 
 def offline_aws(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -325,8 +325,6 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
             bucket_arn="arn:aws:s3:::arts",
             key_arn="arn:aws:kms:eu-west-1:1:key/k",
             cluster_name="c",
-            cluster_security_group_id="sg-00000000000000001",
-            alb_security_group_id="sg-00000000000000002",
             alb_subnet_cidrs=["10.0.0.0/24"],
             gpu_node_labels={"weightshift.io/pool": "gpu"},
             region="eu-west-1",

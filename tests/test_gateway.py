@@ -5,7 +5,10 @@ metrics reach an emulated CloudWatch."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -73,15 +76,36 @@ def cloudwatch() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def feedback_key(cloudwatch: str) -> str:
+    """The stack's HMAC key, in the emulated KMS."""
+    kms = boto3.client(
+        "kms",
+        endpoint_url=cloudwatch,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    key = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+    return str(key["KeyMetadata"]["Arn"])
+
+
+@pytest.fixture(scope="module")
 def served(
-    model: Upstream, cloudwatch: str, tmp_path_factory: pytest.TempPathFactory
+    model: Upstream, cloudwatch: str, feedback_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """The example bundle served, metrics every second to the emulated CloudWatch."""
     with gateway(
         EXAMPLE,
         model.url,
         bundle_id=BUNDLE_ID,
-        extra=["--metrics", "cloudwatch", "--metrics-interval", "1"],
+        extra=[
+            "--metrics",
+            "cloudwatch",
+            "--metrics-interval",
+            "1",
+            "--feedback-key",
+            feedback_key,
+        ],
         env={**AWS, "AWS_ENDPOINT_URL": cloudwatch},
     ) as found:
         yield found
@@ -300,19 +324,81 @@ def test_health_follows_the_model_server(served: Gateway, model: Upstream) -> No
     }
 
 
-def test_feedback_is_attributed_to_the_colour_that_answered(served: Gateway) -> None:
+def test_feedback_needs_the_answers_token_and_counts_once(
+    served: Gateway, model: Upstream, cloudwatch: str, feedback_key: str
+) -> None:
     _, headers, _ = chat(served.url)
-    status, _, body = request(
-        f"{served.url}/v1/feedback", {"request_id": headers["x-request-id"], "score": 0.9}
-    )
-    assert (status, json.loads(body)["colour"]) == (202, "green")
-    status, _, body = request(f"{served.url}/v1/feedback", {"request_id": "mine", "score": 1})
+    request_id, token = headers["x-request-id"], headers["x-weightshift-feedback-token"]
+    assert token.startswith("green.")
+
+    def feedback(url: str, **body: Any) -> tuple[int, dict[str, Any]]:
+        status, _, answer = request(f"{url}/v1/feedback", body)
+        return status, json.loads(answer)
+
+    status, answer = feedback(served.url, request_id=request_id, score=0.9, token=token)
+    assert (status, answer["colour"]) == (202, "green")
+    # Once per request id: a second score for the same answer is refused.
+    status, answer = feedback(served.url, request_id=request_id, score=0.0, token=token)
+    assert (status, answer["error"]["code"]) == (409, "duplicate_feedback")
+    # An id no gateway issued a token for, or a token of another answer: refused.
+    for forged in ("green.1.00", token.replace("green.", "blue.", 1), f"{token[:-1]}0"):
+        status, answer = feedback(served.url, request_id="ws-green-x", score=0.0, token=forged)
+        assert (status, answer["error"]["code"]) == (403, "invalid_feedback_token")
+    status, answer = feedback(served.url, request_id="ws-green-x", score=0.0)
     assert status == 400
-    assert json.loads(body)["error"]["param"] == "served_by"
-    status, _, _ = request(
-        f"{served.url}/v1/feedback", {"request_id": "mine", "score": 1, "served_by": "blue"}
+    # The other colour's pod takes it too: every gateway derives the key from the stack's
+    # KMS key, and the token names the colour that answered.
+    _, headers, _ = chat(served.url)
+    with gateway(
+        EXAMPLE,
+        model.url,
+        colour="blue",
+        bundle_id=BUNDLE_ID,
+        extra=["--metrics", "off", "--feedback-key", feedback_key],
+        env={**AWS, "AWS_ENDPOINT_URL": cloudwatch},
+    ) as blue:
+        status, answer = feedback(
+            blue.url,
+            request_id=headers["x-request-id"],
+            score=0.2,
+            token=headers["x-weightshift-feedback-token"],
+        )
+    assert (status, answer["colour"]) == (202, "green")
+
+
+def test_a_gateway_that_cannot_derive_the_feedback_key_does_not_start(
+    model: Upstream, cloudwatch: str
+) -> None:
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "weightshift.cli",
+            "gateway",
+            "--bundle",
+            str(EXAMPLE),
+            "--bundle-id",
+            BUNDLE_ID,
+            "--upstream",
+            model.url,
+            "--colour",
+            "green",
+            "--metrics",
+            "off",
+            "--feedback-key",
+            "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **AWS, "AWS_ENDPOINT_URL": cloudwatch},
     )
-    assert status == 202
+    assert process.returncode == 2
+    said = " ".join(process.stderr.split())
+    assert "KMS GenerateMac failed" in said
+    assert "The pod's role needs kms:GenerateMac on that HMAC_256 key" in said
 
 
 def _datapoints(endpoint: str, name: str, stat: Any = "Sum") -> list[float]:
@@ -353,6 +439,22 @@ def test_metrics_arrive_every_interval_with_explicit_zeros(
     assert sum(_datapoints(cloudwatch, "TokensOut")) > 0
     latency = _datapoints(cloudwatch, "Latency", "SampleCount")
     assert sum(latency) >= 1
+    # Each also by Model and Colour alone: what the rollback alarms read. (CloudWatch matches
+    # a query's dimension set exactly; moto matches subsets, so the sets are checked here.)
+    client = boto3.client(
+        "cloudwatch",
+        endpoint_url=cloudwatch,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    for name in ("Requests", "Errors", "Heartbeat", "OutputBlocks", "Latency"):
+        found = client.list_metrics(Namespace="weightshift", MetricName=name)["Metrics"]
+        sets = {frozenset(d["Name"] for d in metric["Dimensions"]) for metric in found}
+        assert sets == {
+            frozenset({"Model", "Version", "Colour"}),
+            frozenset({"Model", "Colour"}),
+        }, name
 
 
 def test_a_stream_survives_many_concurrent_clients(served: Gateway, model: Upstream) -> None:

@@ -312,5 +312,22 @@ def test_a_role_whose_inline_policies_exceed_what_iam_takes_is_a_violation() -> 
     ]
     big = edited(graph, "green-pods", "RolePolicy", policy=json.dumps(policy))
     (found,) = stack_violations("iam-inline-policies-fit", big)
-    assert "inline policies green-gateway, green-pods of one role total" in found
+    assert "inline policies green-gateway, green-guardrail, green-pods of one role total" in found
     assert "IAM allows 10240 per role" in found
+
+
+def test_the_same_security_group_rule_declared_twice_is_a_violation() -> None:
+    """One rule per colour once admitted the ALB to the same cluster security group twice:
+    EC2 refuses the second (InvalidPermission.Duplicate)."""
+    graph = synth()
+    assert stack_violations("sg-rules-unique", graph) == []
+    rule = graph.named("serving-from-alb", "SecurityGroupIngressRule")
+    twin = replace(rule, name="green-from-alb", urn=rule.urn.replace("serving-from", "green-from"))
+    doubled = Graph(graph.stack, graph.config, [*graph.resources, twin], graph.outputs)
+    (found,) = stack_violations("sg-rules-unique", doubled)
+    assert found.startswith("green-from-alb is the same rule as serving-from-alb")
+    # Another port is another rule.
+    other = replace(twin, inputs={**twin.inputs, "fromPort": 9000, "toPort": 9000})
+    other = replace(other, outputs={**other.outputs, "fromPort": 9000, "toPort": 9000})
+    moved = Graph(graph.stack, graph.config, [*graph.resources, other], graph.outputs)
+    assert stack_violations("sg-rules-unique", moved) == []

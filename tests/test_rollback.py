@@ -30,29 +30,51 @@ def alarm(graph: Graph, suffix: str) -> dict[str, Any]:
     return graph.named(f"rollback-{suffix}", "MetricAlarm").inputs
 
 
-GATEWAY = {"Model": "support-assistant", "Version": CANDIDATE, "Colour": "green"}
+GATEWAY = {"Model": "support-assistant", "Colour": "green"}
+"""The candidate's gateways by colour: whichever bundle its pods run (a rolling update of the
+candidate keeps its heartbeat and its rates)."""
 
 
-def test_latency_alarm_is_p99_time_to_first_token_from_the_candidates_gateways(
-    live: Graph,
+@pytest.mark.parametrize(("suffix", "period"), [("latency-p99", 10), ("latency-p99-1m", 60)])
+def test_latency_is_the_share_of_first_tokens_slower_than_the_p99_threshold(
+    live: Graph, suffix: str, period: int
 ) -> None:
-    latency = alarm(live, "latency-p99")
-    assert latency["name"] == f"{PREFIX}-latency-p99"
-    assert (latency["namespace"], latency["metricName"]) == ("weightshift", "TimeToFirstToken")
-    assert latency["dimensions"] == GATEWAY
-    assert latency["extendedStatistic"] == "p99"
-    assert "statistic" not in latency
-    # A p99 of a few requests is their slowest: at 1 % one long generation would roll back.
-    assert latency["evaluateLowSampleCountPercentiles"] == "ignore"
-    # The gateways send high-resolution datapoints every 10 s: one fast period decides.
-    assert (latency["period"], latency["evaluationPeriods"], latency["datapointsToAlarm"]) == (
-        10,
-        1,
-        1,
-    )
-    assert latency["comparisonOperator"] == "GreaterThanThreshold"
-    assert latency["threshold"] == 8  # Pulumi.prod.yaml: latencyP99Seconds
+    """p99 above 8 s is more than 1 % of first tokens above 8 s: a percentile rank, judged
+    on enough samples. CloudWatch's own p99 is judged only over 1,000 samples a period."""
+    latency = alarm(live, suffix)
+    assert latency["name"] == f"{PREFIX}-{suffix}"
+    assert "extendedStatistic" not in latency
+    queries = {q["id"]: q for q in latency["metricQueries"]}
+    assert set(queries) == {"slow", "above", "samples"}
+    assert queries["slow"]["returnData"] is True
+    assert queries["slow"]["expression"] == rates.percent_expression("above", "samples", 10, 3)
+    above, samples = queries["above"]["metric"], queries["samples"]["metric"]
+    for metric in (above, samples):
+        assert (metric["namespace"], metric["metricName"]) == ("weightshift", "TimeToFirstToken")
+        assert metric["dimensions"] == GATEWAY
+        assert metric["period"] == period
+    assert above["stat"] == "PR(8:)"  # Pulumi.prod.yaml: latencyP99Seconds 8
+    assert samples["stat"] == "SampleCount"
+    assert (latency["comparisonOperator"], latency["threshold"]) == ("GreaterThanThreshold", 1)
+    assert (latency["evaluationPeriods"], latency["datapointsToAlarm"]) == (1, 1)
     assert latency["treatMissingData"] == "notBreaching"
+
+
+@pytest.mark.parametrize("samples", [None, 0, 5, 9, 10, 100, 250, 1000])
+@pytest.mark.parametrize("slow", [0, 1, 2, 3, 4, 10, 100])
+def test_the_latency_expression_decides_as_the_rate_function(
+    live: Graph, samples: int | None, slow: int
+) -> None:
+    """``slow`` of ``samples`` first tokens above the threshold, as CloudWatch's percentile
+    rank reports it (a percentage), against ``rates.rate``."""
+    text = next(
+        q["expression"] for q in alarm(live, "latency-p99")["metricQueries"] if q["id"] == "slow"
+    )
+    count = samples or 0
+    slow = min(slow, count)
+    percent = None if samples is None else (100 * slow / count if count else 0.0)
+    found = evaluate(text, {"above": percent, "samples": samples})
+    assert found == pytest.approx(rates.rate(slow, count, 10, 3))
 
 
 def _rate_queries(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -67,13 +89,18 @@ def _rate_queries(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return queries
 
 
-def test_error_rate_is_metric_math_over_the_gateways_errors_and_requests(live: Graph) -> None:
-    errors = alarm(live, "errors")
+@pytest.mark.parametrize(("suffix", "period"), [("errors", 10), ("errors-1m", 60)])
+def test_error_rate_is_metric_math_over_the_gateways_errors_and_requests(
+    live: Graph, suffix: str, period: int
+) -> None:
+    """Every 10 s for a quick verdict at high traffic; every minute, where a canary's share
+    of a quiet service gathers the requests to judge."""
+    errors = alarm(live, suffix)
     queries = _rate_queries(errors)
     for query_id, metric in (("events", "Errors"), ("requests", "Requests")):
         stat = queries[query_id]["metric"]
         assert (stat["namespace"], stat["metricName"]) == ("weightshift", metric)
-        assert (stat["stat"], stat["period"]) == ("Sum", 10)
+        assert (stat["stat"], stat["period"]) == ("Sum", period)
         assert stat["dimensions"] == GATEWAY
     assert (errors["comparisonOperator"], errors["threshold"]) == ("GreaterThanThreshold", 0.5)
     assert errors["treatMissingData"] == "notBreaching"
@@ -99,17 +126,27 @@ def test_connections_the_candidate_refused_are_judged_from_the_load_balancer(
     assert green_arn.endswith(queries["events"]["metric"]["dimensions"]["TargetGroup"])
 
 
-def test_quality_reads_feedback_by_colour_and_safety_the_blocked_answers_of_this_version(
-    live: Graph,
-) -> None:
+def test_quality_is_judged_only_over_minutes_with_enough_feedback(live: Graph) -> None:
     quality = alarm(live, "quality")
-    assert (quality["namespace"], quality["metricName"]) == ("weightshift", "QualityScore")
-    # Feedback may reach the other colour's pod: it names the colour that answered only.
-    assert quality["dimensions"] == {"Model": "support-assistant", "Colour": "green"}
-    assert quality["statistic"] == "Average"
+    queries = {q["id"]: q for q in quality["metricQueries"]}
+    assert queries["quality"]["expression"] == rates.mean_expression("score", "scores", 10, 1.0)
+    for query_id, stat in (("score", "Average"), ("scores", "SampleCount")):
+        metric = queries[query_id]["metric"]
+        assert (metric["namespace"], metric["metricName"]) == ("weightshift", "QualityScore")
+        # Feedback may reach the other colour's pod: it names the colour that answered only.
+        assert metric["dimensions"] == GATEWAY
+        assert (metric["stat"], metric["period"]) == (stat, 60)
     assert quality["treatMissingData"] == "notBreaching"
     assert (quality["comparisonOperator"], quality["threshold"]) == ("LessThanThreshold", 0.82)
     assert (quality["evaluationPeriods"], quality["datapointsToAlarm"]) == (3, 2)
+    text = queries["quality"]["expression"]
+    # Two unhappy users in a minute are not a bad model; twenty are.
+    assert evaluate(text, {"score": 0.0, "scores": 2}) == 1
+    assert evaluate(text, {"score": 0.3, "scores": 20}) == 0.3
+    assert evaluate(text, {"score": None, "scores": None}) == 1
+
+
+def test_safety_is_the_rate_of_blocked_answers(live: Graph) -> None:
     safety = alarm(live, "safety")
     queries = _rate_queries(safety)
     assert queries["events"]["metric"]["metricName"] == "OutputBlocks"
@@ -119,14 +156,14 @@ def test_quality_reads_feedback_by_colour_and_safety_the_blocked_answers_of_this
 
 
 def test_a_candidate_whose_gateways_stop_reporting_is_rolled_back(live: Graph) -> None:
-    """Every gateway sends a Heartbeat of 1 every 10 s from stage 0 on: two silent periods
-    are a breach, whatever the traffic."""
+    """Every gateway sends a Heartbeat of 1 every 10 s from stage 0 on: three silent periods
+    are a breach, whatever the traffic (one late or lost datapoint is not)."""
     silent = alarm(live, "no-heartbeat")
     assert (silent["namespace"], silent["metricName"]) == ("weightshift", "Heartbeat")
     assert silent["dimensions"] == GATEWAY
     assert (silent["statistic"], silent["period"]) == ("Sum", 10)
     assert (silent["comparisonOperator"], silent["threshold"]) == ("LessThanThreshold", 1)
-    assert (silent["evaluationPeriods"], silent["datapointsToAlarm"]) == (2, 2)
+    assert (silent["evaluationPeriods"], silent["datapointsToAlarm"]) == (3, 3)
     assert silent["treatMissingData"] == "breaching"
 
 
@@ -218,7 +255,9 @@ def test_the_composite_alarm_invokes_the_function_and_pages_only_while_live(live
         alarm(live, s)["name"]
         for s in (
             "errors",
+            "errors-1m",
             "latency-p99",
+            "latency-p99-1m",
             "quality",
             "safety",
             "no-heartbeat",

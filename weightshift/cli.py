@@ -319,6 +319,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             bundle_id=args.bundle_id,
             keep_alive=args.keep_alive,
             guardrail=_guardrail(args.guardrail),
+            feedback_key=args.feedback_key,
             region=args.region or os.environ.get("AWS_REGION"),
             metrics=args.metrics,
             metrics_interval=args.metrics_interval,
@@ -506,7 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID:VERSION",
         help="moderate with this Amazon Bedrock guardrail (default: the local moderator)",
     )
-    gateway.add_argument("--region", help="AWS region for Bedrock and CloudWatch")
+    gateway.add_argument(
+        "--feedback-key",
+        metavar="KMS_KEY",
+        help="the stack's KMS HMAC key: feedback tokens verify in every gateway that shares "
+        "it (default: a key of this process only)",
+    )
+    gateway.add_argument("--region", help="AWS region for Bedrock, CloudWatch and KMS")
     gateway.add_argument(
         "--metrics",
         choices=["auto", "cloudwatch", "off"],
@@ -583,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError
 
     from weightshift.bundle import BundleError
-    from weightshift.gateway.errors import BundleLoadError
+    from weightshift.gateway.errors import GatewayStartError
     from weightshift.rollback_record import RecordError
     from weightshift.rollout import RolloutError
     from weightshift.store import StoreError
@@ -606,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         VersionError,
         RecordError,
         RolloutError,
-        BundleLoadError,
+        GatewayStartError,
     ) as error:
         print(f"weightshift {args.command}: error: {_paragraph(str(error))}", file=sys.stderr)
         return EXIT_USAGE

@@ -620,12 +620,17 @@ class RollbackConfig(_Model):
     """The gateway's metrics are high resolution: its alarms evaluate periods this short
     (and the gateway sends its metrics this often)."""
     min_requests: Int = Field(default=10, ge=1, le=1_000_000)
-    """An error or safety rate is judged only over at least this many requests."""
+    """A rate (errors, slow first tokens, blocked answers) is judged only over at least this
+    many requests in its period: a fast period (high traffic) or a minute (low traffic)."""
     min_errors: Int = Field(default=3, ge=1, le=1_000_000)
-    """...and only with at least this many errors: one stray error never rolls back."""
-    heartbeat_periods: Int = Field(default=2, ge=1, le=30)
+    """...and only with at least this many of them: one stray error never rolls back."""
+    min_feedback: Int = Field(default=10, ge=1, le=1_000_000)
+    """The quality score (user feedback) is judged only over minutes with at least this many
+    scores: two unhappy users are not a bad model."""
+    heartbeat_periods: Int = Field(default=3, ge=2, le=30)
     """Fast periods without a single gateway heartbeat before rollback (every candidate
-    pod's gateway reports every period, zeros included, from stage 0 on)."""
+    pod's gateway reports every period, zeros included, from stage 0 on). At least 2: one
+    late or lost datapoint must not roll back."""
     dead_man_minutes: Int = Field(default=5, ge=1, le=60)
     """The dead man's switch's window: it counts the requests the load balancer sent the
     candidate and the answers the candidate gave over this many minutes."""

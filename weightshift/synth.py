@@ -513,16 +513,26 @@ def synthesize(
     )
 
 
+_LOOP: list[asyncio.AbstractEventLoop] = []
+"""The event loop the last synthesis ran on."""
+
+
 def _ensure_event_loop() -> None:
-    """Pulumi's runtime runs on the thread's current event loop; an ``asyncio.run`` earlier
-    in the process (a test, the gateway) leaves none set, or a closed one."""
+    """Pulumi's runtime runs on the thread's current event loop, and keeps state bound to
+    the loop it first ran on. An ``asyncio.run`` earlier in the process (a test, the gateway)
+    leaves no current loop: the one synthesis used before is put back, not a new one (the
+    runtime would wait forever for futures of the old one)."""
     policy = asyncio.get_event_loop_policy()
     try:
         loop: asyncio.AbstractEventLoop | None = policy.get_event_loop()
     except RuntimeError:
         loop = None
     if loop is None or loop.is_closed():
-        policy.set_event_loop(policy.new_event_loop())
+        previous = _LOOP[-1] if _LOOP else None
+        loop = previous if previous is not None and not previous.is_closed() else None
+        loop = loop or policy.new_event_loop()
+        policy.set_event_loop(loop)
+    _LOOP[:] = [loop]
 
 
 def _run(

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from weightshift.gateway import pipeline
+from weightshift.gateway.feedback import TOKEN_HEADER, FeedbackError, FeedbackTokens, random_key
 from weightshift.gateway.metrics import Metrics
 from weightshift.gateway.moderation import ModerationError, Moderator
 from weightshift.gateway.pipeline import Refusal, SentenceBuffer
@@ -130,6 +131,7 @@ class Gateway:
         moderator: Moderator,
         metrics: Metrics,
         *,
+        tokens: FeedbackTokens | None = None,
         client: aiohttp.ClientSession | None = None,
     ) -> None:
         self.bundle = bundle
@@ -137,6 +139,7 @@ class Gateway:
         self.colour = colour
         self.moderator = moderator
         self.metrics = metrics
+        self.tokens = tokens or FeedbackTokens(random_key())
         self.client = client
         self.in_flight = 0
         self.draining = False
@@ -183,6 +186,7 @@ class Gateway:
             **self.common_headers,
             "x-request-id": outcome.request_id,
             "x-weightshift-outcome": outcome.outcome,
+            TOKEN_HEADER: self.tokens.issue(self.colour, outcome.request_id),
         }
 
     def _finish(self, outcome: Outcome) -> None:
@@ -562,18 +566,12 @@ class Gateway:
                 error_body(f"{where}: {first['msg']}", "invalid_request_error", "invalid"),
                 status_code=400,
             )
-        colour = parsed.served_by or _colour_of(parsed.request_id)
-        if colour is None:
+        try:
+            colour = self.tokens.accept(parsed.token, parsed.request_id)
+        except FeedbackError as refused:
             return JSONResponse(
-                error_body(
-                    f"request id {parsed.request_id!r} was the client's own, so the gateway "
-                    "cannot tell which version answered it: add served_by (the answer's "
-                    "x-weightshift-colour header).",
-                    "invalid_request_error",
-                    "unattributed_feedback",
-                    "served_by",
-                ),
-                status_code=400,
+                error_body(str(refused), "invalid_request_error", refused.code, "token"),
+                status_code=refused.status,
             )
         self.metrics.feedback(colour, parsed.score)
         return JSONResponse({"accepted": True, "colour": colour}, status_code=202)
@@ -590,14 +588,6 @@ class Gateway:
                 }
             ],
         }
-
-
-def _colour_of(request_id: str) -> str | None:
-    """The colour a gateway-assigned request id names (``ws-<colour>-<hex>``)."""
-    for colour in ("blue", "green"):
-        if request_id.startswith(f"ws-{colour}-"):
-            return colour
-    return None
 
 
 _TEXT = re.compile(rb'"(?:content|text)":\s*"[^"]')

@@ -5,9 +5,12 @@ requests" is then data, not missing data, and a gateway that stops reporting is 
 that stopped. Durations are sent as value/count sets (``Values`` and ``Counts`` of
 ``PutMetricData``), so CloudWatch computes true percentiles (p50, p99) over them. All
 datapoints are high resolution (``StorageResolution`` 1), so alarms can evaluate 10-second
-periods. Namespace ``weightshift``; dimensions ``Model``, ``Version`` (the full bundle id)
-and ``Colour``, except ``QualityScore``: user feedback may reach the other colour's pod, which
-can name the colour that answered (``Model``, ``Colour``) but not its version.
+periods. Namespace ``weightshift``. Every counter and duration is sent twice: by ``Model``,
+``Version`` (the full bundle id) and ``Colour``, to compare versions; and by ``Model`` and
+``Colour`` alone, which the rollback alarms read, so a colour's alarms see its pods whichever
+version they run (a rolling update of the candidate keeps its heartbeat). ``QualityScore`` is
+sent by ``Model`` and ``Colour`` only: feedback may reach the other colour's pod, which knows
+the colour that answered but not its version.
 
 Counters: ``Requests`` (every request the pipeline saw), ``Errors`` (answered 5xx: upstream
 errors, unreachable upstream, timeouts, moderation failures), ``Timeouts`` (of which timed
@@ -137,7 +140,7 @@ class Metrics:
         self.quality = {}
         self._started = self._window(self.clock())
         base = {"Timestamp": stamp, "StorageResolution": 1}
-        dimensions = self._dimensions()
+        both = (self._dimensions(), self._dimensions(version=False))
         datums: list[dict[str, Any]] = [
             {
                 **base,
@@ -146,9 +149,12 @@ class Metrics:
                 "Value": float(1 if name == "Heartbeat" else counts.get(name, 0)),
                 "Unit": UNITS.get(name, "Count"),
             }
+            for dimensions in both
             for name in COUNTERS
         ]
-        sets = [(name, dimensions, values) for name, values in samples.items()]
+        sets = [
+            (name, dimensions, values) for dimensions in both for name, values in samples.items()
+        ]
         sets += [
             ("QualityScore", self._dimensions(colour, version=False), values)
             for colour, values in quality.items()
@@ -170,16 +176,30 @@ class Metrics:
         return datums
 
     async def flush(self) -> None:
+        """Send the interval that ended; a failed call is tried once more (a lost heartbeat
+        is what the dead man's switch counts), then dropped: the next interval is due."""
         datums = self.snapshot()
         if self.sink is None:
             return
-        try:
-            for start in range(0, len(datums), MAX_DATUMS_PER_CALL):
-                await self.sink(datums[start : start + MAX_DATUMS_PER_CALL])
-            self.sent += 1
-        except Exception as error:  # noqa: BLE001 (a failed send must never stop the gateway)
-            self.failed += 1
-            log.warning("metrics not sent (%s): %s", type(error).__name__, error)
+        for start in range(0, len(datums), MAX_DATUMS_PER_CALL):
+            batch = datums[start : start + MAX_DATUMS_PER_CALL]
+            for attempt in (1, 2):
+                try:
+                    await self.sink(batch)
+                    break
+                except Exception as error:  # noqa: BLE001 (a failed send never stops the gateway)
+                    log.warning(
+                        "metrics not sent, attempt %d (%s): %s",
+                        attempt,
+                        type(error).__name__,
+                        error,
+                    )
+                    if attempt == 1:
+                        await asyncio.sleep(min(1.0, self.interval / 10))
+            else:
+                self.failed += 1
+                return
+        self.sent += 1
 
     async def run(self) -> None:
         """Send every interval, at the interval's end, until cancelled."""

@@ -219,10 +219,15 @@ line break."""
 class SentenceBuffer:
     """Streamed output held back until a sentence ends, so that each piece released to the
     client has been moderated as a whole sentence (a phrase split across stream chunks is
-    still caught). Pieces shorter than ``min_chars`` wait for the next sentence."""
+    still caught). The first piece is released from ``first_chars`` characters on (time to
+    first token is the first sentence or so); later pieces gather at least ``then_chars``
+    (whole sentences), so a long answer costs a few moderation calls, not one per sentence:
+    each call counts against the account's guardrail quotas and is billed by text unit
+    (1,000 characters)."""
 
-    def __init__(self, min_chars: int = 64) -> None:
-        self.min_chars = min_chars
+    def __init__(self, first_chars: int = 64, then_chars: int = 400) -> None:
+        self.min_chars = first_chars
+        self.then_chars = then_chars
         self._pending = ""
 
     def feed(self, text: str) -> str | None:
@@ -237,6 +242,7 @@ class SentenceBuffer:
         if cut < 0:
             return None
         ready, self._pending = self._pending[:cut], self._pending[cut:]
+        self.min_chars = self.then_chars
         return ready
 
     def flush(self) -> str:

@@ -78,10 +78,11 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(min_length=1, max_length=200)
+    """The answer's ``x-request-id``."""
     score: float = Field(ge=0, le=1)
-    served_by: Literal["blue", "green"] | None = None
-    """The colour in the answer's ``x-weightshift-colour`` header; needed only when the
-    request id was the client's own (the gateway's ids name their colour)."""
+    token: str = Field(min_length=1, max_length=120)
+    """The answer's ``x-weightshift-feedback-token`` (``feedback.py``): proves the answer
+    was given, and names the colour that gave it."""
 
 
 def error_body(message: str, kind: str, code: str, param: str | None = None) -> dict[str, Any]:

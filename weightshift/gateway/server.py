@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from weightshift.gateway.app import Gateway, build_app
+from weightshift.gateway.feedback import FeedbackTokens, derive_key, random_key
 from weightshift.gateway.metrics import Metrics, cloudwatch_sink
 from weightshift.gateway.moderation import local_gaps, moderator_for
 from weightshift.gateway.served import load_served
@@ -41,6 +42,8 @@ class Options:
     """Seconds an idle client connection stays open: longer than the ALB's idle timeout, or
     the ALB may reuse a connection the gateway is closing and answer 502."""
     guardrail: tuple[str, str] | None = None
+    feedback_key: str | None = None
+    """The stack's KMS HMAC key (id or ARN) the feedback-token key is derived from."""
     region: str | None = None
     metrics: str = "auto"
     metrics_interval: float = 10.0
@@ -87,12 +90,18 @@ async def serve(options: Options) -> None:
     if options.guardrail is None:
         for gap in local_gaps(bundle.safety):
             log.warning("local moderation does not enforce %s; serve with --guardrail", gap)
+    key = (
+        await asyncio.to_thread(derive_key, options.feedback_key, options.region)
+        if options.feedback_key
+        else random_key()
+    )
     gateway = Gateway(
         bundle,
         options.upstream,
         options.colour,
         moderator_for(bundle.safety, options.guardrail, options.region),
         metrics,
+        tokens=FeedbackTokens(key),
     )
     await gateway.start()
     tasks = [asyncio.create_task(metrics.run())]

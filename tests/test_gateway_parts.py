@@ -1,0 +1,164 @@
+"""The gateway's parts that decide without I/O: the sentence buffer of moderated streams,
+the metrics' datums, and feedback tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from weightshift.gateway.feedback import MAX_AGE_SECONDS, FeedbackError, FeedbackTokens
+from weightshift.gateway.metrics import COUNTERS, MAX_VALUES_PER_DATUM, Metrics, compact
+from weightshift.gateway.pipeline import SentenceBuffer
+
+# --- the sentence buffer -----------------------------------------------------------------
+
+
+def released(pieces: list[str], buffer: SentenceBuffer) -> list[str]:
+    out = [ready for piece in pieces if (ready := buffer.feed(piece)) is not None]
+    rest = buffer.flush()
+    return [*out, rest] if rest else out
+
+
+def test_the_first_piece_is_a_short_sentence_later_pieces_gather_several() -> None:
+    sentence = "This sentence is exactly forty-two chars. "
+    pieces = [word + " " for word in (sentence * 30).split()]
+    out = released(pieces, SentenceBuffer(first_chars=64, then_chars=400))
+    assert "".join(out).split() == (sentence * 30).split()
+    assert 64 <= len(out[0]) < 64 + len(sentence) + 1
+    # Then whole sentences, at least 400 characters a call (the last may be short).
+    assert all(len(piece) >= 400 for piece in out[1:-1])
+    assert all(piece.endswith(". ") for piece in out[:-1])
+    assert len(out) <= 1 + (len(sentence) * 30) // 400 + 1
+
+
+@given(st.lists(st.text(alphabet="ab .!?\n", max_size=30), max_size=40))
+def test_nothing_is_lost_or_reordered(pieces: list[str]) -> None:
+    assert "".join(released(pieces, SentenceBuffer(first_chars=8, then_chars=20))) == "".join(
+        pieces
+    )
+
+
+def test_a_phrase_split_across_chunks_is_released_whole() -> None:
+    buffer = SentenceBuffer(first_chars=10, then_chars=10)
+    assert buffer.feed("Please wire the mo") is None
+    assert buffer.feed("ney today. And") == "Please wire the money today. "
+    assert buffer.flush() == "And"
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def metrics(**kwargs: Any) -> Metrics:
+    return Metrics("m", "m/v1.0.0-abc", "green", interval=10, clock=lambda: 1000.0, **kwargs)
+
+
+def test_every_counter_is_sent_by_version_and_by_colour_zeros_and_heartbeat_included() -> None:
+    found = metrics()
+    found.add("Requests", 3)
+    found.observe("TimeToFirstToken", 0.25)
+    datums = found.snapshot()
+    by_version = [{"Name": "Model", "Value": "m"}, {"Name": "Version", "Value": "m/v1.0.0-abc"}]
+    by_version.append({"Name": "Colour", "Value": "green"})
+    by_colour = [{"Name": "Model", "Value": "m"}, {"Name": "Colour", "Value": "green"}]
+    for dimensions in (by_version, by_colour):
+        counters = {
+            d["MetricName"]: d["Value"]
+            for d in datums
+            if d["Dimensions"] == dimensions and "Value" in d
+        }
+        assert set(counters) == set(COUNTERS)
+        assert counters["Requests"] == 3
+        assert counters["Errors"] == 0  # idle is data
+        assert counters["Heartbeat"] == 1
+        (ttft,) = [
+            d
+            for d in datums
+            if d["Dimensions"] == dimensions and d["MetricName"] == "TimeToFirstToken"
+        ]
+        assert (ttft["Values"], ttft["Counts"]) == ([0.25], [1.0])
+    assert all(d["StorageResolution"] == 1 for d in datums)
+
+
+def test_feedback_is_sent_by_the_colour_that_answered_only() -> None:
+    found = metrics()
+    found.feedback("blue", 0.5)
+    (quality,) = [d for d in found.snapshot() if d["MetricName"] == "QualityScore"]
+    assert quality["Dimensions"] == [
+        {"Name": "Model", "Value": "m"},
+        {"Name": "Colour", "Value": "blue"},
+    ]
+
+
+def test_a_failed_send_is_tried_once_more_then_dropped() -> None:
+    calls: list[int] = []
+
+    async def flaky(datums: list[dict[str, Any]]) -> None:
+        calls.append(len(datums))
+        if len(calls) == 1:
+            raise ConnectionError("reset")
+
+    found = metrics(sink=flaky)
+    asyncio.run(found.flush())
+    assert (len(calls), found.sent, found.failed) == (2, 1, 0)
+
+    async def down(datums: list[dict[str, Any]]) -> None:
+        raise ConnectionError("down")
+
+    broken = metrics(sink=down)
+    asyncio.run(broken.flush())
+    assert (broken.sent, broken.failed) == (0, 1)
+
+
+@given(st.lists(st.floats(min_value=0.001, max_value=600), min_size=1, max_size=2000))
+def test_compact_keeps_at_most_150_values_and_percentiles_within_a_bucket(
+    values: list[float],
+) -> None:
+    samples = Counter(round(v, 3) for v in values)
+    pairs = compact(samples)
+    assert len(pairs) <= MAX_VALUES_PER_DATUM
+    assert sum(count for _, count in pairs) == len(values)
+    if len(samples) <= MAX_VALUES_PER_DATUM:
+        assert pairs == sorted(samples.items())
+
+
+# --- feedback tokens -----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_token_is_taken_once_for_its_request_and_for_a_week() -> None:
+    clock = Clock()
+    pod_a = FeedbackTokens(b"k" * 32, clock)
+    pod_b = FeedbackTokens(b"k" * 32, clock)
+    token = pod_a.issue("green", "req-1")
+    assert pod_b.accept(token, "req-1") == "green"  # any pod with the stack's key
+    with pytest.raises(FeedbackError) as again:
+        pod_b.accept(token, "req-1")
+    assert (again.value.status, again.value.code) == (409, "duplicate_feedback")
+    with pytest.raises(FeedbackError, match="does not match request id 'req-2'"):
+        pod_a.accept(token, "req-2")
+    with pytest.raises(FeedbackError, match="does not match"):
+        FeedbackTokens(b"x" * 32, clock).accept(token, "req-1")  # another stack's key
+    late = pod_a.issue("blue", "req-3")
+    clock.now += MAX_AGE_SECONDS + 1
+    with pytest.raises(FeedbackError) as old:
+        pod_a.accept(late, "req-3")
+    assert old.value.code == "expired_feedback_token"
+
+
+@pytest.mark.parametrize("token", ["", "green", "green.x.y", "red.1.abc", "green.1.zz.extra"])
+def test_malformed_tokens_are_refused(token: str) -> None:
+    with pytest.raises(FeedbackError) as refused:
+        FeedbackTokens(b"k" * 32).accept(token, "req")
+    assert refused.value.status == 403
