@@ -169,12 +169,17 @@ def gateway(
             wait_for(f"{mirror_url}/livez", process=process)
         yield Gateway(f"http://127.0.0.1:{port}", process, mirror_url)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 15 s to drain and exit, then SIGKILL."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def sse(body: bytes) -> list[Any]:
