@@ -20,6 +20,7 @@ from components.network import Network, NetworkArgs
 from components.rollback import Rollback, RollbackArgs
 from components.serving_edge import ServingEdge, ServingEdgeArgs
 from components.traffic import Traffic, TrafficArgs
+from weightshift import capacity
 from weightshift.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
 from weightshift.rollback_record import (
@@ -179,6 +180,12 @@ edge = ServingEdge(
     ),
     opts=with_provider,
 )
+# Capacity before traffic: going up a stage, the listener waits for the candidate's
+# Deployment (scaled and ready); going down, or rolled back, the candidate's Deployment waits
+# for the listener (weight leaves before capacity does). See weightshift/capacity.py.
+capacity_first = capacity.capacity_first(config, rolled_back)
+listener = None if capacity_first else traffic.listen()
+now = capacity.now()
 alb_subnet_cidrs = (
     network.private_subnet_cidrs if config.traffic.internal else network.public_subnet_cidrs
 )
@@ -205,7 +212,11 @@ stacks = {
             shadow_keep_text=rollout.shadow_keep_text,
             feedback_key_arn=edge.feedback_key_arn,
             bundle=bundle,
-            replicas=config.colour(colour).replicas,
+            replicas=capacity.replicas(config, colour, now),
+            full_replicas=config.colour(colour).replicas,
+            deployment_after=[listener]
+            if listener is not None and colour is rollout.candidate
+            else [],
             serving=config.serving,
             port=config.traffic.serving_port,
             health_path=config.traffic.health_check_path,
@@ -225,6 +236,14 @@ stacks = {
     )
     for colour, bundle in sorted(bundles.items(), key=lambda item: item[0].value)
 }
+if listener is None:
+    candidate_stack = stacks.get(rollout.candidate)
+    listener = traffic.listen(after=[candidate_stack.deployment] if candidate_stack else [])
+if capacity.held(config) and rollout.hold is not None:
+    pulumi.log.info(
+        f"{rollout.candidate.value} ({rollout.hold.version}) is held warm after rollout finish "
+        f"until {rollout.hold.until.isoformat()}; the first pulumi up after that scales it to 0"
+    )
 
 rollback = None
 if candidate_version is not None:
@@ -269,6 +288,8 @@ pulumi.export(
         colour.value: {
             "namespace": stack.namespace,
             "bundle": str(bundles[colour].id),
+            "replicas": stack.replicas,
+            "gpus": stack.replicas * config.serving.gpus_per_replica,
             "rolloutBudgetSeconds": stack.budget.seconds,
             "rolloutBudget": stack.budget.describe(),
         }

@@ -59,6 +59,7 @@ class InferenceStackArgs:
     """The colour's namespace, unique per stack (``StackConfig.namespace``)."""
     bundle: ResolvedBundle
     replicas: int
+    """What the colour runs at this stage (``weightshift/capacity.py``)."""
     serving: ServingConfig
     port: int
     health_path: str
@@ -86,6 +87,12 @@ class InferenceStackArgs:
     feedback_key_arn: pulumi.Input[str] | None = None
     """The stack's KMS HMAC key (``ServingEdge``): feedback tokens verify in every gateway."""
     depends_on: Sequence[pulumi.Resource] = ()
+    full_replicas: int | None = None
+    """The colour's full size (config ``replicas``), where ``replicas`` is less: the await
+    budget is sized for it, so a stage's scale-up never outlasts it."""
+    deployment_after: Sequence[pulumi.Resource] = ()
+    """What the Deployment waits for: the listener, when weight leaves this colour before
+    its capacity does."""
 
 
 def server_args(args: InferenceStackArgs) -> list[str]:
@@ -176,7 +183,7 @@ def drain_seconds(args: InferenceStackArgs) -> int:
 def budget(args: InferenceStackArgs) -> RolloutBudget:
     """How long rolling this colour's pods may take (see ``weightshift/budget.py``)."""
     return rollout_budget(
-        replicas=args.replicas,
+        replicas=max(args.replicas, args.full_replicas or 0),
         max_surge=MAX_SURGE,
         startup_seconds=args.serving.startup_timeout_seconds,
         bundle_bytes=args.bundle.manifest.size,
@@ -241,6 +248,9 @@ class InferenceStack(pulumi.ComponentResource):
     """How long a rolling update of the pods may take; ``pulumi up`` waits as long."""
     serving: list[pulumi.Resource]
     """The Deployment and its TargetGroupBinding: what serves once they are ready."""
+    deployment: k8s.apps.v1.Deployment
+    replicas: int
+    """The Deployment's replicas at this stage."""
 
     def __init__(
         self,
@@ -359,7 +369,7 @@ class InferenceStack(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(
                 in_namespace,
                 pulumi.ResourceOptions(
-                    depends_on=[service_account, identity, *grants],
+                    depends_on=[service_account, identity, *grants, *args.deployment_after],
                     # pulumi-kubernetes waits 10 minutes by default; a GPU rollout takes hours.
                     custom_timeouts=pulumi.CustomTimeouts(
                         create=f"{self.budget.seconds}s", update=f"{self.budget.seconds}s"
@@ -467,6 +477,8 @@ class InferenceStack(pulumi.ComponentResource):
         self.namespace = namespace.metadata.apply(lambda meta: str(meta.name))
         self.role_arn = role.arn
         self.serving = [deployment, *bindings]
+        self.deployment = deployment
+        self.replicas = args.replicas
         self.register_outputs({"namespace": self.namespace, "role_arn": self.role_arn})
 
     def _guardrail(self, name: str, args: InferenceStackArgs) -> BundleGuardrail | None:

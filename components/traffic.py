@@ -59,6 +59,12 @@ class Traffic(pulumi.ComponentResource):
     weighted default action, ``{name}-http`` Listener that only redirects to HTTPS, and
     ``{name}-route-blue`` / ``{name}-route-green`` ListenerRules that send requests
     carrying the test header from the allowed sources to one colour.
+
+    Two steps, so the program can order the listener against the pods: the constructor
+    declares all but the HTTPS listener and its rules (the colours' stacks need the target
+    groups); ``listen(after=...)`` declares those, depending on ``after`` (the candidate's
+    Deployment when weight moves to it: capacity before traffic), and registers the
+    component's outputs.
     """
 
     load_balancer_arn: pulumi.Output[str]
@@ -127,7 +133,25 @@ class Traffic(pulumi.ComponentResource):
         }
         if weight[MIRROR] and not args.mirror:
             raise ValueError("the weights mirror traffic but the mirror target group is off")
+        self._http_redirect(name, alb)
+        self.load_balancer_arn = alb.arn
+        self.load_balancer_arn_suffix = alb.arn_suffix
+        self.dns_name = alb.dns_name
+        self.zone_id = alb.zone_id
+        self.target_group_arns = {target: group.arn for target, group in groups.items()}
+        self.target_group_arn_suffixes = {
+            target: group.arn_suffix for target, group in groups.items()
+        }
+        self.security_group_id = security_group.id
+        self._args, self._name, self._alb, self._groups = args, name, alb, groups
+        self._targets, self._weight = targets, weight
 
+    def listen(self, after: Sequence[pulumi.Resource] = ()) -> aws.lb.Listener:
+        """The HTTPS listener with the stage's weights and the test routes; the listener
+        waits for ``after`` (what must be ready before weight moves)."""
+        args, name, alb, groups = self._args, self._name, self._alb, self._groups
+        targets, weight, settings = self._targets, self._weight, args.settings
+        child = pulumi.ResourceOptions(parent=self)
         https = aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=alb.arn,
@@ -156,22 +180,7 @@ class Traffic(pulumi.ComponentResource):
                     ),
                 )
             ],
-            opts=child,
-        )
-        aws.lb.Listener(
-            f"{name}-http",
-            load_balancer_arn=alb.arn,
-            port=80,
-            protocol="HTTP",
-            default_actions=[
-                aws.lb.ListenerDefaultActionArgs(
-                    type="redirect",
-                    redirect=aws.lb.ListenerDefaultActionRedirectArgs(
-                        protocol="HTTPS", port="443", status_code="HTTP_301"
-                    ),
-                )
-            ],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
         sources = test_route_sources(settings, args.vpc_cidr, args.nat_public_ips)
         for colour in Colour:
@@ -196,17 +205,7 @@ class Traffic(pulumi.ComponentResource):
                 ],
                 opts=child,
             )
-
-        self.load_balancer_arn = alb.arn
-        self.load_balancer_arn_suffix = alb.arn_suffix
-        self.dns_name = alb.dns_name
-        self.zone_id = alb.zone_id
         self.listener_arn = https.arn
-        self.target_group_arns = {target: group.arn for target, group in groups.items()}
-        self.target_group_arn_suffixes = {
-            target: group.arn_suffix for target, group in groups.items()
-        }
-        self.security_group_id = security_group.id
         self.register_outputs(
             {
                 "load_balancer_arn": self.load_balancer_arn,
@@ -215,6 +214,24 @@ class Traffic(pulumi.ComponentResource):
                 "target_group_arns": self.target_group_arns,
                 "security_group_id": self.security_group_id,
             }
+        )
+        return https
+
+    def _http_redirect(self, name: str, alb: aws.lb.LoadBalancer) -> None:
+        aws.lb.Listener(
+            f"{name}-http",
+            load_balancer_arn=alb.arn,
+            port=80,
+            protocol="HTTP",
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(
+                    type="redirect",
+                    redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                        protocol="HTTPS", port="443", status_code="HTTP_301"
+                    ),
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
     def _security_group(self, name: str, args: TrafficArgs) -> aws.ec2.SecurityGroup:

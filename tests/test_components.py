@@ -35,7 +35,7 @@ SETTINGS = TrafficConfig(
 
 
 def traffic(name: str, weights: Weights, mirror: bool = False) -> Traffic:
-    return Traffic(
+    component = Traffic(
         name,
         TrafficArgs(
             settings=SETTINGS,
@@ -50,6 +50,8 @@ def traffic(name: str, weights: Weights, mirror: bool = False) -> Traffic:
             partition="aws",
         ),
     )
+    component.listen()
+    return component
 
 
 @pulumi.runtime.test

@@ -53,7 +53,7 @@ def test_listener_weights_match_the_stage(
 
 @pytest.mark.parametrize("strategy", list(STRATEGY_SETS))
 @pytest.mark.parametrize("candidate", list(Colour))
-def test_each_stage_change_touches_only_the_listener_and_alarm_actions(
+def test_each_stage_change_touches_only_the_listener_alarm_actions_and_candidate_capacity(
     strategy: Strategy, candidate: Colour
 ) -> None:
     graphs = [
@@ -73,6 +73,14 @@ def test_each_stage_change_touches_only_the_listener_and_alarm_actions(
             # candidate is sent, so it needs no stage-dependent setting.
             flips += 1
             expected += [("rollback", "update", ("actionsEnabled",))]
+        replicas = [
+            graph.outputs["inference"][candidate.value]["replicas"] for graph in (before, after)
+        ]
+        if replicas[0] != replicas[1]:
+            # Capacity follows the stage: only the candidate's replica count changes.
+            expected += [(candidate.value, "update", ("spec",))]
+            specs = [g.named(candidate.value, "Deployment").inputs["spec"] for g in (before, after)]
+            assert {**specs[0], "replicas": 0} == {**specs[1], "replicas": 0}
         changes = diff(before, after)
         assert sorted((c.name, c.action, c.keys) for c in changes) == sorted(expected)
     assert flips == 1

@@ -14,12 +14,19 @@ import pytest
 
 from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
+from weightshift import capacity
 from weightshift.cli import main
 from weightshift.plan import diff
 from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError
 from weightshift.synth import Graph, stack_config, synthesize
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _program_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program reads the time for the hold after finish: the tests' time."""
+    monkeypatch.setattr(capacity, "now", lambda: NOW)
 
 
 class FakeBackend:
@@ -227,7 +234,7 @@ def test_ack_returns_the_config_to_stage_0_then_clears_the_record(
 
 
 def test_finish_swaps_the_roles_at_the_last_stage_only(
-    rollout: Rollout, backend: FakeBackend
+    rollout: Rollout, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(RolloutError, match="not the last stage"):
         rollout.finish()
@@ -241,6 +248,18 @@ def test_finish_swaps_the_roles_at_the_last_stage_only(
     # Green keeps all traffic: finishing moves no request.
     assert backend.graph.outputs["rollout"]["weights"] == {"blue": 0, "green": 999, "mirror": 0}
     assert backend.graph.outputs["rollout"]["stable"] == "green"
+    # Blue, the old stable colour, is held warm at full size for rollout.capacity.holdHours.
+    hold = backend.values["weightshift:rollout"]["hold"]
+    assert hold["version"] == "support-assistant/v1.4.2-424ef6470390"
+    assert datetime.fromisoformat(hold["until"]) == NOW + timedelta(hours=24)
+    assert "keeps support-assistant/v1.4.2-424ef6470390 warm until" in message
+    assert backend.graph.outputs["inference"]["blue"]["replicas"] == 6
+    # The first up after the hold scales it to zero; green keeps serving everything.
+    monkeypatch.setattr(capacity, "now", lambda: NOW + timedelta(hours=24, seconds=1))
+    backend.up("after the hold")
+    assert backend.graph.outputs["inference"]["blue"]["replicas"] == 0
+    assert backend.graph.outputs["inference"]["green"]["replicas"] == 6
+    assert backend.graph.outputs["rollout"]["weights"] == {"blue": 0, "green": 999, "mirror": 0}
 
 
 def test_a_shadow_rollout_mirrors_and_never_finishes(

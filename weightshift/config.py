@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -175,6 +177,67 @@ class Thresholds(_Model):
     min_adversarial_pass_rate: Float = Field(default=1.0, ge=0, le=1)
 
 
+class CapacityConfig(_Model):
+    """How many replicas the candidate runs at each stage (``weightshift/capacity.py``)."""
+
+    sizing: Literal["proportional", "throughput"] = "proportional"
+    """proportional: the candidate's share of the colour's full replica count (the stable
+    colour is sized for the service's peak, so its count is the load); throughput: its share
+    of ``peakRequestsPerSecond`` over ``replicaRequestsPerSecond``."""
+    headroom_percent: Float = Field(default=25.0, ge=0, le=400)
+    """Extra capacity over the candidate's share: a new version may serve fewer requests
+    per replica than the old one."""
+    floor: Int = Field(default=1, ge=1, le=200)
+    """Fewest candidate replicas at any stage (so the test route answers at stage 0)."""
+    peak_requests_per_second: Float | None = Field(default=None, gt=0)
+    """throughput sizing: the service's peak load, all colours together."""
+    replica_requests_per_second: Float | None = Field(default=None, gt=0)
+    """throughput sizing: what one replica serves at its latency target."""
+    hold_hours: Float = Field(default=24.0, ge=0, le=720)
+    """After ``rollout finish``: how long the old stable colour stays warm, the window in
+    which a late regression is still rolled back at once."""
+    hold_replicas: Int | None = Field(default=None, ge=0, le=200)
+    """...and at what size; default its full size (anything less cannot take all traffic
+    back at once)."""
+
+    @model_validator(mode="after")
+    def _sizing_inputs(self) -> CapacityConfig:
+        numbers = (self.peak_requests_per_second, self.replica_requests_per_second)
+        if self.sizing == "throughput" and None in numbers:
+            raise ValueError(
+                "sizing throughput needs peakRequestsPerSecond and replicaRequestsPerSecond "
+                "(the service's peak load and one replica's throughput), or use sizing "
+                "proportional"
+            )
+        if self.sizing == "proportional" and numbers != (None, None):
+            raise ValueError(
+                "peakRequestsPerSecond and replicaRequestsPerSecond size only sizing "
+                "throughput: remove them, or set sizing: throughput"
+            )
+        return self
+
+    @property
+    def peak_replicas(self) -> float | None:
+        """throughput sizing: the replicas that carry the peak (None: proportional)."""
+        if self.peak_requests_per_second is None or self.replica_requests_per_second is None:
+            return None
+        return self.peak_requests_per_second / self.replica_requests_per_second
+
+
+class Hold(_Model):
+    """Written by ``weightshift rollout finish``: the old stable colour's version, kept warm
+    until ``until`` (then the next ``pulumi up`` scales it to zero)."""
+
+    version: str
+    until: AwareDatetime
+
+    @field_validator("version")
+    @classmethod
+    def _bundle_id(cls, value: str) -> str:
+        BundleId.parse(value)
+        return value
+
+
 class RolloutConfig(_Model):
     strategy: Strategy
     stage: Int = Field(ge=0)
@@ -189,6 +252,10 @@ class RolloutConfig(_Model):
     """Shadow only: store prompts and answers in the pairs, not only their hashes (they may
     hold personal data: decide with whoever owns that data)."""
     thresholds: Thresholds = Thresholds()
+    capacity: CapacityConfig = CapacityConfig()
+    hold: Hold | None = None
+    """Set by ``rollout finish``; applies while the candidate colour still runs
+    ``hold.version`` at stage 0."""
 
     @field_validator("stage")
     @classmethod
@@ -817,9 +884,24 @@ class StackConfig(_Model):
                     f"{'no version' if spec.version is None else '0 replicas'}: give "
                     f"{colour.value} a version and replicas, or stay at stage 0"
                 )
+        problems += self._capacity_carries_peak()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _capacity_carries_peak(self) -> list[str]:
+        capacity = self.rollout.capacity
+        if capacity.peak_replicas is None:
+            return []
+        needed = math.ceil(round(capacity.peak_replicas, 9))
+        return [
+            f"{colour.value}.replicas is {spec.replicas}, but rollout.capacity says the peak "
+            f"({capacity.peak_requests_per_second:g} requests/s at "
+            f"{capacity.replica_requests_per_second:g} per replica) needs {needed}: raise "
+            f"{colour.value}.replicas, or correct the capacity figures"
+            for colour in Colour
+            if (spec := self.colour(colour)).version is not None and 0 < spec.replicas < needed
+        ]
 
 
 CONFIG_KEYS = tuple(

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weightshift.capacity import GpuHours, extra_gpu_hours, held, hold_size
 from weightshift.catalog import BundleCatalog
-from weightshift.config import NAMESPACE, ConfigError, load
+from weightshift.config import NAMESPACE, ConfigError, StackConfig, load
 from weightshift.rollback_record import RollbackRecord
 from weightshift.stages import Weights, schedule, weights_for
 from weightshift.synth import Graph, apply_overrides, offline_catalog, stack_config, synthesize
@@ -71,6 +72,9 @@ class StageRow:
     blocked: str | None = None
     """Why the stage cannot be deployed with this config, if it cannot."""
     resources: int = 0
+    replicas: dict[str, int] = field(default_factory=dict)
+    """Colour -> its Deployment's replicas at this stage (0: no pods, or not deployed)."""
+    gpus: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +93,8 @@ class StageRow:
             "duration": self.duration,
             "gate": self.gate,
             "resources": self.resources,
+            "replicas": self.replicas,
+            "gpus": self.gpus,
             "blocked": self.blocked,
             "changes": [
                 {
@@ -111,6 +117,10 @@ class Plan:
     rows: list[StageRow]
     rollout_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Colour -> how long ``pulumi up`` may wait for its pods to roll (seconds, text)."""
+    extra_gpu_hours: GpuHours | None = None
+    hold: dict[str, Any] = field(default_factory=dict)
+    """After ``rollout finish``: the old stable colour's hold (colour, replicas, GPUs, hours,
+    and ``until`` where a finish already set it)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +129,8 @@ class Plan:
             "candidate": self.candidate,
             "stages": [row.to_json() for row in self.rows],
             "rolloutBudgets": self.rollout_budgets,
+            "extraGpuHours": self.extra_gpu_hours.to_json() if self.extra_gpu_hours else None,
+            "hold": self.hold,
         }
 
 
@@ -219,6 +231,14 @@ def build_plan(
             graph = outcome
             row.resources = len(graph.resources)
             inference: dict[str, dict[str, Any]] = graph.outputs.get("inference") or {}
+            row.replicas = {
+                colour: int((inference.get(colour) or {}).get("replicas", 0))
+                for colour in ("blue", "green")
+            }
+            row.gpus = {
+                colour: count * config.serving.gpus_per_replica
+                for colour, count in row.replicas.items()
+            }
             for colour, served in inference.items():
                 budgets.setdefault(
                     colour,
@@ -228,7 +248,28 @@ def build_plan(
                 row.changes = diff(previous, graph)
             previous = graph
         rows.append(row)
-    return Plan(stack, rollout.strategy.value, rollout.candidate.value, rows, budgets)
+    candidate = rollout.candidate.value
+    gpu_hours = extra_gpu_hours(
+        config, {row.index: row.replicas.get(candidate, 0) for row in rows if not row.blocked}
+    )
+    return Plan(stack, rollout.strategy.value, candidate, rows, budgets, gpu_hours, _hold(config))
+
+
+def _hold(config: StackConfig) -> dict[str, Any]:
+    """What ``rollout finish`` holds: the stable colour now, once the candidate is stable;
+    or, after a finish (``rollout.hold``), the held candidate colour until its time."""
+    rollout = config.rollout
+    after_finish = held(config)
+    colour = rollout.candidate if after_finish else rollout.stable
+    count = hold_size(config, colour)
+    return {
+        "colour": colour.value,
+        "version": config.colour(colour).version,
+        "replicas": count,
+        "gpus": count * config.serving.gpus_per_replica,
+        "hours": rollout.capacity.hold_hours,
+        "until": rollout.hold.until.isoformat() if after_finish and rollout.hold else None,
+    }
 
 
 def render(plan: Plan) -> str:
@@ -240,6 +281,8 @@ def render(plan: Plan) -> str:
         "blue %",
         "green %",
         *(["mirror %"] if mirror else []),
+        "replicas b/g",
+        "GPUs b/g",
         "duration",
         "gate",
         "changes",
@@ -261,6 +304,8 @@ def render(plan: Plan) -> str:
                 f"{row.weights.percent('blue'):g}",
                 f"{row.weights.percent('green'):g}",
                 *([f"{row.weights.percent('mirror'):g}"] if mirror else []),
+                _pair(row.replicas, row.blocked),
+                _pair(row.gpus, row.blocked),
                 row.duration,
                 row.gate,
                 changes,
@@ -288,6 +333,7 @@ def render(plan: Plan) -> str:
         if mirror
         else []
     )
+    notes += _capacity_notes(plan)
     if plan.rollout_budgets:
         notes += [
             "",
@@ -298,3 +344,29 @@ def render(plan: Plan) -> str:
             ),
         ]
     return "\n".join([title, "", fmt(header), *(fmt(cells) for cells in lines), *notes])
+
+
+def _pair(values: dict[str, int], blocked: str | None) -> str:
+    return "-" if blocked else f"{values.get('blue', 0)}/{values.get('green', 0)}"
+
+
+def _capacity_notes(plan: Plan) -> list[str]:
+    """The hold after finish, and the GPU-hours beyond the stable colour's own."""
+    lines: list[str] = []
+    hold = plan.hold
+    if hold:
+        until = f"until {hold['until']}" if hold.get("until") else f"for {hold['hours']:g} h"
+        lines += [
+            "",
+            f"After rollout finish: {hold['colour']} ({hold['version']}) is held warm at "
+            f"{hold['replicas']} replicas ({hold['gpus']} GPUs) {until}, then the next pulumi "
+            "up scales it to 0 and the autoscaler releases its nodes.",
+        ]
+    hours = plan.extra_gpu_hours
+    if hours is not None and hours.static_pair:
+        lines.append(
+            f"GPU-hours beyond the stable colour's own (bake times and hold, {hours.hours:g} h): "
+            f"{hours.rollout:,.0f} with capacity following the rollout, "
+            f"{hours.static_pair:,.0f} for a static pair ({100 * (hours.ratio or 0):.0f} %)."
+        )
+    return lines

@@ -396,13 +396,21 @@ class Rollout:
                 f"{rollout.strategy.value} never serves the candidate at 100 % (shadow only "
                 "mirrors): switch to blue-green or canary to ship it."
             )
-        self._set_rollout(status.config, candidate=rollout.stable.value, stage=0)
+        old_version = status.config.colour(rollout.stable).version
+        until = self.now() + timedelta(hours=rollout.capacity.hold_hours)
+        hold = {"version": old_version, "until": until.isoformat()} if old_version else None
+        self._set_rollout(status.config, candidate=rollout.stable.value, stage=0, hold=hold)
         summary = self.backend.up(
             f"weightshift rollout finish: {status.config.colour(rollout.candidate).version} "
             "is stable"
         )
+        held = (
+            f"keeps {old_version} warm until {until:%Y-%m-%d %H:%M} UTC (rollout.hold; the "
+            "first pulumi up after that scales it to 0)"
+            if old_version
+            else "has no version"
+        )
         return (
-            f"{rollout.candidate.value} is now the stable colour; {rollout.stable.value} keeps "
-            f"{status.config.colour(rollout.stable).version} warm as the next candidate slot: "
+            f"{rollout.candidate.value} is now the stable colour; {rollout.stable.value} {held}: "
             f"{summary}"
         )

@@ -172,6 +172,15 @@ _StackFileLoader.add_constructor(
 )
 
 
+# The engine keeps a timestamp (``until: 2026-11-28T09:00:00+00:00``) as the string written;
+# PyYAML would make it a datetime, which is not JSON and not what the program receives.
+def _timestamp_as_written(loader: _StackFileLoader, node: yaml.ScalarNode) -> str:
+    return str(loader.construct_scalar(node))
+
+
+_StackFileLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
+
+
 def stack_config(project: Path, stack: str) -> dict[str, Any]:
     """The ``config:`` block of ``Pulumi.<stack>.yaml``, keys fully qualified."""
     path = project / f"Pulumi.{stack}.yaml"
@@ -228,7 +237,7 @@ def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict
                 "(keys are relative to weightshift:)."
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=_StackFileLoader) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         qualified = key if ":" in key else f"{NAMESPACE}:{key}"

@@ -1,0 +1,143 @@
+"""GPU capacity that follows the rollout: how many replicas each colour runs at a stage.
+
+Two full inference stacks double the GPU bill for the whole rollout. Instead:
+
+- **The stable colour keeps its full size** (its configured ``replicas``) until ``rollout
+  finish``, so a rollback can always send it all traffic at once.
+- **The candidate runs for its share.** At a stage where it serves (or is mirrored) ``s`` %
+  of requests it runs ``ceil(s/100 * load * (1 + headroom))`` replicas, where ``load`` is the
+  colour's full replica count (``proportional``: the stable colour is sized for the peak,
+  so its count is the load) or ``peakRequestsPerSecond / replicaRequestsPerSecond``
+  (``throughput``); never fewer than ``floor`` and never more than its full size. Blue-green's
+  standby is full size at every stage: its switch is instant, so it must already carry all.
+- **After ``rollout finish``** the old stable colour (now the candidate slot, at stage 0,
+  still running its version) is held at ``holdReplicas`` (default: full) until the time
+  ``finish`` recorded, then the next ``pulumi up`` scales it to zero, and the Cluster
+  Autoscaler releases its nodes.
+
+Order inside one ``pulumi up`` (``capacity_first``): going up a stage the listener depends on
+the candidate's Deployment, so the new replicas are ready before weight moves to them;
+going down (stage 0: abort, ack, finish) or while a rollback record holds traffic on the
+stable colour, the candidate's Deployment depends on the listener, so weight leaves before
+capacity does. Promotion moves exactly one stage forward and every other legal move goes to
+stage 0, so the configured stage tells the direction.
+
+A rollback record keeps the candidate's capacity at the configured stage's (the program
+renders stage 0's weights, never its replicas), so the pods stay for the investigation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from weightshift.config import CapacityConfig, StackConfig
+from weightshift.stages import Colour, Stage, Strategy, schedule, stage_of
+
+
+def now() -> datetime:
+    """The program's clock (the hold's end is a time); tests replace it."""
+    return datetime.now(UTC)
+
+
+def candidate_replicas(
+    strategy: Strategy, stage: Stage, full: int, settings: CapacityConfig
+) -> int:
+    """The candidate's replicas at ``stage``, given its full size ``full``."""
+    if full == 0:
+        return 0
+    if strategy is Strategy.BLUE_GREEN:
+        return full
+    share = (stage.served_percent + stage.mirror_percent) / 100.0
+    load = settings.peak_replicas or float(full)
+    # Rounded to 9 digits first: 0.25 * 6 * 1.25 must be 1.875, not 1.8750000000000002.
+    needed = math.ceil(round(share * load * (1 + settings.headroom_percent / 100), 9))
+    return min(full, max(settings.floor, needed))
+
+
+def held(config: StackConfig) -> bool:
+    """Whether the candidate colour is the old stable one ``rollout finish`` left warm."""
+    rollout = config.rollout
+    return (
+        rollout.hold is not None
+        and rollout.stage == 0
+        and config.colour(rollout.candidate).version == rollout.hold.version
+    )
+
+
+def hold_size(config: StackConfig, colour: Colour) -> int:
+    """The replicas ``colour`` is held at after a finish: ``holdReplicas``, at most full."""
+    full = config.colour(colour).replicas
+    size = config.rollout.capacity.hold_replicas
+    return full if size is None else min(full, size)
+
+
+def replicas(config: StackConfig, colour: Colour, now: datetime) -> int:
+    """What ``colour`` runs with this config, at ``now`` (the hold's end is a time)."""
+    rollout = config.rollout
+    full = config.colour(colour).replicas
+    if colour is rollout.stable:
+        return full
+    if held(config):
+        assert rollout.hold is not None
+        return hold_size(config, colour) if now < rollout.hold.until else 0
+    stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
+    return candidate_replicas(rollout.strategy, stage, full, rollout.capacity)
+
+
+def capacity_first(config: StackConfig, rolled_back: bool) -> bool:
+    """True: the listener waits for the candidate's Deployment (going up a stage). False:
+    the candidate's Deployment waits for the listener (stage 0, or rolled back)."""
+    return config.rollout.stage > 0 and not rolled_back
+
+
+@dataclass(frozen=True)
+class GpuHours:
+    """GPU-hours spent beyond the stable colour's own, over the stages' bake times and the
+    hold after ``finish``: with capacity following the rollout, and with a static pair
+    (the candidate at full size throughout, the old stable kept at full size)."""
+
+    rollout: float
+    static_pair: float
+    hours: float
+    """Bake time of all stages plus the hold (stages without a bake time count 0 hours)."""
+    hold: float
+    """Of ``rollout``: the hold after ``finish``."""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.rollout / self.static_pair if self.static_pair else None
+
+    def to_json(self) -> dict[str, float | None]:
+        return {
+            "rollout": round(self.rollout, 1),
+            "staticPair": round(self.static_pair, 1),
+            "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "hours": round(self.hours, 1),
+            "hold": round(self.hold, 1),
+        }
+
+
+def extra_gpu_hours(config: StackConfig, candidate_by_stage: dict[int, int]) -> GpuHours:
+    """From the candidate's replicas at each stage (as synthesized), the extra GPU-hours."""
+    rollout = config.rollout
+    gpus = config.serving.gpus_per_replica
+    full = config.colour(rollout.candidate).replicas
+    spent = static = hours = 0.0
+    for stage in schedule(rollout.strategy, rollout.mirror_percent):
+        bake = stage.duration.total_seconds() / 3600 if stage.duration else 0.0
+        hours += bake
+        spent += candidate_by_stage.get(stage.index, 0) * gpus * bake
+        static += full * gpus * bake
+    # After finish the candidate (full at the last stage) is stable, and the old stable
+    # colour is the extra: held, then zero; a static pair keeps it at full size.
+    old_stable = config.colour(rollout.stable).replicas
+    hold_hours = rollout.capacity.hold_hours
+    hold = hold_size(config, rollout.stable) * gpus * hold_hours
+    return GpuHours(
+        rollout=spent + hold,
+        static_pair=static + old_stable * gpus * hold_hours,
+        hours=hours + hold_hours,
+        hold=hold,
+    )
