@@ -76,7 +76,9 @@ except RecordError as error:
 rolled_back = record is not None and record.candidate == candidate_version
 rendered_stage = 0 if rolled_back else rollout.stage
 weights = weights_for(rollout.strategy, rendered_stage, rollout.candidate, rollout.mirror_percent)
-stickiness = 0 if rolled_back else rollout.stickiness_seconds
+# Stickiness overrides weights: at 0 % a client stuck to the candidate would stay on pods
+# that are about to go. So it is off whenever the candidate gets no weight.
+stickiness = 0 if rolled_back or weights.of(rollout.candidate) == 0 else rollout.stickiness_seconds
 if rolled_back and record is not None:
     pulumi.log.warn(
         f"{record.summary()}. Configured stage {rollout.stage} is not applied: traffic stays "
@@ -185,7 +187,6 @@ edge = ServingEdge(
 # for the listener (weight leaves before capacity does). See weightshift/capacity.py.
 capacity_first = capacity.capacity_first(config, rolled_back)
 listener = None if capacity_first else traffic.listen()
-now = capacity.now()
 alb_subnet_cidrs = (
     network.private_subnet_cidrs if config.traffic.internal else network.public_subnet_cidrs
 )
@@ -212,11 +213,17 @@ stacks = {
             shadow_keep_text=rollout.shadow_keep_text,
             feedback_key_arn=edge.feedback_key_arn,
             bundle=bundle,
-            replicas=capacity.replicas(config, colour, now),
+            replicas=capacity.replicas(config, colour),
             full_replicas=config.colour(colour).replicas,
             deployment_after=[listener]
             if listener is not None and colour is rollout.candidate
             else [],
+            # Every stage change updates the candidate's Deployment (its metadata only: no
+            # pod restarts), so pulumi-kubernetes checks its pods are ready at every stage,
+            # even one that does not change its replicas.
+            stage_marker=f"{rollout.strategy.value} {rendered_stage}"
+            if colour is rollout.candidate
+            else None,
             serving=config.serving,
             port=config.traffic.serving_port,
             health_path=config.traffic.health_check_path,
@@ -238,11 +245,12 @@ stacks = {
 }
 if listener is None:
     candidate_stack = stacks.get(rollout.candidate)
-    listener = traffic.listen(after=[candidate_stack.deployment] if candidate_stack else [])
-if capacity.held(config) and rollout.hold is not None:
+    # The Deployment and its TargetGroupBindings: pods ready and registered.
+    listener = traffic.listen(after=candidate_stack.serving if candidate_stack else [])
+if capacity.held(config) and rollout.hold is not None and not rollout.hold.released:
     pulumi.log.info(
-        f"{rollout.candidate.value} ({rollout.hold.version}) is held warm after rollout finish "
-        f"until {rollout.hold.until.isoformat()}; the first pulumi up after that scales it to 0"
+        f"{rollout.candidate.value} ({rollout.hold.version}) is held warm after rollout finish; "
+        f"`weightshift rollout release` scales it to 0 from {rollout.hold.until.isoformat()} on"
     )
 
 rollback = None

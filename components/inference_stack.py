@@ -91,6 +91,8 @@ class InferenceStackArgs:
     """The colour's full size (config ``replicas``), where ``replicas`` is less: the await
     budget is sized for it, so a stage's scale-up never outlasts it."""
     deployment_after: Sequence[pulumi.Resource] = ()
+    stage_marker: str | None = None
+    """The candidate's strategy and stage, as an annotation on the Deployment's metadata."""
     """What the Deployment waits for: the listener, when weight leaves this colour before
     its capacity does."""
 
@@ -171,6 +173,42 @@ def gateway_args(
         if args.shadow_keep_text:
             result.append("--shadow-keep-text")
     return result
+
+
+def colour_packing(labels: dict[str, str], colour: Colour, other_namespace: str) -> dict[str, Any]:
+    """Each GPU node serves one colour, and a colour's pods share nodes.
+
+    The Cluster Autoscaler releases a GPU node only when no inference pod is left on it
+    (the pods are not safe to evict, and hold local storage). If colours shared nodes, or a
+    colour's pods spread one per node, shrinking the candidate would leave half-used nodes
+    that are never released, and capacity following the rollout would save nothing. So:
+    required anti-affinity to the other colour's pods on the same node, and a preference
+    for nodes that already run this colour (the scheduler's default scoring prefers the
+    emptiest node)."""
+    other = {**labels, "weightshift.io/colour": colour.other.value}
+    other.pop("app.kubernetes.io/instance", None)
+    return {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": other},
+                    "namespaces": [other_namespace],
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        },
+        "podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": labels},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        },
+    }
 
 
 def drain_seconds(args: InferenceStackArgs) -> int:
@@ -358,7 +396,12 @@ class InferenceStack(pulumi.ComponentResource):
                     "name": "inference",
                     "namespace": namespace_name,
                     "labels": versioned,
-                    "annotations": annotations,
+                    "annotations": {
+                        **annotations,
+                        **(
+                            {"weightshift.io/stage": args.stage_marker} if args.stage_marker else {}
+                        ),
+                    },
                 }
             ),
             spec=manifest(
@@ -568,17 +611,16 @@ class InferenceStack(pulumi.ComponentResource):
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "tolerations": [GPU_TOLERATION],
-                    "affinity": required_node_affinity(args.gpu_node_labels),
+                    "affinity": {
+                        **required_node_affinity(args.gpu_node_labels),
+                        **colour_packing(labels, args.colour, args.other_namespace),
+                    },
+                    # Spread over zones; within a zone, pack (colour_packing): a node is
+                    # released only once no inference pod is left on it.
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
                             "topologyKey": "topology.kubernetes.io/zone",
-                            "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": {"matchLabels": labels},
-                        },
-                        {
-                            "maxSkew": 1,
-                            "topologyKey": "kubernetes.io/hostname",
                             "whenUnsatisfiable": "ScheduleAnyway",
                             "labelSelector": {"matchLabels": labels},
                         },

@@ -13,6 +13,7 @@ Usage: python scripts/bench_bundle.py [--gib 1.0] [--shards 4]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -42,6 +43,12 @@ def make_bundle(root: Path, total: int, shards: int) -> list[str]:
     for index in range(shards):
         name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
         with (weights / name).open("wb") as handle:
+            # A valid safetensors shard (validate checks it): one U8 tensor of random bytes.
+            header = json.dumps(
+                {"weights": {"dtype": "U8", "shape": [per_shard], "data_offsets": [0, per_shard]}}
+            ).encode()
+            header += b" " * (-len(header) % 8)
+            handle.write(len(header).to_bytes(8, "little") + header)
             left = per_shard
             while left:
                 chunk = min(left, 64 * MiB)
@@ -100,7 +107,9 @@ def main() -> int:
         with artifact_bucket("weightshift-bench") as emulator:
             os.environ.update(emulator.env())
             store = BundleStore(emulator.bucket, workers=8)
-            full, full_time = timed(lambda: store.publish(load_local(root), Version(1, 0, 0)))
+            full, full_time = timed(
+                lambda: store.publish(load_local(root), Version(1, 0, 0), allow_placeholders=True)
+            )
             bundle_bytes = full.bytes_total
             print(
                 f"full publish of {full.id}: {bundle_bytes:,} bytes in {full.blobs_uploaded} blobs"
@@ -112,7 +121,9 @@ def main() -> int:
             (root / "prompt/system.txt").write_text(
                 "You are the benchmark assistant. Answer in one line.\n"
             )
-            prompt, prompt_time = timed(lambda: store.publish(load_local(root), Version(1, 1, 0)))
+            prompt, prompt_time = timed(
+                lambda: store.publish(load_local(root), Version(1, 1, 0), allow_placeholders=True)
+            )
             share = 100 * prompt.bytes_uploaded / bundle_bytes
             print(f"prompt-only release {prompt.id}:")
             print(

@@ -1,23 +1,49 @@
-"""Bundle layout, schemas, manifests and bump rules (no cloud)."""
+"""Bundle layout, schemas, weights by content, manifests, diffs and bump rules (no cloud)."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import shutil
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from weightshift import console
 from weightshift.bundle import (
+    ABSENT,
     BundleError,
     Manifest,
+    ValueChange,
     diff,
     hash_files,
     init_bundle,
     load_local,
+    safetensors_bytes,
     sha256_file,
+    unpublishable,
     validate,
 )
 from weightshift.versioning import Bump, BundleId, Version
+
+SERVING_IMAGE = "vllm/vllm-openai@sha256:" + "3c0ae4bd21a5fba2a4ab4bcbc7b5e9f0" * 2
+WEIGHTS = "model/weights/model.safetensors"
+
+
+def checkpoint(data: bytes, name: str = "lm_head.weight") -> bytes:
+    """A valid safetensors file holding ``data`` as one U8 tensor."""
+    return safetensors_bytes({name: ("U8", [len(data)], data)})
+
+
+def make_publishable(root: Path, weights: Mapping[str, bytes] | None = None) -> None:
+    """Replace what `bundle init` left as placeholders: the checkpoint and the image digest."""
+    (root / WEIGHTS).unlink()
+    for name, data in (weights or {"model.safetensors": checkpoint(b"\x01" * 64)}).items():
+        (root / "model/weights" / name).write_bytes(data)
+    edit_json(root / "metadata.json", dependencies={"serving_image": SERVING_IMAGE})
 
 
 @pytest.fixture
@@ -175,7 +201,7 @@ def test_manifest_digest_is_deterministic_and_names_the_id(bundle: Path) -> None
             "few-shot examples changed",
         ),
         (
-            lambda b: (b / "model/weights/model.safetensors").write_bytes(b"x" * 64),
+            lambda b: (b / WEIGHTS).write_bytes(checkpoint(b"x" * 64)),
             Bump.MINOR,
             "weights changed",
         ),
@@ -233,3 +259,253 @@ def test_a_tampered_manifest_schema_is_refused() -> None:
         Manifest.from_core({"schema": "other", "name": "x", "version": "1.0.0", "files": []})
     with pytest.raises(BundleError, match="malformed manifest"):
         Manifest.from_core({"schema": "weightshift.bundle/v1", "name": "x", "files": []})
+
+
+# --- init's placeholders: valid, but not publishable ----------------------------------------
+
+
+def test_the_skeleton_is_valid_but_its_placeholders_are_not_publishable(bundle: Path) -> None:
+    files, metadata, problems = validate(bundle)
+    assert problems == []
+    assert unpublishable(bundle, files, metadata) == [
+        f"{WEIGHTS}: the placeholder checkpoint `bundle init` wrote; put the model's real "
+        ".safetensors shards in model/weights/",
+        "metadata.json:dependencies.serving_image: the all-zero placeholder digest `bundle init` "
+        "wrote; pin the inference server's image by its real digest",
+    ]
+    assert len(load_local(bundle).unpublishable) == 2
+    make_publishable(bundle)
+    files, metadata, problems = validate(bundle)
+    assert (problems, unpublishable(bundle, files, metadata)) == ([], [])
+
+
+# --- weights by content ---------------------------------------------------------------------
+
+
+def header_of(data: bytes) -> dict[str, object]:
+    length = int.from_bytes(data[:8], "little")
+    found: dict[str, object] = json.loads(data[8 : 8 + length])
+    return found
+
+
+def with_header(header: Mapping[str, object], data: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + data
+
+
+def weight_problems(bundle: Path, data: bytes, name: str = "model.safetensors") -> list[str]:
+    make_publishable(bundle, {name: data})
+    _, _, problems = validate(bundle)
+    return problems
+
+
+def test_a_safetensors_shard_whose_tensors_fit_it_is_valid(bundle: Path) -> None:
+    shard = safetensors_bytes(
+        {
+            "embed.weight": ("BF16", [4, 8], bytes(64)),
+            "norm.weight": ("F32", [8], bytes(32)),
+            "scales": ("F4", [6], bytes(3)),
+        },
+        {"format": "pt"},
+    )
+    assert weight_problems(bundle, shard) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (
+            lambda shard: shard[:-10],
+            "model/weights/model.safetensors: tensor 'w': data_offsets [0, 64] fall outside the "
+            "file's 54 bytes of tensor data (is the file truncated?)",
+        ),
+        (
+            lambda shard: shard + bytes(16),
+            "model/weights/model.safetensors: the tensors cover 64 bytes, but the file holds 80 "
+            "bytes of tensor data after its header",
+        ),
+        (
+            lambda shard: with_header(
+                {"w": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 64]}}, bytes(64)
+            ),
+            "model/weights/model.safetensors: tensor 'w': F32 [4, 8] takes 128 bytes, but its "
+            "data_offsets span 64",
+        ),
+        (
+            lambda shard: with_header(
+                {
+                    "a": {"dtype": "U8", "shape": [32], "data_offsets": [0, 32]},
+                    "b": {"dtype": "U8", "shape": [32], "data_offsets": [16, 48]},
+                },
+                bytes(48),
+            ),
+            "model/weights/model.safetensors: tensor 'b' starts at byte 16: an overlap after "
+            "byte 32",
+        ),
+        (
+            lambda shard: with_header(
+                {"w": {"dtype": "Q4_K", "shape": [64], "data_offsets": [0, 64]}}, bytes(64)
+            ),
+            "model/weights/model.safetensors: tensor 'w': unknown dtype 'Q4_K'",
+        ),
+        (
+            lambda shard: (10**9).to_bytes(8, "little") + shard[8:],
+            "model/weights/model.safetensors: not a safetensors file: its first 8 bytes give a "
+            "header of 1,000,000,000 bytes",
+        ),
+        (
+            lambda shard: shard[:8] + b"[" + shard[9:],
+            "model/weights/model.safetensors: not a safetensors file: its header is not JSON",
+        ),
+    ],
+    ids=["truncated", "trailing-bytes", "dtype-shape", "overlap", "dtype", "length", "not-json"],
+)
+def test_a_safetensors_shard_is_checked_against_its_header(
+    bundle: Path, damage: Callable[[bytes], bytes], expected: str
+) -> None:
+    shard = checkpoint(bytes(64), "w")
+    problems = weight_problems(bundle, damage(shard))
+    assert len(problems) == 1
+    assert problems[0].startswith(expected), problems
+
+
+def test_a_header_whose_length_begins_like_a_pickle_is_not_taken_for_one(bundle: Path) -> None:
+    """0x80 0x02 opens a protocol-2 pickle, and a 640-byte safetensors header's length."""
+
+    def header(note: int) -> dict[str, object]:
+        return {
+            "__metadata__": {"note": "x" * note},
+            "w": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]},
+        }
+
+    bare = len(json.dumps(header(0)))
+    shard = with_header(header(640 - bare), bytes(8))
+    assert shard[:2] == b"\x80\x02"
+    assert weight_problems(bundle, shard) == []
+
+
+def torch_zip() -> bytes:
+    """What ``torch.save`` writes: a zip archive with the pickle in ``archive/data.pkl``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"w": 1}, protocol=2))
+        archive.writestr("archive/data/0", bytes(16))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "kind"),
+    [
+        (WEIGHTS, pickle.dumps({"w": [1.0]}, protocol=4), "a pickle (protocol 4)"),
+        (
+            "model/weights/consolidated.gguf",
+            torch_zip(),
+            "a PyTorch checkpoint (a zip archive holding the pickle archive/data.pkl)",
+        ),
+        ("tests/results.bin", pickle.dumps([1, 2], protocol=2), "a pickle (protocol 2)"),
+    ],
+    ids=["named-safetensors", "zip-named-gguf", "outside-the-weights"],
+)
+def test_a_pickle_is_refused_by_content_whatever_its_name_and_place(
+    bundle: Path, path: str, data: bytes, kind: str
+) -> None:
+    make_publishable(bundle)
+    target = bundle / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    _, _, problems = validate(bundle)
+    assert (
+        f"{path}: {kind}, whatever its name says: loading it can run code; convert the weights "
+        "to .safetensors"
+    ) in problems
+
+
+def test_a_gguf_file_must_start_with_its_magic(bundle: Path) -> None:
+    assert weight_problems(bundle, b"GGUF" + bytes(60), "model.gguf") == []
+    (bundle / "model/weights/model.gguf").write_bytes(bytes(64))
+    _, _, problems = validate(bundle)
+    assert problems == ["model/weights/model.gguf: not a GGUF file: it does not start with GGUF"]
+
+
+# --- hashing shows progress -----------------------------------------------------------------
+
+
+def test_hashing_a_bundle_prints_progress_lines_without_a_terminal(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "PLAIN_EVERY", 0.0)
+    make_publishable(bundle, {"model.safetensors": checkpoint(bytes(3 * 1024 * 1024))})
+    stream = io.StringIO()
+    load_local(bundle, progress=lambda label, total: console.Progress(label, total, stream))
+    lines = stream.getvalue().splitlines()
+    assert lines
+    assert all(line.startswith("hashing: ") for line in lines)
+    assert lines[-1].startswith("hashing: 3.0 of 3.0 MiB (100 %)")
+
+
+# --- diffs show values ------------------------------------------------------------------------
+
+
+def test_a_diff_shows_the_values_that_changed_in_json_parts_and_sizes_elsewhere(
+    bundle: Path,
+) -> None:
+    make_publishable(bundle)
+    before = manifest(bundle)
+    old = shutil.copytree(bundle, bundle.parent / "old")
+    edit_json(bundle / "config/generation.json", temperature=0.3, seed=7, stop=["\n\n"])
+    routing = json.loads((bundle / "config/routing.json").read_text())
+    routing["rules"] = [{"match": {"header:x-tenant": "acme"}, "priority": "batch"}]
+    (bundle / "config/routing.json").write_text(json.dumps(routing))
+    (bundle / WEIGHTS).write_bytes(checkpoint(b"\x02" * 96))
+    (bundle / "prompt/system.txt").write_text("Be terse.\n")
+
+    def read(root: Path) -> Callable[[str], bytes]:
+        return lambda rel: (root / rel).read_bytes()
+
+    change = diff(before, manifest(bundle), read(old), read(bundle))
+    by_path = {f.path: f for part in change.changes for f in part.files}
+    assert by_path["config/generation.json"].values == (
+        ValueChange("seed", ABSENT, 7),
+        ValueChange("stop", [], ["\n\n"]),
+        ValueChange("temperature", 0.7, 0.3),
+    )
+    assert by_path["config/routing.json"].values == (
+        ValueChange("rules[0].match.header:x-tenant", ABSENT, "acme"),
+        ValueChange("rules[0].priority", ABSENT, "batch"),
+    )
+    weights = by_path[WEIGHTS]
+    assert (weights.size_before, weights.size_after, weights.values) == (
+        len(checkpoint(b"\x01" * 64)),
+        len(checkpoint(b"\x02" * 96)),
+        (),
+    )
+    text = change.render()
+    assert "~ generation: config/generation.json (" in text
+    assert "    temperature: 0.7 \u2192 0.3" in text
+    assert "    + seed: 7" in text
+    assert f"~ weights: {WEIGHTS} (" in text
+    assert "required bump: MINOR" in text
+    document = change.to_json()
+    (generation,) = [p for p in document["parts"] if p["part"] == "generation"]
+    assert generation["changed"] == ["config/generation.json"]
+    assert {"key": "temperature", "before": 0.7, "after": 0.3} in generation["files"][0]["values"]
+    assert {"key": "seed", "after": 7} in generation["files"][0]["values"]
+
+
+def test_nested_keys_are_dotted_and_lists_of_objects_indexed() -> None:
+    from weightshift.bundle import value_changes
+
+    before = {"a": {"b": 1, "c": {"d": "x"}}, "rules": [{"p": "interactive"}], "gone": True}
+    after = {"a": {"b": 2, "c": {"d": "x", "e": None}}, "rules": [{"p": "batch"}]}
+    assert value_changes(before, after) == (
+        ValueChange("a.b", 1, 2),
+        ValueChange("a.c.e", ABSENT, None),
+        ValueChange("gone", True, ABSENT),
+        ValueChange("rules[0].p", "interactive", "batch"),
+    )
+    assert [c.render() for c in value_changes(before, after)] == [
+        "a.b: 1 \u2192 2",
+        "+ a.c.e: null",
+        "- gone: true",
+        'rules[0].p: "interactive" \u2192 "batch"',
+    ]

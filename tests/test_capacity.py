@@ -24,11 +24,6 @@ OLD = "support-assistant/v1.4.2-424ef6470390"
 NEW = "support-assistant/v1.5.0-d80719af096e"
 
 
-@pytest.fixture(autouse=True)
-def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(capacity, "now", lambda: NOW)
-
-
 def replicas(graph: Graph, colour: str) -> int:
     spec: dict[str, Any] = graph.named(colour, "Deployment").inputs["spec"]
     return int(spec["replicas"])
@@ -74,6 +69,23 @@ def test_throughput_sizing_uses_the_peak_and_one_replicas_throughput() -> None:
     assert found == [1, 1, 1, 2, 4, 6]
 
 
+def test_replicas_round_up_to_whole_nodes() -> None:
+    """Two replicas fill a 4-GPU node of 2-GPU replicas: a node's GPUs are paid for anyway,
+    and the second replica keeps serving when one fails."""
+    found = [
+        capacity.candidate_replicas(Strategy.CANARY, stage, 6, CapacityConfig(), per_node=2)
+        for stage in schedule(Strategy.CANARY)
+    ]
+    assert found == [2, 2, 2, 2, 4, 6]
+    # Never above the colour's full size, even when a node would hold more.
+    assert (
+        capacity.candidate_replicas(
+            Strategy.CANARY, schedule(Strategy.CANARY)[5], 5, CapacityConfig(), per_node=4
+        )
+        == 5
+    )
+
+
 def test_floor_and_headroom_are_configurable() -> None:
     settings = CapacityConfig(floor=2, headroom_percent=100)
     found = [
@@ -113,7 +125,8 @@ def test_capacity_config_errors_name_the_field(sets: list[str], message: str) ->
 
 
 def test_the_stable_colour_keeps_full_size_and_the_candidate_follows_each_stage() -> None:
-    for stage, expected in enumerate([1, 1, 1, 2, 4, 6]):
+    # prod: 2-GPU replicas on 4-GPU nodes, so the candidate comes in pairs.
+    for stage, expected in enumerate([2, 2, 2, 2, 4, 6]):
         graph = synth(f"rollout.stage={stage}")
         assert replicas(graph, "blue") == 6
         assert replicas(graph, "green") == expected
@@ -159,6 +172,8 @@ def test_a_rollback_record_keeps_the_candidates_capacity_and_removes_weight_firs
     graph = synthesize(PROJECT, "prod", values, record=record)
     assert listener_weights(graph) == {"blue": 999, "green": 0}
     assert replicas(graph, "green") == 4  # stage 4's, kept for the investigation
+    (action,) = graph.named("traffic-https").inputs["defaultActions"]
+    assert action["forward"]["stickiness"]["enabled"] is False
     assert depends(graph, "green", "Deployment", "traffic-https", "Listener")
 
 
@@ -175,32 +190,31 @@ def _after_finish(*sets: str) -> Graph:
     )
 
 
+UNTIL = f"rollout.hold.until={(NOW + timedelta(hours=3)).isoformat()}"
+
+
 def test_after_finish_the_old_stable_colour_is_held_then_released() -> None:
-    held = _after_finish(f"rollout.hold.until={(NOW + timedelta(hours=3)).isoformat()}")
+    held = _after_finish(UNTIL)
     assert replicas(held, "blue") == 6
     assert replicas(held, "green") == 6
     assert listener_weights(held) == {"blue": 0, "green": 999}
-    released = _after_finish(f"rollout.hold.until={(NOW - timedelta(seconds=1)).isoformat()}")
+    # The release is config (rollout release), never the clock: a preview and its update,
+    # and two syntheses of one config, agree.
+    assert _after_finish(UNTIL).to_json() == held.to_json()
+    released = _after_finish(UNTIL, "rollout.hold.released=true")
     assert replicas(released, "blue") == 0
     assert listener_weights(released) == {"blue": 0, "green": 999}
 
 
 def test_the_hold_size_is_configurable() -> None:
-    graph = _after_finish(
-        f"rollout.hold.until={(NOW + timedelta(hours=3)).isoformat()}",
-        "rollout.capacity.holdReplicas=2",
-    )
+    graph = _after_finish(UNTIL, "rollout.capacity.holdReplicas=2")
     assert replicas(graph, "blue") == 2
 
 
 def test_a_hold_for_another_version_does_not_apply() -> None:
     """A new release put on the held colour ends the hold: it is sized as a candidate."""
-    graph = synth(
-        "rollout.stage=0",
-        f"rollout.hold.version={OLD}",
-        f"rollout.hold.until={(NOW + timedelta(hours=3)).isoformat()}",
-    )
-    assert replicas(graph, "green") == 1
+    graph = synth("rollout.stage=0", f"rollout.hold.version={OLD}", UNTIL)
+    assert replicas(graph, "green") == 2
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -209,16 +223,17 @@ def test_a_hold_for_another_version_does_not_apply() -> None:
 def test_plan_shows_replicas_gpus_and_gpu_hours_against_a_static_pair() -> None:
     plan = build_plan(PROJECT, "prod").to_json()
     assert [stage["replicas"] for stage in plan["stages"]] == [
-        {"blue": 6, "green": green} for green in [1, 1, 1, 2, 4, 6]
+        {"blue": 6, "green": green} for green in [2, 2, 2, 2, 4, 6]
     ]
-    assert [stage["gpus"]["green"] for stage in plan["stages"]] == [2, 2, 2, 4, 8, 12]
+    assert [stage["gpus"]["green"] for stage in plan["stages"]] == [4, 4, 4, 4, 8, 12]
     hours = plan["extraGpuHours"]
-    # Candidate: 1h x 1 + 4h x 1 + 24h x 2 + 48h x 4 replicas, 2 GPUs each = 490; the hold:
-    # 6 replicas x 2 GPUs x 24 h = 288. Static pair: 6 x 2 x 77 h + 288 = 1212.
+    # In whole 4-GPU nodes (2 replicas each): the candidate holds 1 node for 1 + 4 + 24 h
+    # and 2 nodes for 48 h = 500; the hold: 3 nodes x 4 GPUs x 24 h = 288. Static pair:
+    # 3 nodes x 4 GPUs x 77 h + 288 = 1212.
     assert hours == {
-        "rollout": 778.0,
+        "rollout": 788.0,
         "staticPair": 1212.0,
-        "ratio": 0.642,
+        "ratio": 0.65,
         "hours": 101.0,
         "hold": 288.0,
     }
@@ -230,34 +245,86 @@ def test_plan_shows_replicas_gpus_and_gpu_hours_against_a_static_pair() -> None:
         "gpus": 12,
         "hours": 24.0,
         "until": None,
+        "released": False,
     }
 
 
 def test_plan_lists_the_candidates_deployment_where_its_replicas_change() -> None:
     plan = build_plan(PROJECT, "prod")
     changed = {row.index: sorted((c.name, c.action) for c in row.changes) for row in plan.rows[1:]}
-    deployment = ("green", "update")
-    # 1 -> 1 -> 1 -> 2 -> 4 -> 6 replicas.
-    assert [deployment in changed[i] for i in (1, 2, 3, 4, 5)] == [False, False, True, True, True]
+    # Every stage updates the candidate's Deployment: its stage marker (pulumi-kubernetes
+    # then checks its pods are ready before the listener moves), and 2 -> 4 -> 6 replicas.
+    assert all(("green", "update") in changed[i] for i in (1, 2, 3, 4, 5))
+    replicas_changed = [
+        any(c.name == "green" and "spec" in c.keys for c in row.changes) for row in plan.rows[1:]
+    ]
+    assert replicas_changed == [False, False, False, True, True]
 
 
 def test_plan_text_shows_the_replicas_and_the_hold(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--stack", "prod"]) == 0
     out = capsys.readouterr().out
-    assert "replicas b/g" in out
-    assert "6/2" in out
-    assert "6/4" in out
-    assert "held warm at 6 replicas (12 GPUs) for 24 h" in out
-    assert "778 with capacity following the rollout, 1,212 for a static pair (64 %)" in out
+    text = " ".join(out.split())
+    assert "pods b/g" in text
+    assert "6/2" in text
+    assert "6/4" in text
+    assert "held warm at 6 replicas (12 GPUs) for 24 h" in text
+    assert "788 with capacity following the rollout, 1,212 for a static pair (65 %)" in text
     assert main(["plan", "--stack", "prod", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["extraGpuHours"]["ratio"] == 0.642
+    assert json.loads(capsys.readouterr().out)["extraGpuHours"]["ratio"] == 0.65
 
 
 def test_within_the_hold_a_late_regression_is_rolled_back_by_moving_only_the_listener() -> None:
-    until = f"rollout.hold.until={(NOW + timedelta(hours=3)).isoformat()}"
-    held = _after_finish(until)
-    back = _after_finish(until, "rollout.stage=5")
+    held = _after_finish(UNTIL)
+    back = _after_finish(UNTIL, "rollout.stage=5")
     assert listener_weights(back) == {"blue": 999, "green": 0}
-    changes = {(c.name, c.action) for c in diff(held, back)}
-    assert ("blue", "update") not in changes  # the held pods already carry everything
-    assert ("traffic-https", "update") in changes
+    changes = {c.name: c for c in diff(held, back)}
+    # The held pods already carry everything: only the stage marker changes on them.
+    assert changes["blue"].summary == ("stage canary 0 → canary 5",)
+    assert "traffic-https" in changes
+
+
+def test_the_await_the_listener_relies_on_counts_every_replica() -> None:
+    """pulumi-kubernetes calls a Deployment ready when it is Available, which allows
+    ``maxUnavailable`` missing pods: the listener waits for all of them only with 0."""
+    graph = synth("rollout.stage=4")
+    strategy = graph.named("green", "Deployment").inputs["spec"]["strategy"]
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    listener = graph.named("traffic-https", "Listener")
+    bindings = [graph.named("green", "TargetGroupBinding").urn]
+    assert bindings
+    assert set(bindings) <= set(listener.dependencies)
+
+
+def test_every_colours_target_group_is_in_use_so_readiness_gates_can_pass() -> None:
+    """The load balancer controller sets a pod's readiness gate only once its target is
+    healthy, and a target group no listener or rule uses never reports healthy: at stage 0
+    the candidate's pods would never be ready, and the listener would wait for them forever.
+    The test-route rules keep both colours' target groups in use at every stage."""
+    graph = synth("rollout.stage=0")
+    arns = graph.outputs["targetGroupArns"]
+    routed = {
+        r.inputs["actions"][0]["targetGroupArn"]
+        for r in graph.resources
+        if r.type == "aws:lb/listenerRule:ListenerRule"
+    }
+    assert {arns["blue"], arns["green"]} <= routed
+
+
+def test_a_colour_never_shares_a_node_with_the_other_and_packs_its_own() -> None:
+    graph = synth("rollout.stage=3")
+    for colour, other in (("green", "blue"), ("blue", "green")):
+        spec = graph.named(colour, "Deployment").inputs["spec"]["template"]["spec"]
+        (away,) = spec["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert away["topologyKey"] == "kubernetes.io/hostname"
+        assert away["labelSelector"]["matchLabels"]["weightshift.io/colour"] == other
+        assert away["namespaces"] == [f"support-assistant-prod-{other}"]
+        (near,) = spec["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert (
+            near["podAffinityTerm"]["labelSelector"]["matchLabels"]["weightshift.io/colour"]
+            == colour
+        )
+        keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
+        assert keys == {"topology.kubernetes.io/zone"}  # no spreading over nodes

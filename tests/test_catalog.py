@@ -21,7 +21,9 @@ EXAMPLE = PROJECT / "bundles" / "support-assistant" / "v1.5.0"
 def test_the_bucket_catalog_reads_the_manifest_and_generation_of_a_published_bundle(
     s3: Any,
 ) -> None:
-    published = BundleStore(BUCKET, s3).publish(load_local(EXAMPLE), Version(1, 5, 0))
+    published = BundleStore(BUCKET, s3).publish(
+        load_local(EXAMPLE), Version(1, 5, 0), allow_placeholders=True
+    )
     resolved = S3Catalog(BUCKET, s3).resolve(published.id)
     assert resolved.id == published.id
     assert resolved.generation.temperature == 0.2
@@ -29,7 +31,9 @@ def test_the_bucket_catalog_reads_the_manifest_and_generation_of_a_published_bun
 
 
 def test_the_bucket_catalog_refuses_unpublished_and_mismatched_ids(s3: Any) -> None:
-    published = BundleStore(BUCKET, s3).publish(load_local(EXAMPLE), Version(1, 5, 0))
+    published = BundleStore(BUCKET, s3).publish(
+        load_local(EXAMPLE), Version(1, 5, 0), allow_placeholders=True
+    )
     catalog = S3Catalog(BUCKET, s3)
     with pytest.raises(CatalogError, match=r"is not published.*Publish the bundle before"):
         catalog.resolve(BundleId.parse("support-assistant/v9.9.9-0123456789ab"))
@@ -39,7 +43,9 @@ def test_the_bucket_catalog_refuses_unpublished_and_mismatched_ids(s3: Any) -> N
 
 
 def test_the_bucket_catalog_refuses_a_tampered_generation_blob(s3: Any) -> None:
-    published = BundleStore(BUCKET, s3).publish(load_local(EXAMPLE), Version(1, 5, 0))
+    published = BundleStore(BUCKET, s3).publish(
+        load_local(EXAMPLE), Version(1, 5, 0), allow_placeholders=True
+    )
     manifest = load_local(EXAMPLE).manifest(Version(1, 5, 0))
     sha = manifest.by_path()["config/generation.json"].sha256
     # The bucket policy forbids this in AWS; the emulator has no policy, which is the point:
@@ -71,7 +77,9 @@ def test_outside_synth_the_program_reads_bundles_from_the_bucket(s3: Any) -> Non
 
     from weightshift.catalog import catalog_for
 
-    published = BundleStore(BUCKET, s3).publish(load_local(EXAMPLE), Version(1, 5, 0))
+    published = BundleStore(BUCKET, s3).publish(
+        load_local(EXAMPLE), Version(1, 5, 0), allow_placeholders=True
+    )
     catalog = contextvars.Context().run(catalog_for, BUCKET, "us-east-1")
     assert isinstance(catalog, S3Catalog)
     assert catalog.resolve(published.id).generation.temperature == 0.2

@@ -98,20 +98,18 @@ def test_synth_writes_to_a_file(tmp_path: Path) -> None:
 def test_plan_shows_every_stage_and_that_only_the_listener_changes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    assert main(["plan", "--project", str(PROJECT), "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert len(stages) == 6
+    assert stages[0]["current"]
+    for stage in stages[1:]:
+        assert "traffic-https" in {change["name"] for change in stage["changes"]}
+        others = {change["name"] for change in stage["changes"]} - {"traffic-https", "green"}
+        assert others == ({"rollback"} if stage["stage"] == 1 else set())
+    assert stages[1]["percent"] == {"blue": 99.0, "green": 1.0, "mirror": 0.0}
     assert main(["plan", "--project", str(PROJECT)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line[:3].strip() in {">", ""} and line[3:4].isdigit()]
-    assert len(rows) == 6
-    assert rows[0].startswith(">  0")
-    for row in rows[1:]:
-        assert row.endswith("~ Listener traffic-https (defaultActions)")
-    assert "~ CompositeAlarm rollback (actionsEnabled)" in rows[1]
-    assert all("Alarm" not in row for row in rows[2:])
-    assert [row.split()[1:3] if row.startswith(">") else row.split()[0:3] for row in rows][1] == [
-        "1",
-        "99",
-        "1",
-    ]
+    text = " ".join(capsys.readouterr().out.split())
+    assert "~ CompositeAlarm rollback: actionsEnabled false → true" in text
 
 
 def test_plan_json_lists_weights_and_changes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,6 +128,8 @@ def test_plan_json_lists_weights_and_changes(capsys: pytest.CaptureFixture[str])
             "update",
             ["actionsEnabled"],
         ),
+        # The standby's stage marker: pulumi-kubernetes checks it is ready before the switch.
+        ("kubernetes:apps/v1:Deployment", "green"): ("update", ["metadata"]),
     }
     # 6 replicas, one at a time: node 600 s, image 300 s, bundle 1 s, load 1800 s, ready 60 s.
     assert plan["rolloutBudgets"]["green"]["seconds"] == 6 * 2761

@@ -263,7 +263,7 @@ def test_node_group_sizes_and_ami_are_checked(prod_values: dict[str, Any]) -> No
             prod_values, "weightshift:cluster", ["gpuNodeGroups"], [{**group, "minSize": 20}]
         )
     )
-    assert "need minSize <= desiredSize <= maxSize (got 20, 12, 16)" in found
+    assert "need minSize <= desiredSize <= maxSize (got 20, 4, 16)" in found
     (found,) = problems(
         with_value(
             prod_values,

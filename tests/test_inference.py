@@ -64,8 +64,11 @@ def test_blue_and_green_are_identical_but_for_colour_names_bundle_and_replicas(
             inputs = json.loads(json.dumps(resource.inputs))
             if resource.type == "kubernetes:apps/v1:Deployment":
                 # Blue is stable at its full size; green the candidate at stage 0, at the
-                # capacity floor (weightshift/capacity.py).
-                assert inputs["spec"].pop("replicas") == (3 if colour == "blue" else 1)
+                # capacity floor rounded to a whole node (weightshift/capacity.py), with its
+                # stage marker.
+                assert inputs["spec"].pop("replicas") == (3 if colour == "blue" else 2)
+                marker = inputs["metadata"]["annotations"].pop("weightshift.io/stage", None)
+                assert marker == (None if colour == "blue" else "canary 0")
             text = json.dumps({"type": resource.type, "name": resource.name, "in": inputs})
             other = "green" if colour == "blue" else "blue"
             for value, token in (
@@ -466,7 +469,7 @@ def test_the_autoscaler_grows_only_the_gpu_groups(graph: Graph) -> None:
     release = graph.named("cluster-autoscaler", "Release").inputs
     group = graph.named("cluster-l40s", "NodeGroup")
     (asg,) = [g["name"] for g in group.outputs["resources"][0]["autoscalingGroups"]]
-    assert release["values"]["autoscalingGroups"] == [{"name": asg, "minSize": 6, "maxSize": 16}]
+    assert release["values"]["autoscalingGroups"] == [{"name": asg, "minSize": 3, "maxSize": 16}]
     assert release["values"]["image"]["tag"] == "v1.33.6"  # the cluster is 1.33
     assert release["values"]["nodeSelector"] == {"weightshift.io/pool": "system"}
     policy = json.loads(graph.named("cluster-autoscaler", "RolePolicy").inputs["policy"])
@@ -483,7 +486,7 @@ def test_the_autoscaler_grows_only_the_gpu_groups(graph: Graph) -> None:
     )
     # The node groups keep the autoscaler's desired size across deploys.
     pool = graph.named("cluster-l40s", "NodeGroup").inputs["scalingConfig"]
-    assert (pool["minSize"], pool["maxSize"]) == (6, 16)
+    assert (pool["minSize"], pool["maxSize"]) == (3, 16)
 
 
 def test_every_eks_cluster_version_has_an_autoscaler_release() -> None:

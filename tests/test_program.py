@@ -62,8 +62,10 @@ def test_each_stage_change_touches_only_the_listener_alarm_actions_and_candidate
     ]
     assert len(graphs) >= 2
     flips = 0
-    for before, after in itertools.pairwise(graphs):
-        expected = [("traffic-https", "update", ("defaultActions",))]
+    for before_stage, (before, after) in enumerate(itertools.pairwise(graphs)):
+        expected: list[tuple[str, str, tuple[str, ...]]] = [
+            ("traffic-https", "update", ("defaultActions",))
+        ]
         if (
             before.outputs["rollback"]["actionsEnabled"]
             != after.outputs["rollback"]["actionsEnabled"]
@@ -73,14 +75,21 @@ def test_each_stage_change_touches_only_the_listener_alarm_actions_and_candidate
             # candidate is sent, so it needs no stage-dependent setting.
             flips += 1
             expected += [("rollback", "update", ("actionsEnabled",))]
+        # The candidate's Deployment: its stage marker (metadata: no pod restarts) at every
+        # stage, and its replicas where capacity follows the stage; nothing else.
         replicas = [
             graph.outputs["inference"][candidate.value]["replicas"] for graph in (before, after)
         ]
-        if replicas[0] != replicas[1]:
-            # Capacity follows the stage: only the candidate's replica count changes.
-            expected += [(candidate.value, "update", ("spec",))]
-            specs = [g.named(candidate.value, "Deployment").inputs["spec"] for g in (before, after)]
-            assert {**specs[0], "replicas": 0} == {**specs[1], "replicas": 0}
+        keys = ("metadata", "spec") if replicas[0] != replicas[1] else ("metadata",)
+        expected += [(candidate.value, "update", keys)]
+        deployments = [g.named(candidate.value, "Deployment").inputs for g in (before, after)]
+        assert {**deployments[0]["spec"], "replicas": 0} == {
+            **deployments[1]["spec"],
+            "replicas": 0,
+        }
+        assert [d["metadata"]["annotations"]["weightshift.io/stage"] for d in deployments] == [
+            f"{strategy.value} {stage}" for stage in (before_stage, before_stage + 1)
+        ]
         changes = diff(before, after)
         assert sorted((c.name, c.action, c.keys) for c in changes) == sorted(expected)
     assert flips == 1
@@ -114,10 +123,21 @@ def test_no_mirror_target_group_without_shadow(strategy: Strategy) -> None:
 
 
 def test_stickiness_follows_config_and_can_be_off() -> None:
-    (sticky,) = synth().named("traffic-https").inputs["defaultActions"]
+    (sticky,) = synth("rollout.stage=2").named("traffic-https").inputs["defaultActions"]
     assert sticky["forward"]["stickiness"] == {"enabled": True, "duration": 900}
-    (plain,) = synth("rollout.stickinessSeconds=0").named("traffic-https").inputs["defaultActions"]
+    (plain,) = (
+        synth("rollout.stage=2", "rollout.stickinessSeconds=0")
+        .named("traffic-https")
+        .inputs["defaultActions"]
+    )
     assert plain["forward"]["stickiness"]["enabled"] is False
+
+
+def test_stickiness_is_off_while_the_candidate_has_no_weight() -> None:
+    """ALB stickiness overrides the weights: at 0 % a client stuck to the candidate would
+    stay on pods that the same update then removes."""
+    (action,) = synth("rollout.stage=0").named("traffic-https").inputs["defaultActions"]
+    assert action["forward"]["stickiness"]["enabled"] is False
 
 
 def test_https_listener_uses_the_certificate_and_a_modern_tls_policy() -> None:

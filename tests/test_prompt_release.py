@@ -59,9 +59,14 @@ def test_a_prompt_only_release_reaches_the_model_through_the_gateway(
     source = tmp_path / "bundle"
     shutil.copytree(EXAMPLE, source)
     with artifact_bucket() as emulator:
-        first = cli(emulator, "bundle", "publish", str(source), "--version", "1.4.2")
+        # The example's weights are init's placeholders: publishable for tests only.
+        first = cli(
+            emulator, "bundle", "publish", str(source), "--version", "1.4.2", "--allow-placeholders"
+        )
         (source / "prompt/system.txt").write_text(NEW_PROMPT)
-        second = cli(emulator, "bundle", "publish", str(source), "--bump", "auto")
+        second = cli(
+            emulator, "bundle", "publish", str(source), "--bump", "auto", "--allow-placeholders"
+        )
         # MINOR: a prompt changes behaviour; one blob (the prompt) and the manifest written.
         assert second["id"].startswith("support-assistant/v1.5.0-")
         assert (second["blobsUploaded"], second["bytesUploaded"]) == (1, len(NEW_PROMPT))

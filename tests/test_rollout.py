@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,19 +15,12 @@ import pytest
 
 from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
-from weightshift import capacity
 from weightshift.cli import main
 from weightshift.plan import diff
-from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError
+from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError, Update
 from weightshift.synth import Graph, stack_config, synthesize
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def _program_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The program reads the time for the hold after finish: the tests' time."""
-    monkeypatch.setattr(capacity, "now", lambda: NOW)
 
 
 class FakeBackend:
@@ -39,6 +33,8 @@ class FakeBackend:
         self.world = world
         self.ups: list[str] = []
         self.updated_at: datetime | None = NOW - timedelta(days=3)
+        self.clock: Callable[[], datetime] = lambda: NOW
+        self.updates: list[Update] = []
         self.graph = self._synth()
 
     def _synth(self) -> Graph:
@@ -55,7 +51,10 @@ class FakeBackend:
         changes = diff(self.graph, graph)
         self.graph = graph
         self.ups.append(message)
-        self.updated_at = NOW
+        self.updated_at = self.clock()
+        self.updates.append(
+            Update("update", "succeeded", message, self.updated_at, self.updated_at, self.config())
+        )
         return f"{len(changes)} changed"
 
     def outputs(self) -> dict[str, Any]:
@@ -71,6 +70,9 @@ class FakeBackend:
 
     def last_update(self) -> datetime | None:
         return self.updated_at
+
+    def history(self) -> list[Update]:
+        return self.updates[::-1]
 
 
 @pytest.fixture
@@ -139,7 +141,7 @@ def test_status_says_which_alarms_have_no_data_to_judge(
     assert status.blockers == []
     (note,) = status.notes
     assert note.startswith(f"no data, so not judging this stage: {name}")
-    assert f"note: {note}" in status.render()
+    assert f"note: {note}" in " ".join(status.render().split())
 
 
 def test_promote_refuses_while_nobody_would_be_paged(
@@ -254,10 +256,15 @@ def test_finish_swaps_the_roles_at_the_last_stage_only(
     assert datetime.fromisoformat(hold["until"]) == NOW + timedelta(hours=24)
     assert "keeps support-assistant/v1.4.2-424ef6470390 warm until" in message
     assert backend.graph.outputs["inference"]["blue"]["replicas"] == 6
-    # The first up after the hold scales it to zero; green keeps serving everything.
-    monkeypatch.setattr(capacity, "now", lambda: NOW + timedelta(hours=24, seconds=1))
-    backend.up("after the hold")
+    # Release is refused within the hold, then scales blue to zero; green serves everything.
+    with pytest.raises(RolloutError, match="held until 2026-11-26 12:00 UTC"):
+        rollout.release()
+    monkeypatch.setattr(rollout, "now", lambda: NOW + timedelta(hours=24, seconds=1))
+    assert rollout.release().startswith("released support-assistant/v1.4.2-424ef6470390 (blue)")
+    assert backend.values["weightshift:rollout"]["hold"]["released"] is True
     assert backend.graph.outputs["inference"]["blue"]["replicas"] == 0
+    with pytest.raises(RolloutError, match="already released"):
+        rollout.release()
     assert backend.graph.outputs["inference"]["green"]["replicas"] == 6
     assert backend.graph.outputs["rollout"]["weights"] == {"blue": 0, "green": 999, "mirror": 0}
 
@@ -284,7 +291,7 @@ def test_without_the_pulumi_cli_the_commands_say_what_is_needed(
     with pytest.raises(RolloutError, match="need the Pulumi CLI on PATH"):
         AutomationBackend(PROJECT, "prod")
     assert main(["rollout", "status"]) == 2
-    assert "need the Pulumi CLI on PATH" in capsys.readouterr().err
+    assert "need the Pulumi CLI on PATH" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.skipif(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
+import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +19,10 @@ from botocore.exceptions import ClientError
 
 import weightshift.store as store_module
 from tests.conftest import BUCKET, serialize
+from tests.test_bundle import checkpoint, edit_json, make_publishable
 from weightshift.bundle import init_bundle, load_local
-from weightshift.store import BundleStore, StoreError, blob_key, manifest_key
-from weightshift.versioning import BundleId, Version
+from weightshift.store import BundleStore, Interrupted, StoreError, blob_key, manifest_key
+from weightshift.versioning import Bump, BundleId, BundleRef, Version
 
 MiB = 1024 * 1024
 NAME = "support-assistant"
@@ -40,13 +43,14 @@ def store(s3: Any) -> BundleStore:
 def bundle(tmp_path: Path) -> Path:
     root = tmp_path / "bundle"
     init_bundle(root, NAME)
-    weights = root / "model/weights"
-    (weights / "model.safetensors").unlink()
-    # 12 MiB + 3 bytes: a three-part multipart upload with the 5 MiB parts configured above.
-    (weights / "model-00001-of-00002.safetensors").write_bytes(
-        bytes(range(256)) * (48 * 1024) + b"end"
+    make_publishable(
+        root,
+        {
+            # Over 12 MiB: a three-part multipart upload with the 5 MiB parts configured above.
+            "model-00001-of-00002.safetensors": checkpoint(bytes(range(256)) * (48 * 1024)),
+            "model-00002-of-00002.safetensors": checkpoint(b"\x07" * (2 * MiB)),
+        },
     )
-    (weights / "model-00002-of-00002.safetensors").write_bytes(b"\x07" * (2 * MiB))
     return root
 
 
@@ -197,7 +201,7 @@ def test_wrong_and_repeated_versions_are_refused_before_uploading(
     (bundle / "prompt/system.txt").write_text("Changed.\n")
     with pytest.raises(StoreError, match=r"not greater than the latest published"):
         store.publish(load_local(bundle), Version(1, 1, 0))
-    with pytest.raises(StoreError, match="not greater"):
+    with pytest.raises(StoreError, match="already published; versions are never replaced"):
         store.publish(load_local(bundle), Version(1, 2, 0))
     assert object_versions(s3) == before
 
@@ -216,6 +220,7 @@ def test_two_concurrent_publishes_of_one_version_exactly_one_wins(
     serialize(monkeypatch, S3Response, "put_object", "_key_response_post")
     other = tmp_path / "other"
     init_bundle(other, NAME)
+    make_publishable(other)
     (other / "prompt/system.txt").write_text("A different team's prompt.\n")
     barrier = threading.Barrier(2)
     outcomes: list[object] = []
@@ -374,15 +379,18 @@ def test_pull_never_overwrites_an_existing_folder(
     dest = tmp_path / "existing"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
-    with pytest.raises(StoreError, match="already exists"):
+    with pytest.raises(StoreError, match="already exists and is not an empty folder"):
         store.pull(result.id, dest)
     assert (dest / "keep.txt").read_text() == "mine"
+    (dest / "keep.txt").unlink()
+    store.pull(result.id, dest)  # an empty folder, as a volume mount gives, is filled
+    assert files_of(dest) == files_of(bundle)
 
 
 # --- reused blobs are confirmed by S3's stored checksum, never by key and size ----------------
 
 BIG = "model/weights/model-00001-of-00002.safetensors"
-"""12 MiB + 3 bytes: a three-part multipart blob with the 5 MiB parts of make_store."""
+"""Over 12 MiB: a three-part multipart blob with the 5 MiB parts of make_store."""
 PROMPT = "prompt/system.txt"
 
 
@@ -661,3 +669,192 @@ def test_verify_reports_a_delete_marker_over_a_blob_instead_of_failing(
     s3.delete_object(Bucket=BUCKET, Key=blob_key(sha))
     (problem,) = store.verify(result.id)
     assert problem.startswith(f"{blob_key(sha)}: a delete marker sits over the published object")
+
+
+# --- versions as people name and choose them ------------------------------------------------
+
+
+def test_a_version_without_its_hash_resolves_through_the_published_manifest(
+    store: BundleStore, bundle: Path
+) -> None:
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    assert store.resolve_ref(BundleRef.parse(f"{NAME}/v1.0.0")).manifest.id == result.id
+    assert store.resolve_ref(BundleRef.parse(str(result.id))).manifest.id == result.id
+    with pytest.raises(StoreError, match=rf"{NAME}/v2\.0\.0 is not published in bucket"):
+        store.resolve_ref(BundleRef.parse(f"{NAME}/v2.0.0"))
+
+
+def test_an_explicit_bump_smaller_than_the_change_needs_is_refused(
+    store: BundleStore, bundle: Path
+) -> None:
+    assert store.publish(load_local(bundle), None, bump=Bump.MINOR).id.version == Version(0, 1, 0)
+    (bundle / PROMPT).write_text("A new prompt.\n")
+    with pytest.raises(
+        StoreError,
+        match=rf"--bump patch is smaller than the change from {NAME}/v0\.1\.0-\w+ needs, MINOR: "
+        r"system prompt changed -> MINOR\. Use --bump minor \(or --bump auto\)",
+    ):
+        store.publish(load_local(bundle), None, bump=Bump.PATCH)
+    assert store.publish(load_local(bundle), None, bump=Bump.MAJOR).id.version == Version(1, 0, 0)
+
+
+def test_a_hotfix_on_an_older_line_is_a_patch_of_the_newest_version_of_that_line(
+    store: BundleStore, bundle: Path
+) -> None:
+    old_prompt = (bundle / PROMPT).read_text()
+    store.publish(load_local(bundle), Version(1, 1, 2))
+    (bundle / PROMPT).write_text("The 1.2 prompt.\n")
+    store.publish(load_local(bundle), Version(1, 2, 0))
+    # Back to the 1.1 line's content, with a lower temperature: a PATCH of 1.1.2.
+    (bundle / PROMPT).write_text(old_prompt)
+    edit_json(bundle / "config/generation.json", temperature=0.2, top_p=0.9, max_tokens=1024)
+    plan = store.plan_publish(load_local(bundle), Version(1, 1, 3))
+    assert (plan.hotfix, plan.required, str(plan.base.id if plan.base else "")) == (
+        True,
+        Bump.PATCH,
+        str(store.resolve_ref(BundleRef.parse(f"{NAME}/v1.1.2")).manifest.id),
+    )
+    store.publish(load_local(bundle), Version(1, 1, 3))
+    assert store.versions(NAME) == [Version(1, 1, 2), Version(1, 1, 3), Version(1, 2, 0)]
+    assert store.latest(NAME).manifest.id.version == Version(1, 2, 0)  # type: ignore[union-attr]
+
+    (bundle / PROMPT).write_text("A prompt change is no hotfix.\n")
+    with pytest.raises(
+        StoreError,
+        match=rf"Version 1\.1\.4 is a hotfix on the 1\.1 line \(a PATCH of {NAME}/v1\.1\.3-\w+; "
+        r"the latest is v1\.2\.0\), but the change from .* needs MINOR: system prompt changed",
+    ):
+        store.publish(load_local(bundle), Version(1, 1, 4))
+    with pytest.raises(
+        StoreError,
+        match=r"Version 1\.1\.1 is not greater than support-assistant v1\.1\.3, the newest "
+        r"published 1\.1\.x: a hotfix on that line is 1\.1\.4",
+    ):
+        store.publish(load_local(bundle), Version(1, 1, 1))
+    with pytest.raises(StoreError, match=r"and no 1\.0\.x is published for it to be a hotfix of"):
+        store.publish(load_local(bundle), Version(1, 0, 5))
+
+
+def test_init_placeholders_are_refused_before_anything_is_uploaded(
+    store: BundleStore, s3: Any, tmp_path: Path
+) -> None:
+    root = tmp_path / "skeleton"
+    init_bundle(root, NAME)
+    before = object_versions(s3)
+    with pytest.raises(StoreError) as refused:
+        store.publish(load_local(root), Version(1, 0, 0))
+    message = str(refused.value)
+    assert f"{root} is not publishable: model/weights/model.safetensors: the placeholder" in message
+    assert "the all-zero placeholder digest" in message
+    assert "nothing was uploaded" in message
+    assert object_versions(s3) == before
+    demo = store.publish(load_local(root), Version(1, 0, 0), allow_placeholders=True)
+    assert demo.id.version == Version(1, 0, 0)
+
+
+# --- Ctrl-C keeps what was transferred, and the next run resumes -----------------------------
+
+
+def test_an_interrupted_publish_keeps_what_it_uploaded_and_the_next_one_resumes(
+    s3: Any, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(s3)
+    store.workers = 1
+    sent: list[int] = []
+    original = s3.upload_part
+
+    def ctrl_c_at_part_2(**kwargs: Any) -> Any:
+        if kwargs["PartNumber"] == 2 and not sent:
+            sent.append(2)
+            raise KeyboardInterrupt
+        return original(**kwargs)
+
+    monkeypatch.setattr(s3, "upload_part", ctrl_c_at_part_2)
+    with pytest.raises(Interrupted) as stopped:
+        store.publish(load_local(bundle), Version(1, 0, 0))
+    found = re.fullmatch(
+        rf"interrupted: (\d+) of (\d+) blobs uploaded and kept \(content-addressed\), and the "
+        rf"parts sent of 1 more; {NAME}/v1\.0\.0-\w+ was not published\. Run the same command "
+        r"again to resume: only what is missing is uploaded\.",
+        str(stopped.value),
+    )
+    assert found, str(stopped.value)
+    kept, total = int(found[1]), int(found[2])
+    assert 0 < kept < total
+    assert store.versions(NAME) == []
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    assert (result.blobs_skipped, result.blobs_uploaded) == (kept, total - kept)
+    assert store.verify(result.id) == []
+
+
+@pytest.mark.parametrize("empty_folder", [False, True], ids=["new-folder", "empty-folder"])
+def test_an_interrupted_pull_keeps_what_it_checked_and_the_next_one_resumes(
+    s3: Any, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_folder: bool
+) -> None:
+    store = make_store(s3)
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    store.workers = 1
+    reads: list[str] = []
+    stopped_once: list[bool] = []
+    original = s3.get_object
+
+    def ctrl_c_at_the_fourth_blob(**kwargs: Any) -> Any:
+        if kwargs["Key"].startswith("blobs/"):
+            reads.append(kwargs["Key"])
+            if len(reads) == 4 and not stopped_once:
+                stopped_once.append(True)
+                raise KeyboardInterrupt
+        return original(**kwargs)
+
+    monkeypatch.setattr(s3, "get_object", ctrl_c_at_the_fourth_blob)
+    dest = tmp_path / "pulled"
+    if empty_folder:  # a volume mount: it cannot be renamed over, so it stages inside
+        dest.mkdir()
+    with pytest.raises(Interrupted) as stopped:
+        store.pull(result.id, dest)
+    staging = (
+        dest / f".partial-{result.id.digest}"
+        if empty_folder
+        else tmp_path / f".pulled.partial-{result.id.digest}"
+    )
+    if empty_folder:
+        assert [p.name for p in dest.iterdir()] == [staging.name]
+    else:
+        assert not dest.exists()
+    found = re.fullmatch(
+        rf"interrupted: (\d+) of {len(files_of(bundle))} files downloaded and checked, kept in "
+        rf"{re.escape(str(staging))}; nothing (else )?was written to {re.escape(str(dest))}\. "
+        "Run the same command again to resume: what was kept is hashed again and only the rest "
+        r"is downloaded\.",
+        str(stopped.value),
+    )
+    assert found, str(stopped.value)
+    kept = int(found[1])
+    assert kept >= 3  # the blobs read before Ctrl-C (a worker may finish one more)
+    assert len([p for p in staging.rglob("*") if p.is_file()]) == kept
+    reads.clear()
+    pulled = store.pull(result.id, dest)
+    assert len(reads) == len(store.resolve(result.id).manifest.blobs()) - kept
+    assert pulled.bytes_resumed > 0
+    assert pulled.bytes_downloaded + pulled.bytes_resumed == pulled.manifest.size
+    assert files_of(dest) == files_of(bundle)
+    assert not staging.exists()
+    assert json.loads((dest / ".weightshift/bundle.json").read_text())["id"] == str(result.id)
+
+
+def test_verify_shows_progress_while_it_rehashes(
+    s3: Any, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weightshift import console
+
+    monkeypatch.setattr(console, "PLAIN_EVERY", 0.0)
+    stream = io.StringIO()
+    store = make_store(s3, progress_stream=stream)
+    result = store.publish(load_local(bundle), Version(1, 0, 0))
+    stream.seek(0)
+    stream.truncate()
+    assert store.verify(result.id) == []
+    lines = stream.getvalue().splitlines()
+    assert lines
+    assert all(line.startswith("verifying: ") for line in lines)
+    assert "(100 %)" in lines[-1]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightshift.versioning import Bump, BundleId, Version, VersionError
+from weightshift.versioning import Bump, BundleId, BundleRef, Version, VersionError
 
 names = st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?\Z")
 numbers = st.integers(min_value=0, max_value=999_999_999)
@@ -81,3 +81,26 @@ def test_parse_never_crashes_on_arbitrary_text(text: str) -> None:
     except VersionError:
         return
     assert str(parsed) == text
+
+
+@given(ids)
+def test_a_bundle_is_named_by_its_id_or_by_its_version_alone(bundle: BundleId) -> None:
+    full = BundleRef.parse(str(bundle))
+    assert (full.name, full.version, full.digest) == (bundle.name, bundle.version, bundle.digest)
+    short = BundleRef.parse(f"{bundle.name}/v{bundle.version}")
+    assert (short.name, short.version, short.digest) == (bundle.name, bundle.version, None)
+    assert str(short) == f"{bundle.name}/v{bundle.version}"
+    assert str(full) == str(bundle)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["support-assistant", "support-assistant/1.2.3", "support-assistant/v1.2", "./bundle"],
+)
+def test_a_malformed_reference_names_both_accepted_forms(text: str) -> None:
+    with pytest.raises(VersionError) as refused:
+        BundleRef.parse(text)
+    message = str(refused.value)
+    assert f"{text!r} is not a bundle id" in message
+    assert "name/vMAJOR.MINOR.PATCH, e.g. support-assistant/v1.4.2" in message
+    assert "name/vMAJOR.MINOR.PATCH-hash" in message

@@ -3,7 +3,7 @@ and the rules for how big a version bump a change needs.
 
 A bundle is a folder::
 
-    model/weights/           checkpoint shards (.safetensors or .gguf; no pickles)
+    model/weights/           checkpoint shards (.safetensors or .gguf), checked by content
     model/tokenizer/         tokenizer config and vocabulary
     model/config.json        model configuration (architectures, model_type)
     prompt/system.txt        system prompt template
@@ -16,20 +16,26 @@ A bundle is a folder::
 
 Every file is hashed (sha256); the manifest lists path, size and hash of each; the bundle
 digest is the sha256 of the canonical manifest; the id is ``name/vX.Y.Z-<12 hex>``.
+
+No file anywhere in a bundle may be a pickle, whatever its name: a pickle runs code when it is
+loaded. A safetensors shard's header must describe exactly the bytes the file holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import threading
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -302,16 +308,7 @@ def validate(root: Path) -> tuple[list[str], Metadata | None, list[str]]:
         if part is None:
             allowed = ", ".join(p.path + ("/" if p.folder else "") for p in PARTS)
             problems.append(f"{rel}: not part of the bundle layout (allowed: {allowed})")
-        elif part.name == "weights":
-            suffix = PurePosixPath(rel).suffix
-            if suffix in PICKLE_SUFFIXES:
-                problems.append(
-                    f"{rel}: pickle-based weights can run code when loaded; convert to .safetensors"
-                )
-            elif suffix not in WEIGHT_SUFFIXES:
-                problems.append(
-                    f"{rel}: weights must be .safetensors or .gguf (plus .json indexes)"
-                )
+        problems.extend(f"{rel}: {p}" for p in content_problems(root / rel, part))
     for part in PARTS:
         if not part.required:
             continue
@@ -372,6 +369,207 @@ def validate(root: Path) -> tuple[list[str], Metadata | None, list[str]]:
     return files, metadata if isinstance(metadata, Metadata) else None, problems
 
 
+# --- files by content ----------------------------------------------------------------------
+
+SAFETENSORS_BITS = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U16": 16,
+    "I16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "U32": 32,
+    "I32": 32,
+    "F32": 32,
+    "C64": 64,
+    "U64": 64,
+    "I64": 64,
+    "F64": 64,
+}
+"""Bits per element of each safetensors dtype (the format's own list)."""
+SAFETENSORS_MAX_HEADER = 100_000_000
+"""The safetensors library refuses a larger header."""
+SHOWN_TENSOR_PROBLEMS = 5
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """A safetensors file's header, and what is wrong with the file as the header describes it.
+
+    The layout: an 8-byte little-endian header length, a JSON header naming each tensor's
+    dtype, shape and ``data_offsets`` (relative to the end of the header), then the tensors'
+    bytes, which the offsets must cover exactly, without gaps or overlaps. Only the header is
+    read.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return None, [
+                f"not a safetensors file: {size} bytes, too short for the 8-byte header length"
+            ]
+        length = int.from_bytes(head, "little")
+        if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+            return None, [
+                f"not a safetensors file: its first 8 bytes give a header of {length:,} bytes, "
+                f"but the file has {size:,}"
+            ]
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, ["not a safetensors file: its header is not JSON"]
+    if not isinstance(header, dict):
+        return None, ["not a safetensors file: its header is not a JSON object"]
+    data = size - 8 - length
+    problems: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                problems.append("__metadata__ must map strings to strings")
+            continue
+        found = _tensor(name, info, data)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            spans.append(found)
+    if not problems:
+        end = 0
+        for begin, stop, name in sorted(spans):
+            if begin != end:
+                kind = "a gap" if begin > end else "an overlap"
+                problems.append(
+                    f"tensor {name!r} starts at byte {begin:,}: {kind} after byte {end:,}"
+                )
+            end = max(end, stop)
+        if end != data:
+            problems.append(
+                f"the tensors cover {end:,} bytes, but the file holds {data:,} bytes of tensor "
+                "data after its header (truncated, or padded with bytes no tensor owns)"
+            )
+    if len(problems) > SHOWN_TENSOR_PROBLEMS:
+        more = len(problems) - SHOWN_TENSOR_PROBLEMS
+        problems = [*problems[:SHOWN_TENSOR_PROBLEMS], f"and {more} more problem(s) like these"]
+    return header, problems
+
+
+def _tensor(name: str, info: Any, data: int) -> tuple[int, int, str] | str:
+    """One header entry: its (begin, end, name) in the data, or what is wrong with it."""
+    where = f"tensor {name!r}"
+    if not isinstance(info, dict):
+        return f"{where}: not a JSON object"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in SAFETENSORS_BITS:
+        return f"{where}: unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return f"{where}: shape {shape!r} is not a list of sizes"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int for o in offsets)
+    ):
+        return f"{where}: data_offsets {offsets!r} is not [begin, end]"
+    begin, end = offsets
+    bits = math.prod(shape) * SAFETENSORS_BITS[dtype]
+    if not 0 <= begin <= end <= data:
+        return (
+            f"{where}: data_offsets [{begin:,}, {end:,}] fall outside the file's {data:,} bytes "
+            "of tensor data (is the file truncated?)"
+        )
+    if bits % 8 or end - begin != bits // 8:
+        return (
+            f"{where}: {dtype} {shape} takes {bits / 8:,g} bytes, but its data_offsets span "
+            f"{end - begin:,}"
+        )
+    return begin, end, name
+
+
+def pickled(path: Path) -> str | None:
+    """What kind of pickle ``path`` holds, by its first bytes; None if it is not one.
+
+    A pickle of protocol 2 or later opens with 0x80 and the protocol number; PyTorch's
+    ``torch.save`` writes a zip archive holding ``data.pkl``.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return f"a pickle (protocol {head[1]})"
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".pkl")]
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if names:
+            return f"a PyTorch checkpoint (a zip archive holding the pickle {names[0]})"
+    return None
+
+
+def content_problems(path: Path, part: Part | None) -> list[str]:
+    """What is wrong with a file of the bundle by its content (weights by their format)."""
+    suffix = path.suffix
+    found: list[str] = []
+    if suffix == ".safetensors":
+        _, found = read_safetensors(path)
+        if not found:
+            return []
+    kind = pickled(path)
+    if kind is not None:
+        return [
+            f"{kind}, whatever its name says: loading it can run code; "
+            "convert the weights to .safetensors"
+        ]
+    if found:
+        return found
+    if part is None or part.name != "weights":
+        return []
+    if suffix in PICKLE_SUFFIXES:
+        return ["pickle-based weights can run code when loaded; convert to .safetensors"]
+    if suffix == ".gguf":
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+        return [] if magic == b"GGUF" else ["not a GGUF file: it does not start with GGUF"]
+    if suffix not in WEIGHT_SUFFIXES:
+        return ["weights must be .safetensors or .gguf (plus .json indexes)"]
+    return []
+
+
+ZERO_DIGEST = "sha256:" + "0" * 64
+PLACEHOLDER_MARK = "placeholder"
+"""How ``bundle init``'s checkpoint marks itself (its ``__metadata__["weightshift"]``)."""
+
+
+def unpublishable(root: Path, files: Iterable[str], metadata: Metadata | None) -> list[str]:
+    """What ``bundle init`` put in as a placeholder and is still there: a valid bundle, but
+    one no server could run. Publishing refuses it."""
+    found: list[str] = []
+    for rel in files:
+        if not (rel.startswith("model/weights/") and rel.endswith(".safetensors")):
+            continue
+        header, _ = read_safetensors(root / rel)
+        marks = (header or {}).get("__metadata__")
+        if isinstance(marks, dict) and str(marks.get("weightshift", "")).startswith(
+            PLACEHOLDER_MARK
+        ):
+            found.append(
+                f"{rel}: the placeholder checkpoint `bundle init` wrote; put the model's "
+                "real .safetensors shards in model/weights/"
+            )
+    if metadata is not None and metadata.dependencies.serving_image.endswith(ZERO_DIGEST):
+        found.append(
+            "metadata.json:dependencies.serving_image: the all-zero placeholder digest `bundle "
+            "init` wrote; pin the inference server's image by its real digest"
+        )
+    return found
+
+
 def _few_shot(path: Path, rel: str, problems: list[str]) -> None:
     if rel.endswith(".jsonl"):
         try:
@@ -402,7 +600,53 @@ def _few_shot(path: Path, rel: str, problems: list[str]) -> None:
 # --- hashing and the manifest --------------------------------------------------------------
 
 
-def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Cancelled(Exception):
+    """Raised in a worker whose batch was stopped (a failure elsewhere, or Ctrl-C)."""
+
+
+def parallel(
+    work: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    stop: threading.Event | None = None,
+) -> list[R]:
+    """``work`` on each of ``items`` over ``workers`` threads; the results in order.
+
+    A failure, or Ctrl-C in the calling thread, stops the batch at once: items not started
+    are dropped, ``stop`` is set so running ones end at their next check of it, and the
+    error is raised once they have (``ThreadPoolExecutor``'s own exit would first run every
+    queued item: minutes of hashing or uploading after a Ctrl-C).
+    """
+    stop = stop or threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    futures = []
+    try:
+        futures = [pool.submit(work, item) for item in items]
+        return [future.result() for future in futures]
+    except BaseException:
+        stop.set()
+        for future in futures:
+            future.cancel()
+        while True:
+            try:
+                pool.shutdown(wait=True)
+                break
+            except KeyboardInterrupt:
+                continue  # Ctrl-C again: the running items are ending already
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def sha256_file(
+    path: Path,
+    on_bytes: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[str, int]:
     """Hash a file in large chunks into a reused buffer (hashlib releases the GIL for them)."""
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK)
@@ -410,6 +654,8 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> tu
     size = 0
     with path.open("rb", buffering=0) as handle:
         while True:
+            if stop is not None and stop.is_set():
+                raise Cancelled(str(path))
             read = handle.readinto(buffer)
             if not read:
                 break
@@ -428,10 +674,39 @@ def hash_files(
 ) -> dict[str, tuple[str, int]]:
     """sha256 and size of each path, files hashed in parallel across cores."""
     paths = list(paths)
-    workers = workers or min(32, (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda rel: sha256_file(root / rel, on_bytes), paths)
-        return dict(zip(paths, results, strict=True))
+    stop = threading.Event()
+    hashed = parallel(
+        lambda rel: sha256_file(root / rel, on_bytes, stop),
+        paths,
+        workers or min(32, (os.cpu_count() or 1)),
+        stop,
+    )
+    return dict(zip(paths, hashed, strict=True))
+
+
+class Meter(Protocol):
+    """Progress of a long operation in bytes (``weightshift.console.Progress``)."""
+
+    def add(self, amount: int) -> None: ...
+
+    def close(self, *, completed: bool = True) -> None: ...
+
+
+class Silent:
+    """A meter that shows nothing."""
+
+    def __init__(self, label: str, total: int) -> None:
+        del label, total
+
+    def add(self, amount: int) -> None:
+        del amount
+
+    def close(self, *, completed: bool = True) -> None:
+        del completed
+
+
+MeterFactory = Callable[[str, int], Meter]
+"""Makes a meter from a label and a total of bytes (``console.Progress`` is one)."""
 
 
 @dataclass(frozen=True)
@@ -520,6 +795,8 @@ class LocalBundle:
     metadata: Metadata
     entries: tuple[FileEntry, ...]
     stamps: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    unpublishable: tuple[str, ...] = ()
+    """Placeholders ``bundle init`` wrote that are still there (``unpublishable``)."""
 
     def unchanged(self, path: str) -> bool:
         return stamp(self.root / path) == self.stamps.get(path)
@@ -531,21 +808,27 @@ class LocalBundle:
 
 
 def load_local(
-    root: Path, workers: int | None = None, on_bytes: Callable[[int], None] | None = None
+    root: Path, workers: int | None = None, progress: MeterFactory = Silent
 ) -> LocalBundle:
-    """Validate ``root`` (every problem at once) and hash its files."""
+    """Validate ``root`` (every problem at once) and hash its files, metered as "hashing"."""
     files, metadata, problems = validate(root)
     if problems or metadata is None:
         raise BundleError(problems or ["metadata.json: missing"], f"bundle {root}")
     stamps = {rel: stamp(root / rel) for rel in files}
-    hashed = hash_files(root, files, workers, on_bytes)
+    meter = progress("hashing", sum(size for size, _ in stamps.values()))
+    try:
+        hashed = hash_files(root, files, workers, meter.add)
+    except BaseException:
+        meter.close(completed=False)
+        raise
+    meter.close()
     moved = [rel for rel in files if stamp(root / rel) != stamps[rel]]
     if moved:
         raise BundleError(
             [f"{rel}: changed while it was being hashed" for rel in moved], f"bundle {root}"
         )
     entries = tuple(FileEntry(rel, hashed[rel][1], hashed[rel][0]) for rel in files)
-    return LocalBundle(root, metadata, entries, stamps)
+    return LocalBundle(root, metadata, entries, stamps, tuple(unpublishable(root, files, metadata)))
 
 
 SERVING_DIR = "hf"
@@ -585,12 +868,140 @@ def link_serving_layout(root: Path) -> Path:
 # --- diff and bump rules -------------------------------------------------------------------
 
 
+VALUE_DIFF_PATHS = frozenset(
+    {
+        "model/config.json",
+        "config/generation.json",
+        "config/safety.json",
+        "config/routing.json",
+        "metadata.json",
+        "tests/evaluation.json",
+    }
+)
+"""The JSON parts whose changes ``diff`` shows value by value."""
+VALUE_DIFF_LIMIT = 1024 * 1024
+"""Larger JSON files are compared by size only."""
+
+Reader = Callable[[str], bytes]
+"""Reads one file of a bundle by its path (from a folder, or a published blob)."""
+
+
+ARROW = " \u2192 "
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+"""A key on one side of a value change only."""
+
+
+@dataclass(frozen=True)
+class ValueChange:
+    """One leaf of a JSON part that changed: its dotted key, before and after."""
+
+    key: str
+    before: Any = ABSENT
+    after: Any = ABSENT
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"key": self.key}
+        if self.before is not ABSENT:
+            found["before"] = self.before
+        if self.after is not ABSENT:
+            found["after"] = self.after
+        return found
+
+    def render(self) -> str:
+        if self.before is ABSENT:
+            return f"+ {self.key}: {_shown(self.after)}"
+        if self.after is ABSENT:
+            return f"- {self.key}: {_shown(self.before)}"
+        return f"{self.key}: {_shown(self.before)}{ARROW}{_shown(self.after)}"
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``value`` flattened: nested keys dotted, lists of objects indexed (``rules[0].match``);
+    other lists and empty containers are leaves."""
+    if isinstance(value, dict) and value:
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            found.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return found
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        found = {}
+        for index, item in enumerate(value):
+            found.update(_leaves(item, f"{prefix}[{index}]"))
+        return found
+    return {prefix or "(whole file)": value}
+
+
+def value_changes(before: Any, after: Any) -> tuple[ValueChange, ...]:
+    """Every leaf that differs between two JSON documents, by dotted key."""
+    old, new = _leaves(before), _leaves(after)
+
+    def filled(key: str, side: dict[str, Any], other: dict[str, Any]) -> bool:
+        """An empty list or object whose items the other side lists leaf by leaf."""
+        return side[key] in ([], {}) and any(k.startswith((f"{key}.", f"{key}[")) for k in other)
+
+    return tuple(
+        ValueChange(key, old.get(key, ABSENT), new.get(key, ABSENT))
+        for key in sorted(old.keys() | new.keys())
+        if (key in old and key in new and _shown(old[key]) != _shown(new[key]))
+        or (key not in new and not filled(key, old, new))
+        or (key not in old and not filled(key, new, old))
+    )
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One file added, removed or changed: its sizes and, for a JSON part, its values."""
+
+    path: str
+    change: Literal["added", "removed", "changed"]
+    size_before: int | None
+    size_after: int | None
+    values: tuple[ValueChange, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "change": self.change,
+            "sizeBefore": self.size_before,
+            "sizeAfter": self.size_after,
+            "values": [value.to_json() for value in self.values],
+        }
+
+    def render(self) -> str:
+        sizes = [f"{size:,}" for size in (self.size_before, self.size_after) if size is not None]
+        return f"{self.path} ({ARROW.join(sizes)} bytes)"
+
+
 @dataclass(frozen=True)
 class PartChange:
     part: str
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
+    files: tuple[FileChange, ...] = ()
+
+    def paths(self, change: str) -> tuple[str, ...]:
+        return tuple(f.path for f in self.files if f.change == change)
+
+    @property
+    def added(self) -> tuple[str, ...]:
+        return self.paths("added")
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        return self.paths("removed")
+
+    @property
+    def changed(self) -> tuple[str, ...]:
+        return self.paths("changed")
 
 
 @dataclass(frozen=True)
@@ -610,34 +1021,75 @@ class BundleDiff:
                     "added": list(c.added),
                     "removed": list(c.removed),
                     "changed": list(c.changed),
+                    "files": [f.to_json() for f in c.files],
                 }
                 for c in self.changes
             ],
         }
 
+    def render(self) -> str:
+        """One line per file (``+`` added, ``-`` removed, ``~`` changed) with its sizes, the
+        values that changed in a JSON part under it, then the bump and why."""
+        signs = {"added": "+", "removed": "-", "changed": "~"}
+        lines: list[str] = []
+        for part in self.changes:
+            for found in part.files:
+                lines.append(f"{signs[found.change]} {part.part}: {found.render()}")
+                lines.extend(f"    {value.render()}" for value in found.values)
+        lines.append(f"required bump: {self.bump.name if self.bump else 'none (identical)'}")
+        lines.extend(f"  {reason}" for reason in self.reasons)
+        return "\n".join(lines)
 
-def diff(old: Manifest, new: Manifest) -> BundleDiff:
-    """What changed from ``old`` to ``new``, part by part, and the bump it requires."""
-    before, after = old.by_path(), new.by_path()
-    by_part: dict[str, dict[str, list[str]]] = {}
-    for path in sorted(before.keys() | after.keys()):
-        part = part_of(path)
-        name = part.name if part else "other"
-        kind = (
-            "added"
-            if path not in before
-            else "removed"
-            if path not in after
-            else "changed"
-            if before[path].sha256 != after[path].sha256
-            else None
-        )
-        if kind:
-            by_part.setdefault(name, {"added": [], "removed": [], "changed": []})[kind].append(path)
-    changes = tuple(
-        PartChange(name, tuple(v["added"]), tuple(v["removed"]), tuple(v["changed"]))
-        for name, v in by_part.items()
+
+def _json_values(read: Reader | None, path: str, size: int | None) -> Any:
+    """The parsed JSON part at ``path``, or ABSENT where it is not one to compare by value."""
+    if read is None or size is None or size > VALUE_DIFF_LIMIT or path not in VALUE_DIFF_PATHS:
+        return ABSENT
+    try:
+        return json.loads(read(path))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ABSENT
+
+
+def _file_change(
+    path: str,
+    before: FileEntry | None,
+    after: FileEntry | None,
+    read_old: Reader | None,
+    read_new: Reader | None,
+) -> FileChange | None:
+    if before is not None and after is not None and before.sha256 == after.sha256:
+        return None
+    change: Literal["added", "removed", "changed"] = (
+        "added" if before is None else "removed" if after is None else "changed"
     )
+    size_before = before.size if before else None
+    size_after = after.size if after else None
+    old = _json_values(read_old, path, size_before)
+    new = _json_values(read_new, path, size_after)
+    values: tuple[ValueChange, ...] = ()
+    if old is not ABSENT or new is not ABSENT:
+        values = value_changes({} if old is ABSENT else old, {} if new is ABSENT else new)
+    return FileChange(path, change, size_before, size_after, values)
+
+
+def diff(
+    old: Manifest,
+    new: Manifest,
+    read_old: Reader | None = None,
+    read_new: Reader | None = None,
+) -> BundleDiff:
+    """What changed from ``old`` to ``new``, part by part, and the bump it requires.
+
+    Given readers of each side's files, a changed JSON part also lists its changed values."""
+    before, after = old.by_path(), new.by_path()
+    by_part: dict[str, list[FileChange]] = {}
+    for path in sorted(before.keys() | after.keys()):
+        found = _file_change(path, before.get(path), after.get(path), read_old, read_new)
+        if found is not None:
+            part = part_of(path)
+            by_part.setdefault(part.name if part else "other", []).append(found)
+    changes = tuple(PartChange(name, tuple(files)) for name, files in by_part.items())
     bump: Bump | None = None
     reasons: list[str] = []
 
@@ -666,16 +1118,36 @@ def diff(old: Manifest, new: Manifest) -> BundleDiff:
 PLACEHOLDER_IMAGE = "vllm/vllm-openai@sha256:" + "0" * 64
 
 
-def _placeholder_safetensors() -> bytes:
-    """A valid one-tensor safetensors file, so the skeleton validates before real weights exist."""
-    header = canonical(
-        {
-            "__metadata__": {"weightshift": "placeholder: replace with the real checkpoint"},
-            "placeholder": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+def safetensors_bytes(
+    tensors: Mapping[str, tuple[str, Sequence[int], bytes]],
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
+    """A safetensors file of ``tensors`` (name -> dtype, shape, raw bytes), in that order."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
         }
+        offset += len(data)
+    encoded = canonical(header)
+    encoded += b" " * (-len(encoded) % 8)
+    return (
+        len(encoded).to_bytes(8, "little")
+        + encoded
+        + b"".join(data for _, _, data in tensors.values())
     )
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + bytes(4)
+
+
+def _placeholder_safetensors() -> bytes:
+    """A valid one-tensor safetensors file, so the skeleton validates before real weights exist
+    (``unpublishable`` knows it by its mark)."""
+    return safetensors_bytes(
+        {"placeholder": ("F32", [1], bytes(4))},
+        {"weightshift": f"{PLACEHOLDER_MARK}: replace with the real checkpoint"},
+    )
 
 
 def skeleton(name: str) -> dict[str, bytes]:

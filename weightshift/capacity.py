@@ -11,9 +11,13 @@ Two full inference stacks double the GPU bill for the whole rollout. Instead:
   (``throughput``); never fewer than ``floor`` and never more than its full size. Blue-green's
   standby is full size at every stage: its switch is instant, so it must already carry all.
 - **After ``rollout finish``** the old stable colour (now the candidate slot, at stage 0,
-  still running its version) is held at ``holdReplicas`` (default: full) until the time
-  ``finish`` recorded, then the next ``pulumi up`` scales it to zero, and the Cluster
-  Autoscaler releases its nodes.
+  still running its version) is held at ``holdReplicas`` (default: full) until
+  ``weightshift rollout release`` (refused before the hold's time is up; a scheduled CI job
+  runs it) scales it to zero, and the Cluster Autoscaler releases its nodes.
+- **Whole nodes.** A node serves one colour and a colour's pods pack onto shared nodes
+  (``colour_packing`` in ``components/inference_stack.py``), so the candidate is sized in
+  whole nodes, and the GPU-hours are counted in nodes and never below the node groups'
+  minimum size.
 
 Order inside one ``pulumi up`` (``capacity_first``): going up a stage the listener depends on
 the candidate's Deployment, so the new replicas are ready before weight moves to them;
@@ -30,21 +34,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from weightshift.config import CapacityConfig, StackConfig
 from weightshift.stages import Colour, Stage, Strategy, schedule, stage_of
 
 
-def now() -> datetime:
-    """The program's clock (the hold's end is a time); tests replace it."""
-    return datetime.now(UTC)
+@dataclass(frozen=True)
+class Nodes:
+    """The GPU nodes inference pods run on, as far as config knows them."""
+
+    per_node: int
+    """Replicas one node holds (its GPUs over a replica's); 1 where unknown."""
+    gpus_per_node: int
+    min_nodes: int
+    """The GPU node groups' minimum size together: the autoscaler never goes below it."""
+
+    def count(self, replicas: int) -> int:
+        """Nodes ``replicas`` of one colour occupy (a node serves one colour)."""
+        return math.ceil(replicas / self.per_node)
+
+
+def nodes(config: StackConfig) -> Nodes:
+    gpus = config.serving.gpus_per_replica
+    groups = config.cluster.gpu_node_groups if config.cluster.existing is None else ()
+    if not groups:
+        return Nodes(per_node=1, gpus_per_node=gpus, min_nodes=0)
+    smallest = min(group.gpus_per_node for group in groups)
+    return Nodes(
+        per_node=max(1, smallest // gpus),
+        gpus_per_node=smallest,
+        min_nodes=sum(group.min_size for group in groups),
+    )
 
 
 def candidate_replicas(
-    strategy: Strategy, stage: Stage, full: int, settings: CapacityConfig
+    strategy: Strategy, stage: Stage, full: int, settings: CapacityConfig, per_node: int = 1
 ) -> int:
-    """The candidate's replicas at ``stage``, given its full size ``full``."""
+    """The candidate's replicas at ``stage``, given its full size ``full``, rounded up to
+    whole nodes of ``per_node`` replicas (a node's GPUs are paid for whether used or not,
+    and the spare replica keeps serving when one fails)."""
     if full == 0:
         return 0
     if strategy is Strategy.BLUE_GREEN:
@@ -52,8 +80,10 @@ def candidate_replicas(
     share = (stage.served_percent + stage.mirror_percent) / 100.0
     load = settings.peak_replicas or float(full)
     # Rounded to 9 digits first: 0.25 * 6 * 1.25 must be 1.875, not 1.8750000000000002.
-    needed = math.ceil(round(share * load * (1 + settings.headroom_percent / 100), 9))
-    return min(full, max(settings.floor, needed))
+    needed = max(
+        settings.floor, math.ceil(round(share * load * (1 + settings.headroom_percent / 100), 9))
+    )
+    return min(full, math.ceil(needed / per_node) * per_node)
 
 
 def held(config: StackConfig) -> bool:
@@ -73,17 +103,21 @@ def hold_size(config: StackConfig, colour: Colour) -> int:
     return full if size is None else min(full, size)
 
 
-def replicas(config: StackConfig, colour: Colour, now: datetime) -> int:
-    """What ``colour`` runs with this config, at ``now`` (the hold's end is a time)."""
+def replicas(config: StackConfig, colour: Colour) -> int:
+    """What ``colour`` runs with this config. A pure function of config: the hold ends when
+    ``weightshift rollout release`` sets ``rollout.hold.released``, never by the clock, so a
+    preview and the update after it, and every synthesis of one config, agree."""
     rollout = config.rollout
     full = config.colour(colour).replicas
     if colour is rollout.stable:
         return full
     if held(config):
         assert rollout.hold is not None
-        return hold_size(config, colour) if now < rollout.hold.until else 0
+        return 0 if rollout.hold.released else hold_size(config, colour)
     stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
-    return candidate_replicas(rollout.strategy, stage, full, rollout.capacity)
+    return candidate_replicas(
+        rollout.strategy, stage, full, rollout.capacity, nodes(config).per_node
+    )
 
 
 def capacity_first(config: StackConfig, rolled_back: bool) -> bool:
@@ -94,9 +128,11 @@ def capacity_first(config: StackConfig, rolled_back: bool) -> bool:
 
 @dataclass(frozen=True)
 class GpuHours:
-    """GPU-hours spent beyond the stable colour's own, over the stages' bake times and the
+    """GPU-hours paid for beyond the stable colour's own, over the stages' bake times and the
     hold after ``finish``: with capacity following the rollout, and with a static pair
-    (the candidate at full size throughout, the old stable kept at full size)."""
+    (the candidate at full size throughout, the old stable kept at full size). Counted in
+    whole GPU nodes (a node serves one colour; a node's GPUs are paid for whether its pods
+    use them or not), and never below the node groups' minimum size."""
 
     rollout: float
     static_pair: float
@@ -122,22 +158,30 @@ class GpuHours:
 def extra_gpu_hours(config: StackConfig, candidate_by_stage: dict[int, int]) -> GpuHours:
     """From the candidate's replicas at each stage (as synthesized), the extra GPU-hours."""
     rollout = config.rollout
-    gpus = config.serving.gpus_per_replica
+    pool = nodes(config)
+    stable_nodes = pool.count(config.colour(rollout.stable).replicas)
+
+    def extra(other_replicas: int, base: int = stable_nodes) -> float:
+        """GPUs beyond ``base`` nodes when the other colour runs ``other_replicas``."""
+        total = max(pool.min_nodes, base + pool.count(other_replicas))
+        return (total - base) * pool.gpus_per_node
+
     full = config.colour(rollout.candidate).replicas
     spent = static = hours = 0.0
     for stage in schedule(rollout.strategy, rollout.mirror_percent):
         bake = stage.duration.total_seconds() / 3600 if stage.duration else 0.0
         hours += bake
-        spent += candidate_by_stage.get(stage.index, 0) * gpus * bake
-        static += full * gpus * bake
+        spent += extra(candidate_by_stage.get(stage.index, 0)) * bake
+        static += extra(full) * bake
     # After finish the candidate (full at the last stage) is stable, and the old stable
-    # colour is the extra: held, then zero; a static pair keeps it at full size.
-    old_stable = config.colour(rollout.stable).replicas
+    # colour is the extra: held, then released; a static pair keeps it at full size.
+    new_stable = pool.count(full)
     hold_hours = rollout.capacity.hold_hours
-    hold = hold_size(config, rollout.stable) * gpus * hold_hours
+    hold = extra(hold_size(config, rollout.stable), new_stable) * hold_hours
+    old_full = config.colour(rollout.stable).replicas
     return GpuHours(
         rollout=spent + hold,
-        static_pair=static + old_stable * gpus * hold_hours,
+        static_pair=static + extra(old_full, new_stable) * hold_hours,
         hours=hours + hold_hours,
         hold=hold,
     )

@@ -1,4 +1,8 @@
-"""The ``weightshift`` command."""
+# PYTHON_ARGCOMPLETE_OK
+"""The ``weightshift`` command.
+
+Shell completion (argcomplete): ``eval "$(register-python-argcomplete weightshift)"`` in
+bash or zsh, or ``activate-global-python-argcomplete`` once."""
 
 from __future__ import annotations
 
@@ -6,20 +10,20 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import argcomplete
+
 from weightshift.config import ConfigError
 
 if TYPE_CHECKING:
-    from weightshift.bundle import Manifest
+    from weightshift.bundle import Manifest, Reader
     from weightshift.catalog import LocalCatalog
     from weightshift.rollback_record import RollbackRecord
     from weightshift.rollout import Rollout
-    from weightshift.store import BundleStore
-    from weightshift.versioning import BundleId
+    from weightshift.store import BundleStore, Published
 
 EXIT_USAGE = 2
 
@@ -46,25 +50,59 @@ def _record(args: argparse.Namespace) -> RollbackRecord | None:
     return load_file(Path(args.rollback_record)) if args.rollback_record else None
 
 
+def _writable(option: str, value: str | None) -> Path | None:
+    """``value`` as a file to write, checked before any work: its folder must exist."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise CommandError(f"{option} {value} is a folder: give a file name inside it.")
+    if not path.parent.is_dir():
+        raise CommandError(
+            f"{option} {value}: the folder {path.parent} does not exist. Create it first "
+            f"(mkdir -p {path.parent}), or write somewhere else."
+        )
+    return path
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from weightshift.synth import synthesize_stack
 
+    out = _writable("--out", args.out)
     project = _project(args)
     graph = synthesize_stack(project, args.stack, args.set, _catalog(args, project), _record(args))
     text = json.dumps(graph.to_json(), indent=2, sort_keys=False)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
     else:
         print(text)
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from weightshift.plan import build_plan, render
+    from weightshift.plan import build_plan, render, render_markdown
 
+    chart = _writable("--chart", args.chart)
+    if chart is not None:
+        from weightshift.chart import check_suffix
+
+        try:
+            check_suffix(chart)
+        except ValueError as error:
+            raise CommandError(f"--chart {args.chart}: {error}") from None
     project = _project(args)
     plan = build_plan(project, args.stack, args.set, _catalog(args, project), _record(args))
-    print(json.dumps(plan.to_json(), indent=2) if args.json else render(plan))
+    if chart is not None:
+        from weightshift.chart import draw
+
+        draw(plan, chart)
+        print(f"chart written to {chart}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    elif args.markdown:
+        print(render_markdown(plan), end="")
+    else:
+        print(render(plan))
     return 0
 
 
@@ -118,10 +156,40 @@ def _store(args: argparse.Namespace) -> BundleStore:
     return BundleStore(bucket, workers=args.workers)
 
 
-def _bundle_id(text: str) -> BundleId:
-    from weightshift.versioning import BundleId
+def _published(store: BundleStore, text: str) -> Published:
+    """The published bundle ``text`` names: an id, or ``name/vX.Y.Z`` (then the full id goes
+    to stderr, so what was resolved is on record)."""
+    from weightshift.versioning import BundleRef
 
-    return BundleId.parse(text)
+    ref = BundleRef.parse(text)
+    published = store.resolve_ref(ref)
+    if ref.digest is None:
+        print(f"{ref} is {published.manifest.id}", file=sys.stderr)
+    return published
+
+
+def _bundle_side(text: str, args: argparse.Namespace) -> tuple[Manifest, Reader]:
+    """One side of ``bundle diff``: a bundle folder, or a published bundle; and a reader of
+    its files."""
+    from weightshift.bundle import load_local
+    from weightshift.console import Progress
+    from weightshift.versioning import BundleRef, Version, VersionError
+
+    folder = Path(text)
+    if folder.is_dir():
+        local = load_local(folder, progress=Progress)
+        return local.manifest(Version(0, 0, 0)), lambda rel: (folder / rel).read_bytes()
+    try:
+        BundleRef.parse(text)
+    except VersionError:
+        what = "is a file, not a bundle folder" if folder.exists() else "is not a folder"
+        raise CommandError(
+            f"{text} {what}, and not a published bundle either: give a bundle folder, "
+            "name/vX.Y.Z or name/vX.Y.Z-hash."
+        ) from None
+    store = _store(args)
+    published = _published(store, text)
+    return published.manifest, lambda rel: store.read_file(published, rel)
 
 
 def cmd_bundle_init(args: argparse.Namespace) -> int:
@@ -135,68 +203,152 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_validate(args: argparse.Namespace) -> int:
-    from weightshift.bundle import load_local
+    from weightshift.bundle import unpublishable, validate
 
-    local = load_local(Path(args.dir))
-    size = sum(entry.size for entry in local.entries)
-    print(
-        f"{args.dir}: valid bundle of {local.metadata.name}, "
-        f"{len(local.entries)} files, {size:,} bytes"
-    )
-    return 0
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise CommandError(
+            f"{root} is not a folder: give a bundle's folder "
+            "(`weightshift bundle init DIR --name NAME` writes a new one)."
+        )
+    files, metadata, invalid = validate(root)
+    problems = [("invalid", p) for p in invalid] + [
+        ("not publishable", p) for p in unpublishable(root, files, metadata)
+    ]
+    size = sum((root / rel).stat().st_size for rel in files)
+    if args.json:
+        document = {
+            "dir": str(root),
+            "name": metadata.name if metadata else None,
+            "files": len(files),
+            "bytes": size,
+            "valid": not invalid,
+            "publishable": not problems,
+            "problems": [{"kind": kind, "problem": problem} for kind, problem in problems],
+        }
+        print(json.dumps(document, indent=2))
+        return 1 if problems else 0
+    for kind, problem in problems:
+        print(f"{kind}: {problem}")
+    if invalid:
+        print(f"{root}: {len(problems)} problem(s); nothing can be published until they are fixed")
+    else:
+        name = metadata.name if metadata else "?"
+        ready = (
+            "ready to publish"
+            if not problems
+            else f"but not publishable: replace the {len(problems)} placeholder(s) above"
+        )
+        print(f"{root}: valid bundle of {name}, {len(files)} files, {size:,} bytes, {ready}")
+    return 1 if problems else 0
 
 
 def cmd_bundle_publish(args: argparse.Namespace) -> int:
     from weightshift.bundle import load_local
-    from weightshift.versioning import Version
+    from weightshift.console import Progress
+    from weightshift.store import Interrupted
+    from weightshift.versioning import Bump, Version
 
     if (args.version is None) == (args.bump is None):
-        raise CommandError("Give exactly one of --version X.Y.Z or --bump auto.")
+        raise CommandError("Give exactly one of --version X.Y.Z or --bump major|minor|patch|auto.")
     version = Version.parse(args.version) if args.version else None
+    bump = Bump[args.bump.upper()] if args.bump not in (None, "auto") else None
+    auto = args.bump == "auto"
     store = _store(args)
-    local = load_local(Path(args.dir))
-    if args.dry_run:
-        plan = store.plan_publish(local, version, auto_bump=args.bump == "auto")
-        report = {
-            "id": str(plan.manifest.id),
-            "requiredBump": plan.required.name if plan.required else None,
-            "reasons": list(plan.reasons),
-            "blobsToUpload": len(plan.missing),
-            "bytesToUpload": sum(plan.missing.values()),
-            "blobsPresent": len(plan.present),
-        }
+    try:
+        local = load_local(Path(args.dir), progress=Progress)
+        if args.dry_run:
+            plan = store.plan_publish(
+                local, version, auto, bump=bump, allow_placeholders=args.allow_placeholders
+            )
+        else:
+            result = store.publish(
+                local, version, auto, bump=bump, allow_placeholders=args.allow_placeholders
+            )
+    except Interrupted as stopped:
+        print(stopped, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
         print(
-            json.dumps(report, indent=2) if args.json else f"would publish {report['id']}: {report}"
+            "interrupted before uploading: nothing was written to the bucket. "
+            "Run the same command again.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if args.dry_run:
+        report = plan.to_json()
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return 0
+        base = f" ({report['requiredBump']} from {report['base']})" if plan.base else ""
+        print(f"would publish {report['id']}{base}{', a hotfix' if plan.hotfix else ''}")
+        for reason in plan.reasons:
+            print(f"  {reason}")
+        print(
+            f"  would upload {report['blobsToUpload']} blob(s), {report['bytesToUpload']:,} "
+            f"bytes; {report['blobsPresent']} already in the bucket, "
+            f"{report['bytesPresent']:,} bytes"
         )
         return 0
-    result = store.publish(local, version, auto_bump=args.bump == "auto")
-    print(json.dumps(result.to_json(), indent=2) if args.json else str(result.id))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(result.id)
+    reused = "; the rest was already in the bucket" if result.blobs_skipped else ""
+    print(
+        f"uploaded {result.blobs_uploaded} of {result.blobs_uploaded + result.blobs_skipped} "
+        f"blobs, {result.bytes_uploaded:,} of {result.bytes_total:,} bytes{reused}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_bundle_list(args: argparse.Namespace) -> int:
+    from weightshift.console import table
     from weightshift.store import iter_published
+    from weightshift.versioning import is_model_name
 
-    rows = [
-        {
-            "id": str(p.manifest.id),
-            "publishedAt": p.published_at,
-            "bytes": p.manifest.size,
-            "files": len(p.manifest.files),
-        }
-        for p in iter_published(_store(args), args.name)
-    ]
+    if not is_model_name(args.name):
+        raise CommandError(
+            f"{args.name!r} is not a model name: lowercase letters, digits and inner hyphens, "
+            "at most 40 characters; the part of a bundle id before /v, e.g. support-assistant."
+        )
+    store = _store(args)
+    found = list(iter_published(store, args.name))
     if args.json:
+        rows = [
+            {
+                "id": str(p.manifest.id),
+                "publishedAt": p.published_at,
+                "bytes": p.manifest.size,
+                "files": len(p.manifest.files),
+            }
+            for p in found
+        ]
         print(json.dumps(rows, indent=2))
-    elif not rows:
-        print(f"no published versions of {args.name}")
-    for row in [] if args.json else rows:
-        print(f"{row['id']}  {row['publishedAt']}  {row['files']} files  {row['bytes']:,} bytes")
+    elif not found:
+        print(f"no published versions of {args.name} in bucket {store.bucket}", file=sys.stderr)
+    else:
+        table(
+            ["id", "published", "files", "bytes"],
+            [
+                [
+                    str(p.manifest.id),
+                    p.published_at,
+                    f"{len(p.manifest.files):,}",
+                    f"{p.manifest.size:,}",
+                ]
+                for p in found
+            ],
+            no_wrap=["id", "published"],
+        )
     return 0
 
 
 def cmd_bundle_show(args: argparse.Namespace) -> int:
-    published = _store(args).resolve(_bundle_id(args.id))
+    from weightshift.console import table
+
+    published = _published(_store(args), args.id)
     manifest = published.manifest
     document = {
         "id": str(manifest.id),
@@ -209,17 +361,33 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
-    print(f"{manifest.id}  published {published.published_at}  {manifest.size:,} bytes")
-    for key in ("base_model", "architecture", "parent_version", "source_commit"):
-        print(f"  {key}: {manifest.metadata.get(key)}")
-    for entry in manifest.files:
-        print(f"  {entry.sha256[:12]}  {entry.size:>14,}  {entry.path}")
+    print(
+        f"{manifest.id}  published {published.published_at}  "
+        f"{len(manifest.files)} files, {manifest.size:,} bytes"
+    )
+    shown = {
+        **{key: manifest.metadata.get(key) for key in ("base_model", "architecture")},
+        **{key: manifest.metadata.get(key) for key in ("parent_version", "source_commit")},
+        "serving_image": (manifest.metadata.get("dependencies") or {}).get("serving_image"),
+    }
+    for key, value in shown.items():
+        print(f"  {key}: {value or 'not recorded'}")
+    table(
+        ["sha256", "bytes", "path"],
+        [[e.sha256[:12], f"{e.size:,}", e.path] for e in manifest.files],
+        no_wrap=["sha256", "path"],
+    )
     return 0
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
-    bundle = _bundle_id(args.id)
-    problems = _store(args).verify(bundle)
+    store = _store(args)
+    bundle = _published(store, args.id).manifest.id
+    problems = store.verify(bundle)
+    if args.json:
+        document = {"id": str(bundle), "ok": not problems, "problems": problems}
+        print(json.dumps(document, indent=2))
+        return 1 if problems else 0
     for problem in problems:
         print(f"FAIL {problem}")
     print(f"{bundle}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -227,31 +395,34 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_pull(args: argparse.Namespace) -> int:
-    manifest = _store(args).pull(
-        _bundle_id(args.id), Path(args.dest), serving_layout=args.serving_layout
-    )
+    from weightshift.store import Interrupted
+
+    store = _store(args)
+    dest = Path(args.dest)
+    try:
+        bundle = _published(store, args.id).manifest.id
+        result = store.pull(bundle, dest, serving_layout=args.serving_layout)
+    except Interrupted as stopped:
+        print(stopped, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(
+            f"interrupted before downloading: nothing was written to {dest}. "
+            "Run the same command again.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if args.json:
-        document = {
-            "id": str(manifest.id),
-            "digest": manifest.digest,
-            "files": len(manifest.files),
-            "bytes": manifest.size,
-            "dest": str(args.dest),
-        }
-        print(json.dumps(document, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
         return 0
-    print(f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {args.dest}")
+    resumed = (
+        f" ({result.bytes_resumed:,} bytes kept from an interrupted pull)"
+        if result.bytes_resumed
+        else ""
+    )
+    manifest = result.manifest
+    print(f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {dest}{resumed}")
     return 0
-
-
-def _manifest_of(ref: str, args: argparse.Namespace) -> Manifest:
-    from weightshift.bundle import load_local
-    from weightshift.versioning import Version
-
-    if Path(ref).is_dir():
-        local = load_local(Path(ref))
-        return local.manifest(Version(0, 0, 0))
-    return _store(args).resolve(_bundle_id(ref)).manifest
 
 
 def _rollout(args: argparse.Namespace) -> Rollout:
@@ -282,6 +453,26 @@ def cmd_rollout_ack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout_history(args: argparse.Namespace) -> int:
+    from weightshift.console import table
+    from weightshift.history import COLUMNS, rows, stack_history, to_json
+    from weightshift.rollout import AutomationBackend, AwsView
+
+    events = stack_history(args.stack, AutomationBackend(_project(args), args.stack), AwsView())
+    if args.json:
+        print(json.dumps(to_json(events), indent=2))
+    elif not events:
+        print(f"stack {args.stack}: no history yet", file=sys.stderr)
+    else:
+        table(COLUMNS, rows(events), no_wrap=["time (UTC)", "kind"])
+    return 0
+
+
+def cmd_rollout_release(args: argparse.Namespace) -> int:
+    print(_rollout(args).release(early=args.early))
+    return 0
+
+
 def cmd_rollout_finish(args: argparse.Namespace) -> int:
     print(_rollout(args).finish())
     return 0
@@ -290,17 +481,13 @@ def cmd_rollout_finish(args: argparse.Namespace) -> int:
 def cmd_bundle_diff(args: argparse.Namespace) -> int:
     from weightshift.bundle import diff
 
-    change = diff(_manifest_of(args.a, args), _manifest_of(args.b, args))
+    old, read_old = _bundle_side(args.a, args)
+    new, read_new = _bundle_side(args.b, args)
+    change = diff(old, new, read_old, read_new)
     if args.json:
-        print(json.dumps(change.to_json(), indent=2))
-        return 0
-    for part in change.changes:
-        for kind, paths in (("+", part.added), ("-", part.removed), ("~", part.changed)):
-            for path in paths:
-                print(f"{kind} {part.part}: {path}")
-    print(f"required bump: {change.bump.name if change.bump else 'none (identical)'}")
-    for reason in change.reasons:
-        print(f"  {reason}")
+        print(json.dumps({"from": args.a, "to": args.b, **change.to_json()}, indent=2))
+    else:
+        print(change.render())
     return 0
 
 
@@ -387,11 +574,21 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("weightshift")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weightshift",
         description="Ship new versions of a large language model to production on AWS, safely.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     synth = commands.add_parser(
@@ -408,7 +605,16 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="synthesize every stage of the rollout and show what each stage changes"
     )
     _stack_options(plan)
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    output = plan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the plan as JSON")
+    output.add_argument(
+        "--markdown", action="store_true", help="print the table as Markdown (a PR comment)"
+    )
+    plan.add_argument(
+        "--chart",
+        metavar="FILE",
+        help="also draw the candidate's share over the stages to FILE (.png or .svg)",
+    )
     plan.set_defaults(func=cmd_plan)
 
     policy = commands.add_parser("policy", help="policy as code over the offline graph")
@@ -428,36 +634,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     bundle = commands.add_parser("bundle", help="artifact bundles: create, publish, inspect, pull")
     sub = bundle.add_subparsers(dest="bundle_command", required=True, metavar="COMMAND")
+    ref = "name/vX.Y.Z (the published version) or the full id name/vX.Y.Z-hash"
     init = sub.add_parser("init", help="write a valid skeleton bundle to fill in")
     init.add_argument("dir")
     init.add_argument("--name", required=True, help="the model name (lowercase, digits, hyphens)")
     init.set_defaults(func=cmd_bundle_init)
-    check = sub.add_parser("validate", help="check a bundle folder's layout and schemas offline")
+    check = sub.add_parser(
+        "validate",
+        help="check a bundle folder offline: layout, schemas, weights by content, placeholders; "
+        "exit 1 on a problem",
+    )
     check.add_argument("dir")
+    check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(func=cmd_bundle_validate)
     publish = sub.add_parser("publish", help="publish a bundle folder as a new immutable version")
     publish.add_argument("dir")
     publish.add_argument(
-        "--version", help="X.Y.Z; must exceed the latest by at least the required bump"
+        "--version",
+        help="X.Y.Z: above the latest by at least the required bump, or a hotfix: a PATCH above "
+        "the newest X.Y.z of an older line, for a change that needs no more than a PATCH",
     )
-    publish.add_argument("--bump", choices=["auto"], help="auto: the smallest legal next version")
+    publish.add_argument(
+        "--bump",
+        choices=["major", "minor", "patch", "auto"],
+        help="the latest version bumped by this much (refused if the change needs more); "
+        "auto: by what the change needs",
+    )
     publish.add_argument("--dry-run", action="store_true", help="check and report; upload nothing")
+    publish.add_argument(
+        "--allow-placeholders",
+        action="store_true",
+        help="publish even with `bundle init`'s placeholder weights or image digest: for demos "
+        "and tests only, such a bundle cannot serve",
+    )
     _bucket_options(publish)
     publish.set_defaults(func=cmd_bundle_publish)
     listing = sub.add_parser("list", help="published versions of a model")
-    listing.add_argument("name")
+    listing.add_argument("name", help="the model name, e.g. support-assistant")
     _bucket_options(listing)
     listing.set_defaults(func=cmd_bundle_list)
     show = sub.add_parser("show", help="a published bundle's metadata and files")
-    show.add_argument("id")
+    show.add_argument("id", help=ref)
     _bucket_options(show)
     show.set_defaults(func=cmd_bundle_show)
     verify = sub.add_parser("verify", help="check every blob's hash and lock; exit 1 on a problem")
-    verify.add_argument("id")
+    verify.add_argument("id", help=ref)
     _bucket_options(verify)
     verify.set_defaults(func=cmd_bundle_verify)
-    pull = sub.add_parser("pull", help="download a bundle, verified, into a new folder (atomic)")
-    pull.add_argument("id")
+    pull = sub.add_parser(
+        "pull", help="download a bundle, verified, into a new or empty folder (atomic, resumable)"
+    )
+    pull.add_argument("id", help=ref)
     pull.add_argument("dest")
     pull.add_argument(
         "--serving-layout",
@@ -466,9 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _bucket_options(pull)
     pull.set_defaults(func=cmd_bundle_pull)
-    compare = sub.add_parser("diff", help="changed parts between two bundles and the bump required")
-    compare.add_argument("a", help="a bundle folder or a published id")
-    compare.add_argument("b", help="a bundle folder or a published id")
+    compare = sub.add_parser(
+        "diff", help="what changed between two bundles (values in JSON parts) and the bump required"
+    )
+    compare.add_argument("a", help=f"a bundle folder, or {ref}")
+    compare.add_argument("b", help=f"a bundle folder, or {ref}")
     _bucket_options(compare)
     compare.set_defaults(func=cmd_bundle_diff)
 
@@ -564,13 +793,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("abort", cmd_rollout_abort, "manual rollback: stable 100 %%, record, incident, page"),
         ("ack", cmd_rollout_ack, "after review: config back to stage 0, clear the record"),
         ("finish", cmd_rollout_finish, "at 100 %%: the candidate becomes the stable colour"),
+        ("release", cmd_rollout_release, "after finish's hold: scale the old stable colour to 0"),
+        ("history", cmd_rollout_history, "stage changes, rollbacks, incidents and acks, in order"),
     ):
         step = steps.add_parser(name, help=text)
         step.add_argument("--stack", default="prod", help="stack name (default: prod)")
         step.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
         step.set_defaults(func=func)
-        if name == "status":
-            step.add_argument("--json", action="store_true")
+        if name in {"status", "history"}:
+            step.add_argument("--json", action="store_true", help="print JSON")
         if name == "promote":
             step.add_argument(
                 "--ignore-bake",
@@ -579,11 +810,21 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "abort":
             step.add_argument("--reason", required=True, help="why: goes into the record")
+        if name == "release":
+            step.add_argument(
+                "--early", action="store_true", help="release before the hold's time is up"
+            )
     return parser
 
 
 def _paragraph(message: str) -> str:
-    return textwrap.fill(" ".join(message.split()), width=100, subsequent_indent="  ")
+    from weightshift.console import paragraph
+
+    return paragraph(message)
+
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as shells report a command stopped by Ctrl-C."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -597,9 +838,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from weightshift.synth import SynthError
     from weightshift.versioning import VersionError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         result: int = args.func(args)
+    except KeyboardInterrupt:
+        print(f"weightshift {args.command}: interrupted; nothing more was done.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BotoCoreError as error:
         message = f"AWS request failed: {error}. Check credentials, region and AWS_ENDPOINT_URL."
         print(f"weightshift {args.command}: error: {_paragraph(message)}", file=sys.stderr)

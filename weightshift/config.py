@@ -230,6 +230,9 @@ class Hold(_Model):
 
     version: str
     until: AwareDatetime
+    """When ``weightshift rollout release`` may release it."""
+    released: Flag = False
+    """Set by ``rollout release``: the held colour runs no pods."""
 
     @field_validator("version")
     @classmethod

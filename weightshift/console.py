@@ -16,6 +16,7 @@ Built on rich. Three rules:
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import textwrap
@@ -93,6 +94,40 @@ def paragraph(message: str, columns: int | None = None, indent: str = "  ") -> s
     return "\n".join(out)
 
 
+def table_text(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    width_: int | None = None,
+    no_wrap: Sequence[str] = (),
+    max_widths: dict[str, int] | None = None,
+) -> str:
+    """``rows`` under ``columns`` as text ``width_`` wide (default: the terminal's). Columns
+    named in ``no_wrap`` (ids, versions) are never wrapped; the others wrap between words."""
+    buffer = io.StringIO()
+    out = Console(file=buffer, width=width_ or width(), highlight=False, markup=False, emoji=False)
+    grid = Table(
+        title=title,
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        header_style="",
+        show_edge=False,
+    )
+    for name in columns:
+        grid.add_column(
+            name,
+            no_wrap=name in no_wrap,
+            overflow="fold",
+            max_width=(max_widths or {}).get(name),
+        )
+    for row in rows:
+        grid.add_row(*row)
+    out.print(grid)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+
+
 def table(
     columns: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -101,17 +136,12 @@ def table(
     stream: TextIO | None = None,
     no_wrap: Sequence[str] = (),
 ) -> None:
-    """``rows`` under ``columns``, fitted to the terminal; columns named in ``no_wrap``
-    (ids, versions) are never wrapped, the others wrap between words."""
-    out = console(stream)
-    grid = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    for name in columns:
-        grid.add_column(
-            name, no_wrap=name in no_wrap, overflow="fold" if name not in no_wrap else "ellipsis"
-        )
-    for row in rows:
-        grid.add_row(*row)
-    out.print(grid)
+    """Print ``table_text`` to ``stream`` (stdout), fitted to its width."""
+    stream = stream or sys.stdout
+    print(
+        table_text(columns, rows, title=title, width_=width(stream), no_wrap=no_wrap),
+        file=stream,
+    )
 
 
 class Progress:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import re
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -15,9 +17,22 @@ from typing import Any
 from weightshift.capacity import GpuHours, extra_gpu_hours, held, hold_size
 from weightshift.catalog import BundleCatalog
 from weightshift.config import NAMESPACE, ConfigError, StackConfig, load
+from weightshift.console import paragraph, table_text, width
 from weightshift.rollback_record import RollbackRecord
 from weightshift.stages import Weights, schedule, weights_for
 from weightshift.synth import Graph, apply_overrides, offline_catalog, stack_config, synthesize
+
+
+@dataclass(frozen=True)
+class ValueChange:
+    """One input value that differs: its dotted path, before and after (absent: None)."""
+
+    path: str
+    before: Any
+    after: Any
+
+    def __str__(self) -> str:
+        return f"{self.path} {_value(self.before)} → {_value(self.after)}"
 
 
 @dataclass(frozen=True)
@@ -31,17 +46,113 @@ class Change:
     """``update``, ``create`` or ``delete``."""
     keys: tuple[str, ...] = ()
     """Top-level inputs that differ (updates only)."""
+    values: tuple[ValueChange, ...] = ()
+    """Every leaf value that differs (updates only)."""
+    summary: tuple[str, ...] = ()
+    """The values as a reviewer reads them (listener weights by target, one line each)."""
+
+    @property
+    def kind(self) -> str:
+        return self.type.rsplit(":", 1)[-1]
 
     def __str__(self) -> str:
-        kind = self.type.rsplit(":", 1)[-1]
         if self.action == "update":
-            return f"~ {kind} {self.name} ({', '.join(self.keys)})"
-        return f"{'+' if self.action == 'create' else '-'} {kind} {self.name}"
+            return f"~ {self.kind} {self.name}: {'; '.join(self.summary)}"
+        return f"{'+' if self.action == 'create' else '-'} {self.kind} {self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "urn": self.urn,
+            "type": self.type,
+            "name": self.name,
+            "action": self.action,
+            "keys": list(self.keys),
+            "values": [{"path": v.path, "before": v.before, "after": v.after} for v in self.values],
+            "summary": list(self.summary),
+        }
+
+
+SUMMARY_LIMIT = 6
+"""Value changes shown per resource; the rest are counted (``--json`` has them all)."""
+_WEIGHT = re.compile(r"^defaultActions\[0\]\.forward\.targetGroups\[\d+\]\.weight$")
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _leaves(before: Any, after: Any, path: str = "") -> list[ValueChange]:
+    """The leaf values that differ between two input trees, by dotted path."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        found: list[ValueChange] = []
+        for key in sorted(before.keys() | after.keys()):
+            found += _leaves(before.get(key), after.get(key), f"{path}.{key}" if path else key)
+        return found
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        found = []
+        for index, (b, a) in enumerate(zip(before, after, strict=True)):
+            found += _leaves(b, a, f"{path}[{index}]")
+        return found
+    return [] if before == after else [ValueChange(path, before, after)]
+
+
+def _summary(
+    before: dict[str, Any], after: dict[str, Any], values: list[ValueChange], labels: dict[str, str]
+) -> tuple[str, ...]:
+    lines: list[str] = []
+    weights = [v for v in values if _WEIGHT.match(v.path)]
+    if weights:
+        targets = [
+            [(labels.get(group["arn"], "?"), group["weight"]) for group in _groups(inputs)]
+            for inputs in (before, after)
+        ]
+        names = "/".join(name for name, _ in targets[1])
+        shown = ["/".join(str(weight) for _, weight in side) for side in targets]
+        lines.append(f"weights {names} {shown[0]} → {shown[1]}")
+    sticky = [v for v in values if v.path.startswith(_STICKY)]
+    if sticky:
+        shown = [_stickiness(inputs) for inputs in (before, after)]
+        lines.append(f"stickiness {shown[0]} → {shown[1]}")
+    rest = [
+        ValueChange(_SHORT.get(v.path, v.path), v.before, v.after)
+        for v in values
+        if not _WEIGHT.match(v.path) and not v.path.startswith(_STICKY)
+    ]
+    lines += [str(v) for v in rest[:SUMMARY_LIMIT]]
+    if len(rest) > SUMMARY_LIMIT:
+        lines.append(f"and {len(rest) - SUMMARY_LIMIT} more value(s) (see --json)")
+    return tuple(lines)
+
+
+_STICKY = "defaultActions[0].forward.stickiness."
+_SHORT = {
+    "metadata.annotations.weightshift.io/stage": "stage",
+    "spec.replicas": "replicas",
+}
+"""Paths shown by a shorter name in the summary (``--json`` keeps the full path)."""
+
+
+def _stickiness(inputs: dict[str, Any]) -> str:
+    sticky = inputs["defaultActions"][0]["forward"].get("stickiness") or {}
+    return f"{sticky.get('duration')} s" if sticky.get("enabled") else "off"
+
+
+def _groups(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = inputs["defaultActions"][0]["forward"]["targetGroups"]
+    return groups
 
 
 def diff(before: Graph, after: Graph) -> list[Change]:
     """Resources created, deleted or updated going from ``before`` to ``after``."""
     old, new = before.by_urn(), after.by_urn()
+    labels = {
+        str(arn): target
+        for graph in (before, after)
+        for target, arn in (graph.outputs.get("targetGroupArns") or {}).items()
+    }
     changes: list[Change] = []
     for urn in sorted(old.keys() | new.keys()):
         a, b = old.get(urn), new.get(urn)
@@ -57,7 +168,9 @@ def diff(before: Graph, after: Graph) -> list[Change]:
                     if a.inputs.get(k) != b.inputs.get(k)
                 )
             )
-            changes.append(Change(urn, b.type, b.name, "update", keys))
+            values = _leaves(a.inputs, b.inputs)
+            summary = _summary(a.inputs, b.inputs, values, labels)
+            changes.append(Change(urn, b.type, b.name, "update", keys, tuple(values), summary))
     return changes
 
 
@@ -96,16 +209,7 @@ class StageRow:
             "replicas": self.replicas,
             "gpus": self.gpus,
             "blocked": self.blocked,
-            "changes": [
-                {
-                    "urn": c.urn,
-                    "type": c.type,
-                    "name": c.name,
-                    "action": c.action,
-                    "keys": list(c.keys),
-                }
-                for c in self.changes
-            ],
+            "changes": [c.to_json() for c in self.changes],
         }
 
 
@@ -269,25 +373,25 @@ def _hold(config: StackConfig) -> dict[str, Any]:
         "gpus": count * config.serving.gpus_per_replica,
         "hours": rollout.capacity.hold_hours,
         "until": rollout.hold.until.isoformat() if after_finish and rollout.hold else None,
+        "released": bool(after_finish and rollout.hold and rollout.hold.released),
     }
 
 
-def render(plan: Plan) -> str:
-    """The plan as a table a reviewer reads top to bottom."""
+def _cells(plan: Plan) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows; a row's changes one per line."""
     mirror = any(row.weights.mirror for row in plan.rows)
     header = [
         "",
         "stage",
-        "blue %",
-        "green %",
-        *(["mirror %"] if mirror else []),
-        "replicas b/g",
+        "% blue/green",
+        *(["% mirror"] if mirror else []),
+        "pods b/g",
         "GPUs b/g",
-        "duration",
+        "bake",
         "gate",
         "changes",
     ]
-    lines: list[list[str]] = []
+    rows: list[list[str]] = []
     for row in plan.rows:
         if row.blocked:
             changes = f"BLOCKED: {row.blocked}"
@@ -296,13 +400,12 @@ def render(plan: Plan) -> str:
         elif not row.changes:
             changes = "nothing"
         else:
-            changes = "; ".join(str(change) for change in row.changes)
-        lines.append(
+            changes = "\n".join(str(change) for change in row.changes)
+        rows.append(
             [
                 ">" if row.current else "",
                 str(row.index),
-                f"{row.weights.percent('blue'):g}",
-                f"{row.weights.percent('green'):g}",
+                f"{row.weights.percent('blue'):g}/{row.weights.percent('green'):g}",
                 *([f"{row.weights.percent('mirror'):g}"] if mirror else []),
                 _pair(row.replicas, row.blocked),
                 _pair(row.gpus, row.blocked),
@@ -311,26 +414,24 @@ def render(plan: Plan) -> str:
                 changes,
             ]
         )
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header) - 1)]
+    return header, rows
 
-    def fmt(cells: list[str]) -> str:
-        return (
-            "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths, strict=True))
-            + "  "
-            + cells[-1]
-        )
 
-    title = (
+def _title(plan: Plan) -> str:
+    return (
         f"{NAMESPACE} plan: stack {plan.stack}, strategy {plan.strategy}, "
         f"candidate {plan.candidate} ('>' marks the configured stage)"
     )
+
+
+def _notes(plan: Plan) -> list[str]:
     notes = (
         [
             "",
             "mirror %: answered by the stable colour through the mirror proxy and copied to the "
             "candidate, whose answers are compared, never served",
         ]
-        if mirror
+        if any(row.weights.mirror for row in plan.rows)
         else []
     )
     notes += _capacity_notes(plan)
@@ -339,11 +440,62 @@ def render(plan: Plan) -> str:
             "",
             "A new bundle (or serving change) rolls a colour's pods; pulumi up waits for them:",
             *(
-                f"  {colour}: {budget['text']}"
+                f"{colour}: {budget['text']}"
                 for colour, budget in sorted(plan.rollout_budgets.items())
             ),
         ]
-    return "\n".join([title, "", fmt(header), *(fmt(cells) for cells in lines), *notes])
+    return notes
+
+
+STACKED_BELOW = 120
+"""Narrower than this, each stage's changes are listed under the table, not in a column."""
+
+
+def render(plan: Plan, columns: int | None = None) -> str:
+    """The plan as a table a reviewer reads top to bottom, ``columns`` wide (default: the
+    terminal's); the gate and changes columns wrap between words. On a narrow terminal the
+    changes follow the table, stage by stage, each one a paragraph."""
+    columns = columns or width()
+    header, rows = _cells(plan)
+    stacked = columns < STACKED_BELOW
+    changes = [row.pop() for row in rows] if stacked else []
+    shown = header[:-1] if stacked else header
+    table = table_text(
+        shown,
+        rows,
+        width_=columns,
+        no_wrap=[name for name in shown if name not in {"gate", "changes"}],
+        max_widths={"gate": 24},
+    )
+    below: list[str] = []
+    if stacked:
+        below = ["", "changes:"]
+        for row, text in zip(plan.rows, changes, strict=True):
+            lead = f"stage {row.index}: "
+            for number, line in enumerate(text.splitlines()):
+                shown_line = (lead if number == 0 else " " * len(lead)) + line
+                below.append(paragraph(shown_line, columns, indent=" " * (len(lead) + 2)))
+    notes = [paragraph(note, columns) if note else note for note in _notes(plan)]
+    return "\n".join([paragraph(_title(plan), columns), "", table, *below, *notes])
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as GitHub-flavoured Markdown, for a pull-request comment."""
+    header, rows = _cells(plan)
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>") or " "
+
+    lines = [
+        f"### {_title(plan)}",
+        "",
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(cell(c) for c in cells) + " |" for cells in rows),
+        "",
+        *(note.strip() for note in _notes(plan) if note.strip()),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _pair(values: dict[str, int], blocked: str | None) -> str:
@@ -354,13 +506,19 @@ def _capacity_notes(plan: Plan) -> list[str]:
     """The hold after finish, and the GPU-hours beyond the stable colour's own."""
     lines: list[str] = []
     hold = plan.hold
-    if hold:
+    if hold and hold.get("released"):
+        lines += [
+            "",
+            f"{hold['colour']} ({hold['version']}) was held after rollout finish and is "
+            "released: 0 replicas.",
+        ]
+    elif hold:
         until = f"until {hold['until']}" if hold.get("until") else f"for {hold['hours']:g} h"
         lines += [
             "",
             f"After rollout finish: {hold['colour']} ({hold['version']}) is held warm at "
-            f"{hold['replicas']} replicas ({hold['gpus']} GPUs) {until}, then the next pulumi "
-            "up scales it to 0 and the autoscaler releases its nodes.",
+            f"{hold['replicas']} replicas ({hold['gpus']} GPUs) {until}; then `weightshift "
+            "rollout release` scales it to 0 and the autoscaler releases its nodes.",
         ]
     hours = plan.extra_gpu_hours
     if hours is not None and hours.static_pair:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,17 +21,65 @@ from typing import Any, Protocol
 import boto3
 from botocore.exceptions import ClientError
 
+from weightshift import capacity
 from weightshift.config import NAMESPACE, StackConfig, load
+from weightshift.console import paragraph, table_text
 from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollback_record import RollbackRecord
 from weightshift.rollback_record import read as read_record
 from weightshift.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
 
 ROLLOUT_KEY = f"{NAMESPACE}:rollout"
+ACK_SUFFIX = ".ack.json"
+"""An acknowledgement's key: its incident record's key with this suffix for ``.json``."""
+
+
+def incident_prefix(model: str, stack: str) -> str:
+    """Where the rollback function writes a stack's incident records (``INCIDENT_PREFIX``)."""
+    return f"incidents/{model}/{stack}"
 
 
 class RolloutError(Exception):
     """A rollout command refused or failed; the message says why and what to do."""
+
+
+def incident_location(
+    config: StackConfig, outputs: Mapping[str, Any], stack: str
+) -> tuple[str, str]:
+    """The bucket and prefix of the stack's incident records: where its deployed rollback
+    function writes them, else where the program would point it (the artifact bucket)."""
+    settings = (outputs.get("rollback") or {}).get("settings") or {}
+    return (
+        str(settings.get("INCIDENT_BUCKET") or config.artifacts.bucket_name),
+        str(settings.get("INCIDENT_PREFIX") or incident_prefix(config.model, stack)).rstrip("/"),
+    )
+
+
+@dataclass(frozen=True)
+class Update:
+    """One operation in the stack's history (``pulumi stack history``)."""
+
+    kind: str
+    """``update``, ``preview``, ``refresh``, ``destroy``..."""
+    result: str
+    """``succeeded``, ``failed``, ``in-progress``."""
+    message: str
+    start: datetime
+    end: datetime | None
+    config: dict[str, Any]
+    """The stack config the operation ran with, as :meth:`StackBackend.config` decodes it
+    (secrets are ``[secret]``)."""
+    resource_changes: dict[str, int] = field(default_factory=dict)
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object read from the incident bucket."""
+
+    key: str
+    modified: datetime
+    body: bytes
 
 
 class StackBackend(Protocol):
@@ -53,12 +101,21 @@ class StackBackend(Protocol):
         """When the last successful update finished."""
         ...
 
+    def history(self) -> list[Update]:
+        """Every operation on the stack, newest first."""
+        ...
+
 
 def _decode(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _utc(moment: datetime) -> datetime:
+    """The Automation API parses the CLI's UTC times without a zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class AutomationBackend:
@@ -94,18 +151,40 @@ class AutomationBackend:
     def last_update(self) -> datetime | None:
         for update in self.stack.history(page_size=10):
             if update.result == "succeeded" and update.kind == "update" and update.end_time:
-                end = update.end_time
-                return end if end.tzinfo else end.replace(tzinfo=UTC)
+                return _utc(update.end_time)
         return None
+
+    def history(self) -> list[Update]:
+        return [
+            Update(
+                kind=update.kind,
+                result=update.result,
+                message=update.message,
+                start=_utc(update.start_time),
+                end=_utc(update.end_time) if update.end_time else None,
+                config={key: _decode(value.value) for key, value in update.config.items()},
+                # Plain strings from the CLI's JSON, typed as the OpType enum.
+                resource_changes={
+                    str(getattr(op, "value", op)): count
+                    for op, count in (update.resource_changes or {}).items()
+                },
+                version=update.version,
+            )
+            # Secrets stay hidden: the history is for reading, not for deploying.
+            for update in self.stack.history(show_secrets=False)
+        ]
 
 
 class AwsView:
-    """Live state: alarm states and the rollback record."""
+    """Live state: alarm states, the rollback record, the incident records and their acks."""
 
-    def __init__(self, cloudwatch: Any = None, ssm: Any = None, sns: Any = None) -> None:
+    def __init__(
+        self, cloudwatch: Any = None, ssm: Any = None, sns: Any = None, s3: Any = None
+    ) -> None:
         self.cloudwatch = cloudwatch or boto3.client("cloudwatch")
         self.ssm = ssm or boto3.client("ssm")
         self.sns = sns or boto3.client("sns")
+        self.s3 = s3 or boto3.client("s3")
 
     def confirmed_subscriptions(self, topic_arn: str) -> int:
         """Subscriptions of ``topic_arn`` that receive messages. An email or HTTPS
@@ -140,6 +219,48 @@ class AwsView:
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "ParameterNotFound":
                 raise
+
+    def put_ack(self, bucket: str, key: str, document: Mapping[str, Any]) -> bool:
+        """Create the acknowledgement object as the rollback function creates incident
+        records: conditional create under the bucket's Object Lock, SHA-256 checksum, the
+        bucket's default encryption. False if it exists (an ack run again after a failure)."""
+        try:
+            self.s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=json.dumps(document, sort_keys=True).encode(),
+                ContentType="application/json",
+                IfNoneMatch="*",
+                ChecksumAlgorithm="SHA256",
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise RolloutError(
+                f"cannot record the acknowledgement at s3://{bucket}/{key} ({error}). The "
+                "rollback record is kept: your "
+                "AWS identity needs s3:PutObject there (and kms:GenerateDataKey on the "
+                "bucket's key); then run `weightshift rollout ack` again."
+            ) from None
+        return True
+
+    def incident_objects(self, bucket: str, prefix: str) -> list[StoredObject]:
+        """Every object under ``prefix/``: the incident records and their acks."""
+        found: list[StoredObject] = []
+        try:
+            paginator = self.s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+                for item in page.get("Contents", []):
+                    body = self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                    found.append(StoredObject(item["Key"], _utc(item["LastModified"]), body))
+        except ClientError as error:
+            raise RolloutError(
+                f"cannot read the incident records under s3://{bucket}/{prefix}/ ({error}): "
+                "your AWS identity needs "
+                "s3:ListBucket and s3:GetObject there, and kms:Decrypt on the bucket's key."
+            ) from None
+        return found
 
 
 @dataclass
@@ -207,8 +328,15 @@ class Status:
         ]
         if self.record is not None:
             lines.append(f"ROLLED BACK: {self.record.summary()}")
-        lines += [f"alarm {name}: {state}" for name, state in sorted(self.alarms.items())]
-        lines += [f"note: {note}" for note in self.notes]
+        if self.alarms:
+            lines.append(
+                table_text(
+                    ["alarm", "state"],
+                    [[name, state] for name, state in sorted(self.alarms.items())],
+                    no_wrap=["alarm", "state"],
+                )
+            )
+        lines += [paragraph(f"note: {note}") for note in self.notes]
         if self.next_stage is None:
             lines.append("next: none (last stage; `weightshift rollout finish` swaps the roles)")
         elif self.blockers:
@@ -294,8 +422,9 @@ class Rollout:
         blind = sorted(name for name, state in alarms.items() if state == "INSUFFICIENT_DATA")
         if blind:
             status.notes.append(
-                f"no data, so not judging this stage: {', '.join(blind)} (the quality and "
-                "safety metrics have no emitter yet; the stage's gate is yours to check)"
+                f"no data, so not judging this stage: {', '.join(blind)} (an alarm without "
+                "data judges nothing: check that the candidate's gateways report, and check "
+                "the stage's gate yourself)"
             )
         firing = sorted(name for name, state in alarms.items() if state == "ALARM")
         if firing:
@@ -362,8 +491,9 @@ class Rollout:
             ) from None
 
     def ack(self) -> str:
-        """Clear a reviewed rollback: the config goes back to stage 0 first, then the record
-        goes, so the next `pulumi up` keeps the stable colour at 100 %."""
+        """Clear a reviewed rollback: the config goes back to stage 0 first, then the ack is
+        recorded beside the incident record, then the record goes, so the next `pulumi up`
+        keeps the stable colour at 100 % and no record is cleared without a trace."""
         config = self._config()
         outputs = self.backend.outputs()
         parameter = str((outputs.get("rollout") or {}).get("recordParameter") or "")
@@ -371,12 +501,49 @@ class Rollout:
         if record is None:
             raise RolloutError(f"stack {self.stack} has no rollback record to acknowledge.")
         self._set_rollout(config, stage=0)
+        bucket, prefix = incident_location(config, outputs, self.stack)
+        self.aws.put_ack(
+            bucket,
+            f"{prefix}/{record.incident}{ACK_SUFFIX}",
+            {
+                "incident": record.incident,
+                "candidate": record.candidate,
+                "by": getpass.getuser(),
+                "at": self.now().isoformat(timespec="seconds"),
+                "stack": self.stack,
+                "configuredStage": config.rollout.stage,
+            },
+        )
         self.aws.delete_record(parameter)
         self.aws.delete_record(rollback_function.page_marker(parameter, record.incident))
         return (
             f"acknowledged incident {record.incident} ({record.candidate}); the stack config is "
             "at stage 0 (commit Pulumi.<stack>.yaml). Publish a fixed bundle or promote again."
         )
+
+    def release(self, *, early: bool = False) -> str:
+        """End the hold ``finish`` started: the old stable colour scales to zero."""
+        config = self._config()
+        hold = config.rollout.hold
+        if hold is None or not capacity.held(config):
+            raise RolloutError(
+                f"stack {self.stack} holds no colour warm (rollout.hold applies after "
+                "`weightshift rollout finish`, while the candidate colour still runs the old "
+                "version at stage 0)."
+            )
+        if hold.released:
+            raise RolloutError(f"{hold.version} is already released.")
+        if self.now() < hold.until and not early:
+            raise RolloutError(
+                f"{hold.version} is held until {hold.until:%Y-%m-%d %H:%M} UTC, the window in "
+                "which a late regression is still rolled back at once; run again after it, or "
+                "pass --early."
+            )
+        self._set_rollout(
+            config, hold={**hold.model_dump(by_alias=True, mode="json"), "released": True}
+        )
+        summary = self.backend.up(f"weightshift rollout release: {hold.version} scaled to 0")
+        return f"released {hold.version} ({config.rollout.candidate.value}): {summary}"
 
     def finish(self) -> str:
         """The candidate (at 100 %) becomes the stable colour; the old stable stays warm."""
@@ -405,8 +572,8 @@ class Rollout:
             "is stable"
         )
         held = (
-            f"keeps {old_version} warm until {until:%Y-%m-%d %H:%M} UTC (rollout.hold; the "
-            "first pulumi up after that scales it to 0)"
+            f"keeps {old_version} warm until {until:%Y-%m-%d %H:%M} UTC (rollout.hold; then "
+            "`weightshift rollout release` scales it to 0)"
             if old_version
             else "has no version"
         )

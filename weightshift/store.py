@@ -10,6 +10,12 @@ explicit Object Lock retention equal to the bucket's default, so nothing publish
 can be overwritten, shortened or deleted. The manifest pins the S3 version id of
 each blob, so a later object written over a blob key is never read by ``pull``
 and is reported by ``verify``.
+
+Long operations show progress (``weightshift.console.Progress``, on stderr). Ctrl-C stops
+``publish`` and ``pull`` within a part or a chunk and raises :class:`Interrupted`, whose
+message says what was kept: blobs and parts already uploaded stay (content addressed, the
+next publish skips them); a pull keeps what it downloaded and checked in its staging folder
+beside the destination, and the next pull of the same bundle resumes from there.
 """
 
 from __future__ import annotations
@@ -19,12 +25,9 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,15 +39,21 @@ from botocore.exceptions import ClientError, FlexibleChecksumError
 
 from weightshift.bundle import (
     CHUNK,
-    BundleDiff,
+    SERVING_DIR,
     BundleError,
+    Cancelled,
     LocalBundle,
     Manifest,
+    Meter,
+    Silent,
     canonical,
     diff,
     link_serving_layout,
+    parallel,
+    sha256_file,
 )
-from weightshift.versioning import Bump, BundleId, Version
+from weightshift.console import Progress
+from weightshift.versioning import Bump, BundleId, BundleRef, Version
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -58,6 +67,11 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 class StoreError(Exception):
     """A store operation that cannot go ahead; the message says why and what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a publish or a pull; the message (one line) says what was kept and how
+    to resume."""
 
 
 PULLED_ID = ".weightshift/bundle.json"
@@ -96,10 +110,17 @@ def _split_checksum(stored: str) -> tuple[str, int | None]:
     return value, int(parts) if dash and parts.isdigit() else None
 
 
-def composite_sha256(path: Path, part_size: int, count: int, workers: int) -> str:
+def composite_sha256(
+    path: Path,
+    part_size: int,
+    count: int,
+    workers: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> str:
     """S3's composite SHA-256 of ``path`` uploaded in ``count`` parts of ``part_size`` bytes:
     base64(sha256(the raw sha256 of each part, concatenated)). Parts are hashed in parallel,
     each streamed, so memory stays at one chunk per worker whatever the part size."""
+    stop = threading.Event()
 
     def part(number: int) -> bytes:
         digest = hashlib.sha256()
@@ -107,47 +128,19 @@ def composite_sha256(path: Path, part_size: int, count: int, workers: int) -> st
             handle.seek(number * part_size)
             left = part_size
             while left > 0:
+                if stop.is_set():
+                    raise Cancelled(str(path))
                 chunk = handle.read(min(CHUNK, left))
                 if not chunk:
                     break
                 digest.update(chunk)
                 left -= len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
         return digest.digest()
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return _b64(hashlib.sha256(b"".join(pool.map(part, range(count)))).digest())
-
-
-class Progress:
-    """Bytes done of a total, drawn on one terminal line; silent when not a terminal."""
-
-    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.total = max(total, 1)
-        self.done = 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
-        self.started = time.monotonic()
-        self._lock = threading.Lock()
-        self._drawn = 0.0
-
-    def add(self, amount: int) -> None:
-        with self._lock:
-            self.done += amount
-            now = time.monotonic()
-            if self.enabled and (now - self._drawn > 0.2 or self.done >= self.total):
-                self._drawn = now
-                rate = self.done / max(now - self.started, 1e-6) / 2**20
-                self.stream.write(
-                    f"\r{self.label}: {self.done / 2**20:,.1f}/{self.total / 2**20:,.1f} MiB "
-                    f"({100 * self.done / self.total:.0f} %) {rate:,.0f} MiB/s"
-                )
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+    parts = parallel(part, range(count), workers, stop)
+    return _b64(hashlib.sha256(b"".join(parts)).digest())
 
 
 @dataclass(frozen=True)
@@ -171,7 +164,11 @@ class _Upload:
 
     lock: LockPolicy
     encryption: dict[str, Any]
-    progress: Progress
+    progress: Meter
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set by Ctrl-C (or a failure): uploads end at the next part."""
+    parts: set[str] = field(default_factory=set)
+    """Keys of blobs with parts in an unfinished multipart upload (resumed next time)."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,9 @@ class PublishPlan:
     """What a publish will do, decided before anything is uploaded."""
 
     manifest: Manifest
-    latest: Manifest | None
+    base: Manifest | None
+    """The published version the bump is measured from: the latest, or for a hotfix the
+    newest of its MAJOR.MINOR line; None for a first release."""
     required: Bump | None
     reasons: tuple[str, ...]
     missing: dict[str, int]
@@ -188,6 +187,21 @@ class PublishPlan:
     """Blobs the bucket already has: sha256 -> pinned version id."""
     checksums: dict[str, str] = field(default_factory=dict)
     """S3's checksum of each present blob's pinned version, confirmed to be its content."""
+    hotfix: bool = False
+    """A PATCH on an older line than the latest (1.1.2 while 1.2.0 exists)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.manifest.id),
+            "base": str(self.base.id) if self.base else None,
+            "hotfix": self.hotfix,
+            "requiredBump": self.required.name if self.required else None,
+            "reasons": list(self.reasons),
+            "blobsToUpload": len(self.missing),
+            "bytesToUpload": sum(self.missing.values()),
+            "blobsPresent": len(self.present),
+            "bytesPresent": sum(self.manifest.blobs()[sha] for sha in self.present),
+        }
 
 
 @dataclass(frozen=True)
@@ -209,6 +223,26 @@ class PublishResult:
             "blobsUploaded": self.blobs_uploaded,
             "blobsSkipped": self.blobs_skipped,
             "manifest": self.manifest_key,
+        }
+
+
+@dataclass(frozen=True)
+class PullResult:
+    manifest: Manifest
+    dest: Path
+    bytes_downloaded: int
+    bytes_resumed: int
+    """Already downloaded and checked by an interrupted pull, hashed again and kept."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.manifest.id),
+            "digest": self.manifest.digest,
+            "files": len(self.manifest.files),
+            "bytes": self.manifest.size,
+            "bytesDownloaded": self.bytes_downloaded,
+            "bytesResumed": self.bytes_resumed,
+            "dest": str(self.dest),
         }
 
 
@@ -255,6 +289,10 @@ class BundleStore:
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self.progress_stream = progress_stream
+
+    def progress(self, label: str, total: int) -> Meter:
+        """Progress of one operation, on ``progress_stream`` (stderr)."""
+        return Progress(label, total, self.progress_stream)
 
     # --- bucket checks -----------------------------------------------------------------
 
@@ -398,10 +436,21 @@ class BundleStore:
             )
         return found
 
-    def latest(self, name: str) -> Published | None:
-        return self._latest(name, self.manifest_listing(name))
+    def resolve_ref(self, ref: BundleRef) -> Published:
+        """The published bundle ``name/vX.Y.Z`` (its manifest supplies the hash), or, for a
+        full id, ``resolve``."""
+        if ref.digest is not None:
+            return self.resolve(BundleId(ref.name, ref.version, ref.digest))
+        found = self.published(ref.name, ref.version)
+        if found is None:
+            raise StoreError(
+                f"{ref} is not published in bucket {self.bucket}: "
+                f"`weightshift bundle list {ref.name} --bucket {self.bucket}` shows what is."
+            )
+        return found
 
-    def _latest(self, name: str, listing: dict[Version, str]) -> Published | None:
+    def latest(self, name: str) -> Published | None:
+        listing = self.manifest_listing(name)
         if not listing:
             return None
         newest = max(listing)
@@ -463,12 +512,13 @@ class BundleStore:
         *,
         unchanged: Callable[[], bool],
         vouched: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> str:
         """S3's checksum of blob version ``version_id``, once confirmed to be ``sha``'s content.
 
         Nothing is downloaded. A single-part blob's stored SHA-256 is the content hash
         itself. A multipart blob's composite is recomputed from the local file at the stored
-        part boundaries, unless ``vouched`` (the checksum the latest manifest recorded for
+        part boundaries, unless ``vouched`` (the checksum the base manifest recorded for
         this same version) equals it: versions are immutable and that publisher confirmed it.
         """
         key = blob_key(sha)
@@ -516,7 +566,7 @@ class BundleStore:
             found = f"composite SHA-256 {stored} of {count} parts"
             # weightshift writes equal parts but the last; other layouts cannot be recomputed.
             if suffix in (None, count) and -(-size // part_size) == count:
-                local = composite_sha256(path, part_size, count, self.workers)
+                local = composite_sha256(path, part_size, count, self.workers, on_bytes)
                 if value == local:
                     return stored
                 expected = (
@@ -535,20 +585,36 @@ class BundleStore:
         )
 
     def _confirm_reused(
-        self, local: LocalBundle, present: dict[str, str], latest: Published | None
+        self, local: LocalBundle, present: dict[str, str], base: Published | None
     ) -> dict[str, str]:
         """Confirm every reused blob (in parallel): sha256 -> S3's checksum of its version."""
         entries = {entry.sha256: entry for entry in local.entries}
         vouched: dict[str, str] = {}
-        if latest is not None:
+        if base is not None:
             vouched = {
-                sha: latest.blob_checksums[sha]
+                sha: base.blob_checksums[sha]
                 for sha, version_id in present.items()
-                if latest.blob_versions.get(sha) == version_id and sha in latest.blob_checksums
+                if base.blob_versions.get(sha) == version_id and sha in base.blob_checksums
             }
+
+        # A multipart blob the base does not vouch for is confirmed by re-reading the local
+        # file: shown as progress, as hashing is.
+        metered = {
+            sha
+            for sha in present
+            if sha not in vouched and entries[sha].size >= self.multipart_threshold
+        }
+        total = sum(entries[sha].size for sha in metered)
+        meter = self.progress("confirming", total) if total else Silent("", 0)
 
         def confirm(sha: str) -> tuple[str, str]:
             entry = entries[sha]
+            hashed = [0]
+
+            def add(amount: int) -> None:
+                hashed[0] += amount
+                meter.add(amount)
+
             checksum = self._confirm_blob(
                 sha,
                 present[sha],
@@ -556,58 +622,68 @@ class BundleStore:
                 local.root / entry.path,
                 unchanged=lambda: local.unchanged(entry.path),
                 vouched=vouched.get(sha),
+                on_bytes=add,
             )
+            if sha in metered:
+                meter.add(entry.size - hashed[0])
             return sha, checksum
 
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return dict(pool.map(confirm, sorted(present)))
+        try:
+            confirmed = dict(parallel(confirm, sorted(present), self.workers))
+        except BaseException:
+            meter.close(completed=False)
+            raise
+        meter.close()
+        return confirmed
 
     def plan_publish(
-        self, local: LocalBundle, version: Version | None, auto_bump: bool = False
+        self,
+        local: LocalBundle,
+        version: Version | None,
+        auto_bump: bool = False,
+        *,
+        bump: Bump | None = None,
+        allow_placeholders: bool = False,
     ) -> PublishPlan:
-        """Everything a publish must check, before a single byte is uploaded."""
+        """Everything a publish must check, before a single byte is uploaded.
+
+        The version is ``version``, or the latest published one bumped by ``bump`` (or by the
+        bump the change needs, ``auto_bump``). It must be above the latest by at least the
+        bump the change needs; or, as a hotfix on an older line, a PATCH above the newest
+        version of that MAJOR.MINOR line whose change needs no more than a PATCH.
+        """
+        if version is None and bump is None and not auto_bump:
+            raise StoreError("Give --version X.Y.Z or --bump major|minor|patch|auto.")
+        if local.unpublishable and not allow_placeholders:
+            raise StoreError(
+                f"{local.root} is not publishable: {'; '.join(local.unpublishable)}. "
+                "`weightshift bundle validate` lists what to replace; nothing was uploaded."
+            )
         self.lock_policy()
         name = local.metadata.name
         listing = self.manifest_listing(name)
-        latest = self._latest(name, listing)
-        if latest is not None:
-            change: BundleDiff = diff(latest.manifest, local.manifest(latest.manifest.version))
-            if change.bump is None:
-                raise StoreError(
-                    f"Nothing changed since {latest.manifest.id}: every file is identical. "
-                    "There is nothing to publish."
-                )
-            if auto_bump:
-                version = latest.manifest.version.bumped(change.bump)
-            assert version is not None
-            if version <= latest.manifest.version:
-                raise StoreError(
-                    f"Version {version} is not greater than the latest published, "
-                    f"{latest.manifest.id}: choose "
-                    f"{latest.manifest.version.bumped(change.bump)} or "
-                    "higher (or --bump auto)."
-                )
-            step = latest.manifest.version.bump_to(version)
-            assert step is not None
-            if step < change.bump:
-                raise StoreError(
-                    f"Version {version} is a {step.name} step from {latest.manifest.version}, "
-                    f"but the change needs at least {change.bump.name}: "
-                    f"{'; '.join(change.reasons)}. Publish as "
-                    f"{latest.manifest.version.bumped(change.bump)} (or --bump auto)."
-                )
-            required, reasons = change.bump, change.reasons
-        else:
-            if version is None:
-                version = Version(1, 0, 0) if auto_bump else None
-            if version is None:
-                raise StoreError("Give --version X.Y.Z (or --bump auto) for the first release.")
-            required, reasons = None, ("first release of " + name,)
-        manifest = local.manifest(version)
-        if version in listing:
+        if version is not None and version in listing:
             raise StoreError(
                 f"{name} v{version} is already published; versions are never replaced."
             )
+        base_version, hotfix = release_base(name, sorted(listing), version)
+        base: Published | None = None
+        reasons: tuple[str, ...]
+        if base_version is None:
+            if version is None:
+                version = Version(0, 0, 0).bumped(bump) if bump else Version(1, 0, 0)
+            required, reasons = None, ("first release of " + name,)
+        else:
+            base = self.published(name, base_version, listing[base_version])
+            assert base is not None
+            version, required, reasons = release_version(
+                base.manifest,
+                local.manifest(base_version),
+                version,
+                None if auto_bump else bump,
+                max(listing),
+            )
+        manifest = local.manifest(version)
         missing: dict[str, int] = {}
         present: dict[str, str] = {}
         blobs = manifest.blobs()
@@ -626,49 +702,75 @@ class BundleStore:
                 present[sha] = head[0]
         # Key and size prove nothing about content: confirm each reused blob before the plan
         # is accepted, so a wrong one stops the publish before a byte is uploaded.
-        checksums = self._confirm_reused(local, present, latest)
+        checksums = self._confirm_reused(local, present, base)
         return PublishPlan(
             manifest,
-            latest.manifest if latest else None,
+            base.manifest if base else None,
             required,
             tuple(reasons),
             missing,
             present,
             checksums,
+            hotfix,
         )
 
     def publish(
-        self, local: LocalBundle, version: Version | None, auto_bump: bool = False
+        self,
+        local: LocalBundle,
+        version: Version | None,
+        auto_bump: bool = False,
+        *,
+        bump: Bump | None = None,
+        allow_placeholders: bool = False,
     ) -> PublishResult:
-        """Upload what the bucket lacks, then write the manifest last, exactly once."""
-        plan = self.plan_publish(local, version, auto_bump)
+        """Upload what the bucket lacks, then write the manifest last, exactly once.
+
+        Ctrl-C raises :class:`Interrupted`: what was uploaded stays, and publishing again
+        uploads only the rest."""
+        plan = self.plan_publish(
+            local, version, auto_bump, bump=bump, allow_placeholders=allow_placeholders
+        )
         lock = self.lock_policy()
         encryption = self._encryption()
         paths = {entry.sha256: entry.path for entry in plan.manifest.files}
         versions = dict(plan.present)
         checksums = dict(plan.checksums)
-        progress = Progress("publish", sum(plan.missing.values()), self.progress_stream)
-        shared = _Upload(lock, encryption, progress)
+        shared = _Upload(lock, encryption, self.progress("uploading", sum(plan.missing.values())))
+        uploaded: list[str] = []
+
+        def upload(sha: str) -> tuple[str, tuple[str, str]]:
+            path = paths[sha]
+            written = self._upload_blob(
+                shared,
+                local.root / path,
+                sha,
+                plan.missing[sha],
+                unchanged=lambda: local.unchanged(path),
+            )
+            uploaded.append(sha)
+            return sha, written
+
         try:
-            with ThreadPoolExecutor(max_workers=max(1, self.workers // 4)) as pool:
-
-                def upload(sha: str) -> tuple[str, tuple[str, str]]:
-                    path = paths[sha]
-                    written = self._upload_blob(
-                        shared,
-                        local.root / path,
-                        sha,
-                        plan.missing[sha],
-                        unchanged=lambda: local.unchanged(path),
-                    )
-                    return sha, written
-
-                for sha, (version_id, checksum) in pool.map(upload, list(plan.missing)):
-                    versions[sha] = version_id
-                    checksums[sha] = checksum
+            for sha, (version_id, checksum) in parallel(
+                upload, list(plan.missing), self.workers // 4, shared.stop
+            ):
+                versions[sha] = version_id
+                checksums[sha] = checksum
             self._extend_retention(plan.present, lock)
-        finally:
-            progress.close()
+        except KeyboardInterrupt:
+            shared.progress.close(completed=False)
+            partial = len(shared.parts - {blob_key(sha) for sha in uploaded})
+            raise Interrupted(
+                f"interrupted: {len(uploaded)} of {len(plan.missing)} blobs uploaded and kept "
+                "(content-addressed)"
+                + (f", and the parts sent of {partial} more" if partial else "")
+                + f"; {plan.manifest.id} was not published. Run the same command again to "
+                "resume: only what is missing is uploaded."
+            ) from None
+        except BaseException:
+            shared.progress.close(completed=False)
+            raise
+        shared.progress.close()
         key = manifest_key(plan.manifest.name, plan.manifest.version)
         document = {
             "manifest": plan.manifest.core(),
@@ -679,6 +781,30 @@ class BundleStore:
             "blobChecksums": checksums,
             "publishedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        try:
+            self._put_manifest(key, document, lock, encryption)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted while writing the manifest of {plan.manifest.id}: every blob is "
+                f"in the bucket; `weightshift bundle list {plan.manifest.name}` shows whether it "
+                "was published, and if not, run the same command again."
+            ) from None
+        skipped = sum(plan.manifest.blobs()[sha] for sha in plan.present)
+        return PublishResult(
+            plan.manifest.id,
+            plan.manifest.size,
+            sum(plan.missing.values()),
+            skipped,
+            len(plan.missing),
+            len(plan.present),
+            key,
+        )
+
+    def _put_manifest(
+        self, key: str, document: dict[str, Any], lock: LockPolicy, encryption: dict[str, Any]
+    ) -> None:
+        """Write a manifest, once: a conditional create under the bucket's lock."""
+        manifest = document["manifest"]
         try:
             self.s3.put_object(
                 Bucket=self.bucket,
@@ -694,20 +820,10 @@ class BundleStore:
         except ClientError as error:
             if _code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise StoreError(
-                    f"{plan.manifest.name} v{plan.manifest.version} was published by someone else "
+                    f"{manifest['name']} v{manifest['version']} was published by someone else "
                     "while this publish ran; versions are never replaced. Publish the next version."
                 ) from None
             raise self._access(error) from None
-        skipped = sum(plan.manifest.blobs()[sha] for sha in plan.present)
-        return PublishResult(
-            plan.manifest.id,
-            plan.manifest.size,
-            sum(plan.missing.values()),
-            skipped,
-            len(plan.missing),
-            len(plan.present),
-            key,
-        )
 
     def _extend_retention(self, present: dict[str, str], lock: LockPolicy) -> None:
         """A reused blob must stay locked as long as the newest bundle using it."""
@@ -726,8 +842,7 @@ class BundleStore:
                     Retention=lock.retention(until),
                 )
 
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            list(pool.map(extend, present.items()))
+        parallel(extend, present.items(), self.workers)
 
     def _upload_blob(
         self, shared: _Upload, path: Path, sha: str, size: int, unchanged: Callable[[], bool]
@@ -738,6 +853,8 @@ class BundleStore:
         changed = StoreError(
             f"{path} changed after it was hashed; nothing of it was published. Run publish again."
         )
+        if shared.stop.is_set():
+            raise Cancelled(key)
         try:
             if size < self.multipart_threshold:
                 data = path.read_bytes()
@@ -794,10 +911,13 @@ class BundleStore:
         upload_id, done = self._resumable_upload(key, path, part_size, lock, encryption)
         for number in done:
             progress.add(min(part_size, size - (number - 1) * part_size))
+            shared.parts.add(key)
 
         def send(number: int) -> dict[str, Any]:
             if number in done:
                 return done[number]
+            if shared.stop.is_set():
+                raise Cancelled(key)
             with path.open("rb") as handle:
                 handle.seek((number - 1) * part_size)
                 data = handle.read(part_size)
@@ -811,10 +931,10 @@ class BundleStore:
                 ChecksumSHA256=checksum,
             )
             progress.add(len(data))
+            shared.parts.add(key)
             return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            parts = list(pool.map(send, range(1, count + 1)))
+        parts = parallel(send, range(1, count + 1), self.workers, shared.stop)
         if not unchanged():
             # The parts read may mix two contents: never complete them under this hash.
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -924,11 +1044,20 @@ class BundleStore:
         return b"".join(chunks)
 
     def verify(self, bundle: BundleId) -> list[str]:
-        """Every problem with a published bundle: hashes, sizes, locks, overwrites (empty: good)."""
+        """Every problem with a published bundle: hashes, sizes, locks, overwrites (empty: good).
+
+        Every blob is read and hashed again, metered as "verifying"."""
         published = self.resolve(bundle)
         now = datetime.now(UTC)
         blobs = published.manifest.blobs()
         overwritten = self._manifest_overwrite(published)
+        meter = self.progress("verifying", sum(blobs.values()))
+        stop = threading.Event()
+
+        def counted(chunk: bytes) -> None:
+            if stop.is_set():
+                raise Cancelled(bundle.name)
+            meter.add(len(chunk))
 
         def check(sha: str) -> list[str]:
             problems: list[str] = []
@@ -957,7 +1086,7 @@ class BundleStore:
                     f"{key}: a newer object ({newest}) was written over the published one "
                     f"({version_id}); pull still reads the published one"
                 )
-            digest, size = self._stream_hash(sha, version_id)
+            digest, size = self._stream_hash(sha, version_id, counted)
             if digest != sha or size != blobs[sha]:
                 problems.append(
                     f"{key}: content hash {digest[:12]}... ({size} bytes) "
@@ -965,10 +1094,13 @@ class BundleStore:
                 )
             return problems
 
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return overwritten + [
-                problem for problems in pool.map(check, sorted(blobs)) for problem in problems
-            ]
+        try:
+            found = parallel(check, sorted(blobs), self.workers, stop)
+        except BaseException:
+            meter.close(completed=False)
+            raise
+        meter.close()
+        return overwritten + [problem for problems in found for problem in problems]
 
     def _manifest_overwrite(self, published: Published) -> list[str]:
         """An object written over the published manifest, which reads keep ignoring.
@@ -993,75 +1125,233 @@ class BundleStore:
             "published one"
         ]
 
-    def pull(self, bundle: BundleId, dest: Path, serving_layout: bool = False) -> Manifest:
-        """Download ``bundle`` to ``dest`` (which must not exist), verifying every hash; atomic."""
-        if dest.exists():
-            raise StoreError(
-                f"{dest} already exists: pull into a new folder (nothing is overwritten)."
-            )
+    def pull(self, bundle: BundleId, dest: Path, serving_layout: bool = False) -> PullResult:
+        """Download ``bundle`` to ``dest`` (new, or an empty folder), every hash checked.
+
+        Files are staged in ``.<dest>.partial-<hash>`` beside a new ``dest``, which then takes
+        its place in one rename once every file is checked. An empty ``dest`` (a volume mount,
+        which cannot be renamed over) stages in ``dest/.partial-<hash>``; its checked files
+        move up, and ``.weightshift/bundle.json``, which says what the folder holds, comes
+        last. A failed check removes the staging folder. Ctrl-C keeps it
+        (:class:`Interrupted`): the next pull of the bundle to the same place hashes what it
+        holds again and downloads only the rest.
+        """
         published = self.resolve(bundle)
         manifest = published.manifest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-        progress = Progress("pull", manifest.size, self.progress_stream)
-        try:
-            by_blob: dict[str, list[str]] = {}
-            for entry in manifest.files:
-                by_blob.setdefault(entry.sha256, []).append(entry.path)
-
-            def fetch(sha: str) -> None:
-                first, *copies = by_blob[sha]
-                target = staging / first
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with target.open("wb") as handle:
-
-                    def sink(chunk: bytes) -> None:
-                        handle.write(chunk)
-                        progress.add(len(chunk))
-
-                    digest, size = self._stream_hash(
-                        sha, published.blob_versions.get(sha, ""), sink
-                    )
-                if digest != sha or size != manifest.blobs()[sha]:
-                    raise StoreError(
-                        f"{blob_key(sha)} (for {first}) does not match the manifest: content "
-                        f"hash {digest[:12]}..., {size} bytes. The bucket copy is damaged or was "
-                        f"tampered with; nothing was written to {dest}. "
-                        f"Run `weightshift bundle verify {bundle}`."
-                    )
-                for copy in copies:
-                    (staging / copy).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(target, staging / copy)
-
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                list(pool.map(fetch, sorted(by_blob)))
-            if serving_layout:
-                link_serving_layout(staging)
-            # What the folder holds, for whoever serves it (the gateway names its metrics
-            # by this id): the bundle's own files never carry it.
-            (staging / PULLED_ID).parent.mkdir()
-            (staging / PULLED_ID).write_text(
-                json.dumps(
-                    {
-                        "id": str(manifest.id),
-                        "digest": manifest.digest,
-                        "publishedAt": published.published_at,
-                    },
-                    sort_keys=True,
-                )
-                + "\n",
-                encoding="utf-8",
+        inside = dest.is_dir()
+        staging = (
+            dest / f".partial-{bundle.digest}"
+            if inside
+            else dest.parent / f".{dest.name}.partial-{bundle.digest}"
+        )
+        if dest.exists() and (not inside or any(p != staging for p in dest.iterdir())):
+            raise StoreError(
+                f"{dest} already exists and is not an empty folder: pull into a new or an empty "
+                "folder (nothing is overwritten)."
             )
-            os.replace(staging, dest)
+        by_blob: dict[str, list[str]] = {}
+        for entry in manifest.files:
+            by_blob.setdefault(entry.sha256, []).append(entry.path)
+        staging.mkdir(parents=True, exist_ok=True)
+        meter = self.progress("pulling", manifest.size)
+        stop = threading.Event()
+        done: list[str] = []
+        resumed: list[int] = []
+
+        def fetch(sha: str) -> None:
+            first, *copies = by_blob[sha]
+            target, size = staging / first, manifest.blobs()[sha]
+            kept = target.is_file() and target.stat().st_size == size
+            if kept and sha256_file(target, meter.add, stop)[0] == sha:
+                resumed.append(size)
+            else:
+                self._download(published, sha, target, on_bytes=meter.add, stop=stop, dest=dest)
+            for copy in copies:
+                (staging / copy).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(target, staging / copy)
+            done.extend(by_blob[sha])
+
+        try:
+            parallel(fetch, sorted(by_blob), self.workers, stop)
+            _finish_staging(staging, published, serving_layout)
+            if inside:
+                _move_up(staging, dest)
+            else:
+                os.replace(staging, dest)
+        except KeyboardInterrupt:
+            meter.close(completed=False)
+            raise Interrupted(
+                f"interrupted: {len(done)} of {len(manifest.files)} files downloaded and checked, "
+                f"kept in {staging}; nothing {'else ' if inside else ''}was written to {dest}. "
+                "Run the same command again to resume: what was kept is hashed again and only "
+                "the rest is downloaded."
+            ) from None
         except ClientError as error:
+            meter.close(completed=False)
             shutil.rmtree(staging, ignore_errors=True)
             raise self._access(error) from None
         except BaseException:
+            meter.close(completed=False)
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        finally:
-            progress.close()
-        return manifest
+        meter.close()
+        return PullResult(manifest, dest, manifest.size - sum(resumed), sum(resumed))
+
+    def _download(
+        self,
+        published: Published,
+        sha: str,
+        target: Path,
+        *,
+        on_bytes: Callable[[int], None],
+        stop: threading.Event,
+        dest: Path,
+    ) -> None:
+        """One blob's pinned version to ``target``, written in place only once its hash matches."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".download", dir=target.parent
+        )
+        try:
+            with os.fdopen(handle, "wb") as out:
+
+                def sink(chunk: bytes) -> None:
+                    if stop.is_set():
+                        raise Cancelled(str(target))
+                    out.write(chunk)
+                    on_bytes(len(chunk))
+
+                digest, size = self._stream_hash(sha, published.blob_versions.get(sha, ""), sink)
+            if digest != sha or size != published.manifest.blobs()[sha]:
+                raise StoreError(
+                    f"{blob_key(sha)} (for {target.name}) does not match the manifest: content "
+                    f"hash {digest[:12]}..., {size} bytes. The bucket copy is damaged or was "
+                    f"tampered with; nothing was written to {dest}. "
+                    f"Run `weightshift bundle verify {published.manifest.id}`."
+                )
+            os.replace(partial, target)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+
+def _finish_staging(staging: Path, published: Published, serving_layout: bool) -> None:
+    """Make a staging folder whose files are all checked ready to move into place: nothing
+    but the bundle's files (a killed pull's leftovers go), the serving layout if asked, and
+    the record of what the folder holds."""
+    expected = {entry.path for entry in published.manifest.files}
+    for derived in (staging / SERVING_DIR, (staging / PULLED_ID).parent):
+        shutil.rmtree(derived, ignore_errors=True)
+    for path in sorted(staging.rglob("*"), reverse=True):
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.relative_to(staging).as_posix() not in expected:
+            path.unlink()
+    if serving_layout:
+        link_serving_layout(staging)
+    # What the folder holds, for whoever serves it (the gateway names its metrics by this
+    # id): the bundle's own files never carry it.
+    (staging / PULLED_ID).parent.mkdir()
+    (staging / PULLED_ID).write_text(
+        json.dumps(
+            {
+                "id": str(published.manifest.id),
+                "digest": published.manifest.digest,
+                "publishedAt": published.published_at,
+            },
+            sort_keys=True,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+
+
+def _move_up(staging: Path, dest: Path) -> None:
+    """Move a finished staging folder's contents into ``dest``, its parent: the record of
+    what the folder holds last, so whoever reads it finds every file in place."""
+    record = Path(PULLED_ID).parts[0]
+    children = sorted(staging.iterdir(), key=lambda child: child.name == record)
+    for child in children:
+        os.replace(child, dest / child.name)
+    staging.rmdir()
+
+
+def release_base(
+    name: str, published: list[Version], version: Version | None
+) -> tuple[Version | None, bool]:
+    """The published version a new release of ``name`` is measured from, and whether it is a
+    hotfix; (None, False) for a first release.
+
+    A release above the latest is measured from the latest. A version below it is a hotfix:
+    it is measured from the newest published version of its own MAJOR.MINOR line, and must
+    be above it.
+    """
+    if not published:
+        return None, False
+    latest = max(published)
+    if version is None or version > latest:
+        return latest, False
+    line = [v for v in published if (v.major, v.minor) == (version.major, version.minor)]
+    if not line:
+        raise StoreError(
+            f"Version {version} is not greater than the latest published, {name} v{latest}, "
+            f"and no {version.major}.{version.minor}.x is published for it to be a hotfix of. "
+            f"Choose a version above {latest} (--bump auto picks the smallest legal one); a "
+            "hotfix is a PATCH above the newest version of an older MAJOR.MINOR line."
+        )
+    newest = max(line)
+    if version <= newest:
+        raise StoreError(
+            f"Version {version} is not greater than {name} v{newest}, the newest published "
+            f"{version.major}.{version.minor}.x: a hotfix on that line is "
+            f"{newest.bumped(Bump.PATCH)}, a new release is above {latest} (--bump auto)."
+        )
+    return newest, True
+
+
+def release_version(
+    base: Manifest,
+    candidate: Manifest,
+    version: Version | None,
+    bump: Bump | None,
+    latest: Version,
+) -> tuple[Version, Bump, tuple[str, ...]]:
+    """The version of ``candidate`` measured from ``base`` (``release_base``): ``version``, or
+    base bumped by ``bump`` (None: by what the change needs). Returns it with the bump the
+    change needs and why; refuses a step smaller than that, or no change at all."""
+    change = diff(base, candidate)
+    if change.bump is None:
+        raise StoreError(
+            f"Nothing changed since {base.id}: every file is identical. "
+            "There is nothing to publish."
+        )
+    required, why = change.bump, "; ".join(change.reasons)
+    if version is None:
+        if bump is not None and bump < required:
+            raise StoreError(
+                f"--bump {bump.name.lower()} is smaller than the change from {base.id} needs, "
+                f"{required.name}: {why}. Use --bump {required.name.lower()} (or --bump auto)."
+            )
+        return base.version.bumped(bump or required), required, change.reasons
+    if version < latest and required > Bump.PATCH:
+        raise StoreError(
+            f"Version {version} is a hotfix on the {version.major}.{version.minor} line (a "
+            f"PATCH of {base.id}; the latest is v{latest}), but the change from {base.id} "
+            f"needs {required.name}: {why}. A hotfix may change only what a PATCH covers "
+            "(generation, safety or routing parameters, metadata, evaluation results, "
+            f"dependency versions); publish this as a new release above v{latest} "
+            "(--bump auto)."
+        )
+    step = base.version.bump_to(version)
+    assert step is not None
+    if step < required:
+        raise StoreError(
+            f"Version {version} is a {step.name} step from {base.version}, but the change "
+            f"needs at least {required.name}: {why}. Publish as "
+            f"{base.version.bumped(required)} (or --bump auto)."
+        )
+    return version, required, change.reasons
 
 
 def iter_published(store: BundleStore, name: str) -> Iterator[Published]:
@@ -1069,10 +1359,3 @@ def iter_published(store: BundleStore, name: str) -> Iterator[Published]:
         found = store.published(name, version, version_id)
         if found is not None:
             yield found
-
-
-def parse_id(text: str) -> BundleId:
-    try:
-        return BundleId.parse(text)
-    except ValueError as exc:
-        raise StoreError(str(exc)) from None

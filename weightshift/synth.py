@@ -181,6 +181,25 @@ def _timestamp_as_written(loader: _StackFileLoader, node: yaml.ScalarNode) -> st
 _StackFileLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_written)
 
 
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    """A YAML error as one paragraph naming the file, line and column, then the source line
+    and a caret under the problem (kept as written by the error printer)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if mark is None:
+        return f"{path} is not valid YAML: {problem}. Fix the file and run again."
+    lines = text.splitlines()
+    source = lines[mark.line] if mark.line < len(lines) else ""
+    because = f" ({context})" if context else ""
+    return (
+        f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: "
+        f"{problem}{because}. Fix the file and run again.\n"
+        f"    {source}\n"
+        f"    {' ' * mark.column}^"
+    )
+
+
 def stack_config(project: Path, stack: str) -> dict[str, Any]:
     """The ``config:`` block of ``Pulumi.<stack>.yaml``, keys fully qualified."""
     path = project / f"Pulumi.{stack}.yaml"
@@ -190,13 +209,11 @@ def stack_config(project: Path, stack: str) -> dict[str, Any]:
             f"Unknown stack {stack!r}: there is no {path.name} in {project}. "
             f"Stacks here: {known}. Pass --stack with one of them, or create {path.name}."
         )
+    text = path.read_text(encoding="utf-8")
     try:
-        with path.open(encoding="utf-8") as handle:  # its name goes into error marks
-            data = yaml.load(handle, Loader=_StackFileLoader)
+        data = yaml.load(text, Loader=_StackFileLoader)
     except yaml.YAMLError as exc:
-        raise SynthError(
-            f"{path.name} is not valid YAML: {exc}. Fix the file and run again."
-        ) from None
+        raise SynthError(_yaml_error(path, text, exc)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

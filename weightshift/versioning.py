@@ -4,6 +4,9 @@ A bundle id names one immutable artifact bundle. The semantic version says how
 far the behaviour may have moved (see :class:`Bump`); the hash is the first 12
 hex characters of the bundle digest, so two different bundles can never share
 an id even if someone reuses a version number by mistake.
+
+People also name a published bundle by ``name/vMAJOR.MINOR.PATCH`` alone
+(:class:`BundleRef`): a version is published once, so its manifest supplies the hash.
 """
 
 from __future__ import annotations
@@ -17,16 +20,25 @@ HASH_LENGTH = 12
 NAME_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?"
 _NUMBER = r"0|[1-9][0-9]{0,8}"
 _VERSION_RE = re.compile(rf"^v?(?P<major>{_NUMBER})\.(?P<minor>{_NUMBER})\.(?P<patch>{_NUMBER})$")
-_ID_RE = re.compile(
-    rf"^(?P<name>{NAME_PATTERN})/v(?P<major>{_NUMBER})\.(?P<minor>{_NUMBER})\.(?P<patch>{_NUMBER})"
-    rf"-(?P<hash>[0-9a-f]{{{HASH_LENGTH}}})$"
+_NAMED_VERSION = (
+    rf"(?P<name>{NAME_PATTERN})/v(?P<major>{_NUMBER})\.(?P<minor>{_NUMBER})\.(?P<patch>{_NUMBER})"
 )
+_HASH = rf"(?P<hash>[0-9a-f]{{{HASH_LENGTH}}})"
+_ID_RE = re.compile(rf"^{_NAMED_VERSION}-{_HASH}$")
+_REF_RE = re.compile(rf"^{_NAMED_VERSION}(?:-{_HASH})?$")
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
 ID_FORMAT_HELP = (
     f"expected name/vMAJOR.MINOR.PATCH-hash, e.g. support-assistant/v1.4.2-3f9a1c2b7d4e: "
     f"a name of lowercase letters, digits and inner hyphens (at most 40), three numbers "
     f"without leading zeros, and {HASH_LENGTH} lowercase hex characters of the bundle digest"
+)
+
+
+REF_FORMAT_HELP = (
+    "expected name/vMAJOR.MINOR.PATCH, e.g. support-assistant/v1.4.2 (the published "
+    "version), or the full id name/vMAJOR.MINOR.PATCH-hash, e.g. "
+    "support-assistant/v1.4.2-3f9a1c2b7d4e"
 )
 
 
@@ -129,6 +141,28 @@ class BundleId:
         if not isinstance(other, BundleId):
             return NotImplemented
         return self._key() < other._key()
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """A published bundle as people name it: ``name/vX.Y.Z``, or its full id."""
+
+    name: str
+    version: Version
+    digest: str | None = None
+    """The id's hash; None when only the version was given."""
+
+    @classmethod
+    def parse(cls, text: str) -> BundleRef:
+        match = _REF_RE.match(text)
+        if match is None:
+            raise VersionError(f"{text!r} is not a bundle id: {REF_FORMAT_HELP}")
+        version = Version(int(match["major"]), int(match["minor"]), int(match["patch"]))
+        return cls(match["name"], version, match["hash"])
+
+    def __str__(self) -> str:
+        tail = f"-{self.digest}" if self.digest else ""
+        return f"{self.name}/v{self.version}{tail}"
 
 
 def is_model_name(text: str) -> bool:
