@@ -220,10 +220,14 @@ stacks = {
             else [],
             # Every stage change updates the candidate's Deployment (its metadata only: no
             # pod restarts), so pulumi-kubernetes checks its pods are ready at every stage,
-            # even one that does not change its replicas.
-            stage_marker=f"{rollout.strategy.value} {rendered_stage}"
+            # even one that does not change its replicas. The configured stage: a rollback
+            # record changes nothing on the candidate's pods.
+            stage_marker=f"{rollout.strategy.value} {rollout.stage}"
             if colour is rollout.candidate
             else None,
+            # Going down (or rolled back) nothing waits for the candidate's pods: they serve
+            # nobody, and may be the broken ones; the next stage up waits for them.
+            skip_await=colour is rollout.candidate and not capacity_first,
             serving=config.serving,
             port=config.traffic.serving_port,
             health_path=config.traffic.health_check_path,

@@ -91,10 +91,14 @@ class InferenceStackArgs:
     """The colour's full size (config ``replicas``), where ``replicas`` is less: the await
     budget is sized for it, so a stage's scale-up never outlasts it."""
     deployment_after: Sequence[pulumi.Resource] = ()
-    stage_marker: str | None = None
-    """The candidate's strategy and stage, as an annotation on the Deployment's metadata."""
     """What the Deployment waits for: the listener, when weight leaves this colour before
     its capacity does."""
+    stage_marker: str | None = None
+    """The candidate's strategy and stage, as an annotation on the Deployment's metadata."""
+    skip_await: bool = False
+    """Apply the Deployment without waiting for its pods (``pulumi.com/skipAwait``): for a
+    candidate with no weight, whose pods serve nobody yet (and may be the broken ones a
+    rollback left): the next stage up waits for them before moving weight."""
 
 
 def server_args(args: InferenceStackArgs) -> list[str]:
@@ -401,6 +405,7 @@ class InferenceStack(pulumi.ComponentResource):
                         **(
                             {"weightshift.io/stage": args.stage_marker} if args.stage_marker else {}
                         ),
+                        **({"pulumi.com/skipAwait": "true"} if args.skip_await else {}),
                     },
                 }
             ),
@@ -619,7 +624,10 @@ class InferenceStack(pulumi.ComponentResource):
                     # released only once no inference pod is left on it.
                     "topologySpreadConstraints": [
                         {
-                            "maxSkew": 1,
+                            # Soft, with a skew as large as the colour: it breaks ties between
+                            # zones without outweighing the packing preference (the scheduler
+                            # scores both; with a skew of 1 they cancelled).
+                            "maxSkew": max(1, args.full_replicas or args.replicas),
                             "topologyKey": "topology.kubernetes.io/zone",
                             "whenUnsatisfiable": "ScheduleAnyway",
                             "labelSelector": {"matchLabels": labels},

@@ -172,6 +172,13 @@ def test_a_rollback_record_keeps_the_candidates_capacity_and_removes_weight_firs
     graph = synthesize(PROJECT, "prod", values, record=record)
     assert listener_weights(graph) == {"blue": 999, "green": 0}
     assert replicas(graph, "green") == 4  # stage 4's, kept for the investigation
+    # The record changes nothing on the candidate's pods, and nothing waits for them (they
+    # may be the broken ones): the same stage marker, and no await.
+    annotations = graph.named("green", "Deployment").inputs["metadata"]["annotations"]
+    assert annotations["weightshift.io/stage"] == "canary 4"
+    assert annotations["pulumi.com/skipAwait"] == "true"
+    live = synth("rollout.stage=4").named("green", "Deployment").inputs["metadata"]
+    assert "pulumi.com/skipAwait" not in live["annotations"]  # going up: the listener waits
     (action,) = graph.named("traffic-https").inputs["defaultActions"]
     assert action["forward"]["stickiness"]["enabled"] is False
     assert depends(graph, "green", "Deployment", "traffic-https", "Listener")
@@ -279,8 +286,11 @@ def test_within_the_hold_a_late_regression_is_rolled_back_by_moving_only_the_lis
     back = _after_finish(UNTIL, "rollout.stage=5")
     assert listener_weights(back) == {"blue": 999, "green": 0}
     changes = {c.name: c for c in diff(held, back)}
-    # The held pods already carry everything: only the stage marker changes on them.
-    assert changes["blue"].summary == ("stage canary 0 → canary 5",)
+    # The held pods already carry everything: only their stage marker and await change.
+    assert set(changes["blue"].summary) == {
+        "stage canary 0 → canary 5",
+        "skipAwait true → (none)",  # the listener waits for them
+    }
     assert "traffic-https" in changes
 
 

@@ -69,6 +69,10 @@ def test_blue_and_green_are_identical_but_for_colour_names_bundle_and_replicas(
                 assert inputs["spec"].pop("replicas") == (3 if colour == "blue" else 2)
                 marker = inputs["metadata"]["annotations"].pop("weightshift.io/stage", None)
                 assert marker == (None if colour == "blue" else "canary 0")
+                (zones,) = inputs["spec"]["template"]["spec"]["topologySpreadConstraints"]
+                assert zones.pop("maxSkew") == (3 if colour == "blue" else 6)  # the colour's size
+                skip = inputs["metadata"]["annotations"].pop("pulumi.com/skipAwait", None)
+                assert skip == (None if colour == "blue" else "true")  # no weight: no wait
             text = json.dumps({"type": resource.type, "name": resource.name, "in": inputs})
             other = "green" if colour == "blue" else "blue"
             for value, token in (

@@ -130,6 +130,7 @@ def _summary(
 _STICKY = "defaultActions[0].forward.stickiness."
 _SHORT = {
     "metadata.annotations.weightshift.io/stage": "stage",
+    "metadata.annotations.pulumi.com/skipAwait": "skipAwait",
     "spec.replicas": "replicas",
 }
 """Paths shown by a shorter name in the summary (``--json`` keeps the full path)."""
