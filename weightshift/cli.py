@@ -492,10 +492,9 @@ def cmd_bundle_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
-    from weightshift.gateway.server import Options, parse_address, serve
+    from weightshift.gateway.server import Options, parse_address, run
 
     try:
         options = Options(
@@ -527,7 +526,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if options.mirror_listen and not options.mirror_to:
         raise CommandError("--mirror-listen needs --mirror-to URL (the candidate's service).")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(options))
+    run(options)
     return 0
 
 

@@ -77,6 +77,18 @@ def _metrics_sink(options: Options) -> Any:
     return cloudwatch_sink(session.client("cloudwatch"))
 
 
+def run(options: Options) -> None:
+    """Serve until SIGTERM, on uvloop where it is installed (it is a dependency except on
+    Windows). ``uvicorn.Config(loop=...)`` would only choose the loop if uvicorn made it;
+    the listeners here share one loop that this function makes."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:  # pragma: no cover (Windows)
+        asyncio.run(serve(options))
+        return
+    uvloop.run(serve(options))
+
+
 async def serve(options: Options) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     bundle = load_served(options.bundle, options.bundle_id)
