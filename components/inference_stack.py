@@ -456,38 +456,30 @@ class InferenceStack(pulumi.ComponentResource):
             ),
             opts=in_namespace,
         )
-        binding = k8s.apiextensions.CustomResource(
-            name,
-            api_version=TARGET_GROUP_BINDING_API,
-            kind="TargetGroupBinding",
-            metadata={"name": "inference", "namespace": namespace_name, "labels": labels},
-            spec={
-                "targetGroupARN": args.target_group_arn,
-                "targetType": "ip",
-                "serviceRef": {"name": "inference", "port": args.port},
-            },
-            opts=pulumi.ResourceOptions.merge(
-                in_namespace, pulumi.ResourceOptions(depends_on=[service, deployment])
-            ),
-        )
-        bindings = [binding]
+
+        def binding(
+            resource: str, binding_name: str, target_group: pulumi.Input[str], port: int
+        ) -> k8s.apiextensions.CustomResource:
+            return k8s.apiextensions.CustomResource(
+                resource,
+                api_version=TARGET_GROUP_BINDING_API,
+                kind="TargetGroupBinding",
+                metadata={"name": binding_name, "namespace": namespace_name, "labels": labels},
+                spec={
+                    "targetGroupARN": target_group,
+                    "targetType": "ip",
+                    "serviceRef": {"name": "inference", "port": port},
+                },
+                opts=pulumi.ResourceOptions.merge(
+                    in_namespace, pulumi.ResourceOptions(depends_on=[service, deployment])
+                ),
+            )
+
+        bindings = [binding(name, "inference", args.target_group_arn, args.port)]
         if args.mirror_target_group_arn is not None:
             # Shadow, on the stable colour: its mirror listener serves the mirror target group.
             bindings.append(
-                k8s.apiextensions.CustomResource(
-                    f"{name}-mirror",
-                    api_version=TARGET_GROUP_BINDING_API,
-                    kind="TargetGroupBinding",
-                    metadata={"name": "mirror", "namespace": namespace_name, "labels": labels},
-                    spec={
-                        "targetGroupARN": args.mirror_target_group_arn,
-                        "targetType": "ip",
-                        "serviceRef": {"name": "inference", "port": args.mirror_port},
-                    },
-                    opts=pulumi.ResourceOptions.merge(
-                        in_namespace, pulumi.ResourceOptions(depends_on=[service, deployment])
-                    ),
-                )
+                binding(f"{name}-mirror", "mirror", args.mirror_target_group_arn, args.mirror_port)
             )
         k8s.networking.v1.NetworkPolicy(
             name,

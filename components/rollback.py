@@ -185,10 +185,11 @@ class Rollback(pulumi.ComponentResource):
     """Alarms on the candidate, a composite alarm over them that invokes the rollback
     function and pages on-call, and the function itself.
 
-    Children: ``{name}-latency-p99``, ``{name}-errors``, ``{name}-quality``,
-    ``{name}-safety``, ``{name}-no-heartbeat`` (the candidate's gateways' metrics, mostly at
-    10-second periods), ``{name}-refused``, ``{name}-no-healthy-hosts``, ``{name}-no-answers``
-    (the load balancer's) MetricAlarms;
+    Children: ``{name}-errors``, ``{name}-errors-1m``, ``{name}-latency-p99``,
+    ``{name}-latency-p99-1m``, ``{name}-quality``, ``{name}-safety``, ``{name}-no-heartbeat``
+    (the candidate's gateways' metrics, the fast ones at 10-second periods),
+    ``{name}-refused``, ``{name}-no-healthy-hosts``, ``{name}-no-answers`` (the load
+    balancer's) MetricAlarms;
     ``{name}`` CompositeAlarm; ``{name}-on-call`` KMS Key, Topic, TopicPolicy and
     subscriptions; ``{name}-function`` Role, RolePolicy, LogGroup, Function and Permission.
     """
@@ -231,6 +232,27 @@ class Rollback(pulumi.ComponentResource):
         # rates (weightshift/gateway/metrics.py sends both dimension sets).
         gateway = {"Model": args.model, "Colour": args.candidate.value}
 
+        def above(
+            suffix: str,
+            description: str,
+            threshold: float,
+            verdict: aws.cloudwatch.MetricAlarmMetricQueryArgs,
+            *inputs: aws.cloudwatch.MetricAlarmMetricQueryArgs,
+        ) -> aws.cloudwatch.MetricAlarm:
+            """``verdict`` (metric math over ``inputs``) above ``threshold`` in one period;
+            a period without data is no verdict."""
+            return alarm(
+                suffix,
+                description,
+                comparison_operator="GreaterThanThreshold",
+                threshold=threshold,
+                evaluation_periods=1,
+                datapoints_to_alarm=1,
+                treat_missing_data="notBreaching",
+                period=None,
+                metric_queries=[verdict, *inputs],
+            )
+
         def rate_alarm(
             suffix: str,
             description: str,
@@ -242,27 +264,20 @@ class Rollback(pulumi.ComponentResource):
         ) -> aws.cloudwatch.MetricAlarm:
             """``events`` per ``requests`` (namespace, metric, dimensions), in percent, on
             enough evidence (``weightshift/rates.py``)."""
-            return alarm(
+            return above(
                 suffix,
                 description,
-                comparison_operator="GreaterThanThreshold",
-                threshold=threshold,
-                evaluation_periods=1,
-                datapoints_to_alarm=1,
-                treat_missing_data="notBreaching",
-                period=None,
-                metric_queries=[
-                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
-                        id="rate",
-                        expression=rates.expression(
-                            "events", "requests", settings.min_requests, settings.min_errors
-                        ),
-                        label=f"{suffix} percent",
-                        return_data=True,
+                threshold,
+                aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                    id="rate",
+                    expression=rates.expression(
+                        "events", "requests", settings.min_requests, settings.min_errors
                     ),
-                    metric_query("events", *events, every),
-                    metric_query("requests", *requests, every),
-                ],
+                    label=f"{suffix} percent",
+                    return_data=True,
+                ),
+                metric_query("events", *events, every),
+                metric_query("requests", *requests, every),
             )
 
         def slow_alarm(suffix: str, every: int) -> aws.cloudwatch.MetricAlarm:
@@ -272,43 +287,26 @@ class Rollback(pulumi.ComponentResource):
             share of traffic never reaches in 10 s, and over fewer is a few requests'
             slowest."""
             limit = thresholds.latency_p99_seconds
-            return alarm(
+            return above(
                 suffix,
                 f"p99 time to first token above {limit:g} s (more than {SLOW_PERCENT:g} % of "
                 f"first tokens slower, at least {settings.min_errors} of "
                 f"{settings.min_requests}) over {every} s",
-                comparison_operator="GreaterThanThreshold",
-                threshold=SLOW_PERCENT,
-                evaluation_periods=1,
-                datapoints_to_alarm=1,
-                treat_missing_data="notBreaching",
-                period=None,
-                metric_queries=[
-                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
-                        id="slow",
-                        expression=rates.percent_expression(
-                            "above", "samples", settings.min_requests, settings.min_errors
-                        ),
-                        label="percent of first tokens slower than the threshold",
-                        return_data=True,
+                SLOW_PERCENT,
+                aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                    id="slow",
+                    expression=rates.percent_expression(
+                        "above", "samples", settings.min_requests, settings.min_errors
                     ),
-                    metric_query(
-                        "above",
-                        NAMESPACE,
-                        "TimeToFirstToken",
-                        gateway,
-                        every,
-                        stat=slower_than(limit),
-                    ),
-                    metric_query(
-                        "samples",
-                        NAMESPACE,
-                        "TimeToFirstToken",
-                        gateway,
-                        every,
-                        stat="SampleCount",
-                    ),
-                ],
+                    label="percent of first tokens slower than the threshold",
+                    return_data=True,
+                ),
+                metric_query(
+                    "above", NAMESPACE, "TimeToFirstToken", gateway, every, stat=slower_than(limit)
+                ),
+                metric_query(
+                    "samples", NAMESPACE, "TimeToFirstToken", gateway, every, stat="SampleCount"
+                ),
             )
 
         def error_alarm(suffix: str, every: int) -> aws.cloudwatch.MetricAlarm:

@@ -254,25 +254,30 @@ class Traffic(pulumi.ComponentResource):
                     description=f"clients on {port}",
                     opts=child,
                 )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-alb-out-serving",
-            security_group_id=group.id,
-            cidr_ipv4=args.vpc_cidr,
-            ip_protocol="tcp",
-            from_port=args.settings.serving_port,
-            to_port=args.settings.serving_port,
-            description="requests and health checks to the inference pods",
-            opts=child,
-        )
+        outbound = [
+            (
+                "serving",
+                args.settings.serving_port,
+                "requests and health checks to the inference pods",
+            )
+        ]
         if args.mirror:
+            outbound.append(
+                (
+                    "mirror",
+                    args.settings.mirror_port,
+                    "mirrored requests to the stable colour's gateways (shadow)",
+                )
+            )
+        for suffix, port, description in outbound:
             aws.vpc.SecurityGroupEgressRule(
-                f"{name}-alb-out-mirror",
+                f"{name}-alb-out-{suffix}",
                 security_group_id=group.id,
                 cidr_ipv4=args.vpc_cidr,
                 ip_protocol="tcp",
-                from_port=args.settings.mirror_port,
-                to_port=args.settings.mirror_port,
-                description="mirrored requests to the stable colour's gateways (shadow)",
+                from_port=port,
+                to_port=port,
+                description=description,
                 opts=child,
             )
         return group

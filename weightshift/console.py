@@ -57,19 +57,6 @@ def width(stream: TextIO | None = None) -> int:
     return PLAIN_WIDTH
 
 
-def console(stream: TextIO | None = None) -> Console:
-    """A rich console on ``stream`` (stdout), as wide as ``width()``; colour only on a TTY."""
-    stream = stream or sys.stdout
-    return Console(
-        file=stream,
-        width=width(stream),
-        soft_wrap=False,
-        highlight=False,
-        emoji=False,
-        markup=False,
-    )
-
-
 def paragraph(message: str, columns: int | None = None, indent: str = "  ") -> str:
     """``message`` wrapped to ``columns`` between words only.
 
