@@ -179,6 +179,11 @@ def gateway_args(
     return result
 
 
+ZONE_SKEW = 100
+"""The zone spread's ``maxSkew``: PodTopologySpread adds ``maxSkew - 1`` to every node's
+score, so a large one flattens the zone term to a tie-break beside the packing preference."""
+
+
 def colour_packing(labels: dict[str, str], colour: Colour, other_namespace: str) -> dict[str, Any]:
     """Each GPU node serves one colour, and a colour's pods share nodes.
 
@@ -616,10 +621,12 @@ class InferenceStack(pulumi.ComponentResource):
                     # released only once no inference pod is left on it.
                     "topologySpreadConstraints": [
                         {
-                            # Soft, with a skew as large as the colour: it breaks ties between
-                            # zones without outweighing the packing preference (the scheduler
-                            # scores both; with a skew of 1 they cancelled).
-                            "maxSkew": max(1, args.full_replicas or args.replicas),
+                            # Soft, with a large skew: it breaks ties between zones without
+                            # outweighing the packing preference (the scheduler scores both;
+                            # with a skew of 1 they cancelled). A constant: in the pod template,
+                            # a value that followed the replicas would roll every pod whenever
+                            # a colour's size changed.
+                            "maxSkew": ZONE_SKEW,
                             "topologyKey": "topology.kubernetes.io/zone",
                             "whenUnsatisfiable": "ScheduleAnyway",
                             "labelSelector": {"matchLabels": labels},

@@ -338,3 +338,12 @@ def test_a_colour_never_shares_a_node_with_the_other_and_packs_its_own() -> None
         )
         keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
         assert keys == {"topology.kubernetes.io/zone"}  # no spreading over nodes
+
+
+def test_a_colours_size_changes_its_replicas_not_its_pod_template() -> None:
+    """A template change rolls every pod of a colour (hours for a GPU stack): resizing must
+    only scale."""
+    before = synth("rollout.stage=0").named("blue", "Deployment").inputs["spec"]
+    after = synth("rollout.stage=0", "blue.replicas=8").named("blue", "Deployment").inputs["spec"]
+    assert (before["replicas"], after["replicas"]) == (6, 8)
+    assert before["template"] == after["template"]

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -304,3 +304,40 @@ def test_the_automation_backend_reads_a_real_stack() -> None:
     status = Rollout(stack, backend, AwsView()).status()
     assert status.config.model == backend.config()["weightshift:model"]
     assert "rollout" in backend.outputs()
+
+
+def test_a_failed_pulumi_command_is_one_paragraph_and_exit_2(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed `pulumi up` (or an unknown stack) reaches the operator as the end of the
+    CLI's standard error, exit status 2, not as a traceback with exit status 1."""
+    from pulumi import automation as auto
+    from pulumi.automation._cmd import CommandResult
+
+    from weightshift import rollout as rollout_module
+
+    class Failing:
+        def get_all_config(self) -> Any:
+            raise auto.CommandError(
+                CommandResult(
+                    stdout="Updating (prod)\n" * 50,
+                    stderr="error: update failed\nerror: the stack is locked by another update\n",
+                    code=255,
+                )
+            )
+
+    backend = object.__new__(AutomationBackend)
+    backend._auto = auto
+    backend.name = "prod"
+    backend.stack = cast(Any, Failing())
+    with pytest.raises(RolloutError) as raised:
+        backend.config()
+    assert str(raised.value) == (
+        "pulumi failed while reading the config of stack prod: error: update failed "
+        "error: the stack is locked by another update"
+    )
+    monkeypatch.setattr(rollout_module, "AutomationBackend", lambda project, stack: backend)
+    assert main(["rollout", "status", "--project", str(PROJECT)]) == 2
+    err = capsys.readouterr().err
+    assert "the stack is locked by another update" in " ".join(err.split())
+    assert "Traceback" not in err

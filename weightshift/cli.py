@@ -846,7 +846,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"weightshift {args.command}: interrupted; nothing more was done.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BotoCoreError as error:
-        message = f"AWS request failed: {error}. Check credentials, region and AWS_ENDPOINT_URL."
+        message = (
+            f"AWS request failed: {str(error).rstrip('.')}. Check credentials, region and "
+            "AWS_ENDPOINT_URL."
+        )
         print(f"weightshift {args.command}: error: {_paragraph(message)}", file=sys.stderr)
         return EXIT_USAGE
     except (

@@ -9,10 +9,11 @@ it) and runs ``pulumi up``; nothing moves without the checks below.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,30 +132,56 @@ class AutomationBackend:
                 "plan` and `synth` work without it."
             )
         self._auto = auto
-        self.stack = auto.select_stack(stack_name=stack, work_dir=str(project))
+        self.name = stack
+        with self._engine("selecting"):
+            self.stack = auto.select_stack(stack_name=stack, work_dir=str(project))
+
+    @contextlib.contextmanager
+    def _engine(self, doing: str) -> Iterator[None]:
+        """A failed Pulumi CLI command as a RolloutError: one paragraph with the end of its
+        standard error, not a traceback (its standard output was already printed)."""
+        try:
+            yield
+        except self._auto.CommandError as error:
+            stderr = str(error).rpartition("\n stderr: ")[2]
+            tail = " ".join(line.strip() for line in stderr.strip().splitlines()[-5:])
+            raise RolloutError(
+                f"pulumi failed while {doing} stack {self.name}: {tail or 'no message'}"
+            ) from None
 
     def config(self) -> dict[str, Any]:
-        return {key: _decode(value.value) for key, value in self.stack.get_all_config().items()}
+        with self._engine("reading the config of"):
+            found = self.stack.get_all_config()
+        return {key: _decode(value.value) for key, value in found.items()}
 
     def set_config(self, key: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        self.stack.set_config(key, self._auto.ConfigValue(value=text))
+        with self._engine(f"setting {key} on"):
+            self.stack.set_config(key, self._auto.ConfigValue(value=text))
 
     def up(self, message: str) -> str:
-        result = self.stack.up(message=message, on_output=print)
+        with self._engine("updating"):
+            result = self.stack.up(message=message, on_output=print)
         changes = result.summary.resource_changes or {}
         return ", ".join(f"{kind} {count}" for kind, count in sorted(changes.items()))
 
     def outputs(self) -> dict[str, Any]:
-        return {key: output.value for key, output in self.stack.outputs().items()}
+        with self._engine("reading the outputs of"):
+            found = self.stack.outputs()
+        return {key: output.value for key, output in found.items()}
 
     def last_update(self) -> datetime | None:
-        for update in self.stack.history(page_size=10):
+        with self._engine("reading the history of"):
+            updates = self.stack.history(page_size=10)
+        for update in updates:
             if update.result == "succeeded" and update.kind == "update" and update.end_time:
                 return _utc(update.end_time)
         return None
 
     def history(self) -> list[Update]:
+        with self._engine("reading the history of"):
+            # Secrets stay hidden: the history is for reading, not for deploying.
+            updates = self.stack.history(show_secrets=False)
         return [
             Update(
                 kind=update.kind,
@@ -170,8 +197,7 @@ class AutomationBackend:
                 },
                 version=update.version,
             )
-            # Secrets stay hidden: the history is for reading, not for deploying.
-            for update in self.stack.history(show_secrets=False)
+            for update in updates
         ]
 
 
