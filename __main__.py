@@ -20,17 +20,17 @@ from components.network import Network, NetworkArgs
 from components.rollback import Rollback, RollbackArgs
 from components.serving_edge import ServingEdge, ServingEdgeArgs
 from components.traffic import Traffic, TrafficArgs
-from weightshift import capacity
-from weightshift.catalog import CatalogError, ResolvedBundle, catalog_for
+from weightshift.bundles.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
-from weightshift.rollback_record import (
+from weightshift.rollout import capacity
+from weightshift.rollout.record import (
     RecordError,
     composite_alarm_name,
     parameter_name,
     silent_activation,
 )
-from weightshift.rollback_record import read as read_record
-from weightshift.stages import Colour, Strategy, schedule, stage_of, weights_for
+from weightshift.rollout.record import read as read_record
+from weightshift.rollout.stages import Colour, Strategy, schedule, stage_of, weights_for
 
 
 def read_config() -> StackConfig:
@@ -184,7 +184,7 @@ edge = ServingEdge(
 )
 # Capacity before traffic: going up a stage, the listener waits for the candidate's
 # Deployment (scaled and ready); going down, or rolled back, the candidate's Deployment waits
-# for the listener (weight leaves before capacity does). See weightshift/capacity.py.
+# for the listener (weight leaves before capacity does). See weightshift/rollout/capacity.py.
 capacity_first = capacity.capacity_first(config, rolled_back)
 listener = None if capacity_first else traffic.listen()
 alb_subnet_cidrs = (

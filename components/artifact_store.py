@@ -11,10 +11,10 @@ import pulumi_aws as aws
 
 from components.iam import policy_document, policy_size
 from components.log_bucket import LogBucket, LogBucketArgs, make_private
+from weightshift.bundles.store import blob_key, manifest_key
+from weightshift.bundles.versioning import BundleId
 from weightshift.config import ArtifactsConfig
 from weightshift.facts import IAM_ROLE_INLINE_POLICY_CHARACTERS
-from weightshift.store import blob_key, manifest_key
-from weightshift.versioning import BundleId
 
 PUBLISHED_PREFIXES = ("blobs/", "manifests/")
 

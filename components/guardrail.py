@@ -12,17 +12,17 @@ import pulumi
 import pulumi_aws as aws
 
 from components.iam import allow
-from weightshift.bundle import Safety
-from weightshift.guardrail import DESCRIPTION_MAX, GuardrailError, guardrail_config
+from weightshift.bundles.bundle import Safety
+from weightshift.bundles.guardrail import DESCRIPTION_MAX, GuardrailError, guardrail_config
 
 
 @dataclass(frozen=True)
 class BundleGuardrailArgs:
     safety: Safety
     """The bundle's ``config/safety.json``; it must need a guardrail
-    (``weightshift.guardrail.guardrail_config`` not ``None``)."""
+    (``weightshift.bundles.guardrail.guardrail_config`` not ``None``)."""
     guardrail_name: str
-    """``weightshift.guardrail.guardrail_name(model, stack, colour, version)``."""
+    """``weightshift.bundles.guardrail.guardrail_name(model, stack, colour, version)``."""
     description: str
     """The guardrail's description (1..200 characters)."""
     kms_key_arn: pulumi.Input[str] | None = None
@@ -40,7 +40,8 @@ class BundleGuardrail(pulumi.ComponentResource):
     """The guardrail of one bundle version on one colour, and its published version.
 
     Children: ``{name}`` ``aws.bedrock.Guardrail`` (its working draft, configured from
-    ``safety.json``: ``weightshift/guardrail.py``) and ``{name}`` ``aws.bedrock.GuardrailVersion``
+    ``safety.json``: ``weightshift/bundles/guardrail.py``) and ``{name}``
+    ``aws.bedrock.GuardrailVersion``
     (the immutable snapshot the pods call). The version's description carries the digest of
     the configuration and is replace-only, so any change of the configuration first updates
     the draft, then creates a new version; ``skip_destroy`` leaves the old version in Bedrock

@@ -20,14 +20,14 @@ from components.artifact_store import bundle_read_policy
 from components.gpu_cluster import GPU_TOLERATION, required_node_affinity
 from components.guardrail import BundleGuardrail, BundleGuardrailArgs, apply_guardrail_policy
 from components.iam import allow, pod_identity, policy_document
-from weightshift.budget import RolloutBudget, rollout_budget
-from weightshift.catalog import ResolvedBundle
+from weightshift.bundles.catalog import ResolvedBundle
+from weightshift.bundles.guardrail import guardrail_config, guardrail_name
 from weightshift.config import ServingConfig
 from weightshift.facts import READINESS_GATE_NAMESPACE_LABEL
 from weightshift.gateway.metrics import NAMESPACE as GATEWAY_NAMESPACE
 from weightshift.gateway.moderation import local_gaps
-from weightshift.guardrail import guardrail_config, guardrail_name
-from weightshift.stages import Colour
+from weightshift.rollout.budget import RolloutBudget, rollout_budget
+from weightshift.rollout.stages import Colour
 
 BUNDLE_ROOT = "/bundle"
 SERVING_LAYOUT = "hf"
@@ -59,7 +59,7 @@ class InferenceStackArgs:
     """The colour's namespace, unique per stack (``StackConfig.namespace``)."""
     bundle: ResolvedBundle
     replicas: int
-    """What the colour runs at this stage (``weightshift/capacity.py``)."""
+    """What the colour runs at this stage (``weightshift/rollout/capacity.py``)."""
     serving: ServingConfig
     port: int
     health_path: str
@@ -228,7 +228,7 @@ def drain_seconds(args: InferenceStackArgs) -> int:
 
 
 def budget(args: InferenceStackArgs) -> RolloutBudget:
-    """How long rolling this colour's pods may take (see ``weightshift/budget.py``)."""
+    """How long rolling this colour's pods may take (see ``weightshift/rollout/budget.py``)."""
     return rollout_budget(
         replicas=max(args.replicas, args.full_replicas or 0),
         max_surge=MAX_SURGE,

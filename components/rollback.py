@@ -13,12 +13,12 @@ import pulumi
 import pulumi_aws as aws
 
 from components.iam import allow, policy_document, service_trust
-from weightshift import dead_man, rates
 from weightshift.config import RollbackConfig, Thresholds
 from weightshift.gateway.metrics import NAMESPACE as GATEWAY_NAMESPACE
 from weightshift.lambdas.rollback import page_marker
-from weightshift.rollback_record import composite_alarm_name
-from weightshift.stages import Colour
+from weightshift.rollout import dead_man, rates
+from weightshift.rollout.record import composite_alarm_name
+from weightshift.rollout.stages import Colour
 
 FUNCTION_SOURCE = Path(__file__).resolve().parent.parent / "weightshift" / "lambdas" / "rollback.py"
 NAMESPACE = GATEWAY_NAMESPACE
@@ -263,7 +263,7 @@ class Rollback(pulumi.ComponentResource):
             threshold: float,
         ) -> aws.cloudwatch.MetricAlarm:
             """``events`` per ``requests`` (namespace, metric, dimensions), in percent, on
-            enough evidence (``weightshift/rates.py``)."""
+            enough evidence (``weightshift/rollout/rates.py``)."""
             return above(
                 suffix,
                 description,
@@ -569,7 +569,7 @@ class Rollback(pulumi.ComponentResource):
         alarm: Callable[..., aws.cloudwatch.MetricAlarm],
         alb: Mapping[str, pulumi.Input[str]],
     ) -> aws.cloudwatch.MetricAlarm:
-        """The dead man's switch (``weightshift/dead_man.py``): requests the ALB sent the
+        """The dead man's switch (``weightshift/rollout/dead_man.py``): requests the ALB sent the
         candidate over the window, against the answers its targets gave. It reads only what
         the candidate was sent, so it is the same at every stage and cannot fire on the
         update that first gives the candidate weight."""

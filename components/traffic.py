@@ -10,7 +10,7 @@ import pulumi_aws as aws
 
 from components.log_bucket import LogBucket, LogBucketArgs
 from weightshift.config import TrafficConfig
-from weightshift.stages import Colour, Weights
+from weightshift.rollout.stages import Colour, Weights
 
 MIRROR = "mirror"
 _TEST_ROUTE_PRIORITY = {Colour.BLUE: 10, Colour.GREEN: 20}

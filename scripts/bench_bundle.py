@@ -27,9 +27,9 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.emulator import artifact_bucket
-from weightshift.bundle import hash_files, init_bundle, load_local
-from weightshift.store import BundleStore
-from weightshift.versioning import Version
+from weightshift.bundles.bundle import hash_files, init_bundle, load_local
+from weightshift.bundles.store import BundleStore
+from weightshift.bundles.versioning import Version
 
 MiB = 1024 * 1024
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weightshift.chart import SUFFIXES, check_suffix, draw
-from weightshift.plan import build_plan
+from weightshift.preview.chart import SUFFIXES, check_suffix, draw
+from weightshift.preview.plan import build_plan
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weightshift.synth import synthesize_stack
+from weightshift.preview.synth import synthesize_stack
 
 PROJECT = Path(__file__).resolve().parent.parent
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from tests.alb_world import World, alb_world
 from tests.emulator import make_artifact_bucket
-from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
+from weightshift.preview.synth import Graph, apply_overrides, stack_config, synthesize
 
 PROJECT = Path(__file__).resolve().parent.parent
 BUCKET = "weightshift-artifacts-test"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import synth
-from weightshift.synth import Graph
+from weightshift.preview.synth import Graph
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from weightshift import console
-from weightshift.bundle import (
+from weightshift.bundles.bundle import (
     ABSENT,
     BundleError,
     Manifest,
@@ -27,7 +27,7 @@ from weightshift.bundle import (
     unpublishable,
     validate,
 )
-from weightshift.versioning import Bump, BundleId, Version
+from weightshift.bundles.versioning import Bump, BundleId, Version
 
 SERVING_IMAGE = "vllm/vllm-openai@sha256:" + "3c0ae4bd21a5fba2a4ab4bcbc7b5e9f0" * 2
 WEIGHTS = "model/weights/model.safetensors"
@@ -493,7 +493,7 @@ def test_a_diff_shows_the_values_that_changed_in_json_parts_and_sizes_elsewhere(
 
 
 def test_nested_keys_are_dotted_and_lists_of_objects_indexed() -> None:
-    from weightshift.bundle import value_changes
+    from weightshift.bundles.bundle import value_changes
 
     before = {"a": {"b": 1, "c": {"d": "x"}}, "rules": [{"p": "interactive"}], "gone": True}
     after = {"a": {"b": 2, "c": {"d": "x", "e": None}}, "rules": [{"p": "batch"}]}

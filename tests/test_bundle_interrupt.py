@@ -18,7 +18,7 @@ import pytest
 
 from tests.emulator import Emulator, artifact_bucket
 from tests.test_bundle import checkpoint, make_publishable
-from weightshift.bundle import init_bundle
+from weightshift.bundles.bundle import init_bundle
 
 NAME = "interrupt-demo"
 SLOW = """
@@ -27,7 +27,7 @@ import signal, sys, time
 # not pass that on to its children.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import weightshift.console as console
-import weightshift.store as store
+import weightshift.bundles.store as store
 
 console.PLAIN_EVERY = 0.05  # a progress line at almost every step, not every 10 s
 fast = store.default_client

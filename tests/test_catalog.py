@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import BUCKET, PROJECT
-from weightshift.bundle import load_local
-from weightshift.catalog import CatalogError, LocalCatalog, S3Catalog
-from weightshift.store import BundleStore, blob_key
-from weightshift.versioning import BundleId, Version
+from weightshift.bundles.bundle import load_local
+from weightshift.bundles.catalog import CatalogError, LocalCatalog, S3Catalog
+from weightshift.bundles.store import BundleStore, blob_key
+from weightshift.bundles.versioning import BundleId, Version
 
 EXAMPLE = PROJECT / "bundles" / "support-assistant" / "v1.5.0"
 
@@ -75,7 +75,7 @@ def test_the_local_catalog_checks_the_hash_and_says_where_to_put_a_bundle(
 def test_outside_synth_the_program_reads_bundles_from_the_bucket(s3: Any) -> None:
     import contextvars
 
-    from weightshift.catalog import catalog_for
+    from weightshift.bundles.catalog import catalog_for
 
     published = BundleStore(BUCKET, s3).publish(
         load_local(EXAMPLE), Version(1, 5, 0), allow_placeholders=True

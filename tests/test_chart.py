@@ -10,8 +10,8 @@ from xml.etree import ElementTree
 import pytest
 
 from tests.conftest import PROJECT
-from weightshift.chart import draw
-from weightshift.plan import Plan, build_plan
+from weightshift.preview.chart import draw
+from weightshift.preview.plan import Plan, build_plan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SVG_TEXT = "{http://www.w3.org/2000/svg}text"

@@ -233,7 +233,7 @@ def test_plan_never_forks_beside_a_thread_python_does_not_list(
     import multiprocessing
     import threading
 
-    import weightshift.plan as plan_module
+    import weightshift.preview.plan as plan_module
 
     release = threading.Lock()
     release.acquire()

@@ -18,7 +18,7 @@ from tests.conftest import PROJECT
 from weightshift import cli
 from weightshift.cli import EXIT_INTERRUPTED, main
 from weightshift.console import paragraph, table_text
-from weightshift.plan import Plan, build_plan, render, render_markdown
+from weightshift.preview.plan import Plan, build_plan, render, render_markdown
 
 IDS = [
     "support-assistant/v1.5.0-d80719af096e",

@@ -12,8 +12,8 @@ from components.log_bucket import LogBucket, LogBucketArgs
 from components.network import carve
 from components.traffic import Traffic, TrafficArgs
 from weightshift.config import TrafficConfig
-from weightshift.stages import Weights
-from weightshift.synth import mocked_state
+from weightshift.preview.synth import mocked_state
+from weightshift.rollout.stages import Weights
 
 REGISTERED: dict[str, dict[str, Any]] = {}
 
@@ -139,7 +139,7 @@ def test_subnets_are_carved_without_overlap_and_private_ones_are_largest() -> No
 
 # --- ArtifactStore (read policy; the bucket's resources are asserted in test_artifact_store.py)
 
-from weightshift.versioning import BundleId  # noqa: E402
+from weightshift.bundles.versioning import BundleId  # noqa: E402
 
 
 def test_the_pod_read_policy_names_one_bundle_and_nothing_else() -> None:
@@ -247,7 +247,7 @@ def test_rollback_component_wires_the_composite_to_the_function_and_stays_quiet_
 ):
     from components.rollback import Rollback, RollbackArgs
     from weightshift.config import RollbackConfig, Thresholds
-    from weightshift.stages import Colour
+    from weightshift.rollout.stages import Colour
 
     tg = "arn:aws:elasticloadbalancing:eu-west-1:210987654321:targetgroup"
     rollback = Rollback(
@@ -302,9 +302,9 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
 
     from components.inference_stack import InferenceStack, InferenceStackArgs
     from tests.conftest import PROJECT
-    from weightshift.catalog import LocalCatalog
+    from weightshift.bundles.catalog import LocalCatalog
     from weightshift.config import ServingConfig
-    from weightshift.stages import Colour
+    from weightshift.rollout.stages import Colour
 
     bundle = LocalCatalog(PROJECT / "bundles").resolve(
         BundleId.parse("support-assistant/v1.5.0-d80719af096e")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from weightshift.config import CONFIG_KEYS, ConfigError, StackConfig, load
-from weightshift.stages import Colour, Strategy
+from weightshift.rollout.stages import Colour, Strategy
 
 
 def with_value(values: dict[str, Any], key: str, path: list[str], value: Any) -> dict[str, Any]:
@@ -324,7 +324,7 @@ def test_numbers_and_flags_are_strict(
 def test_a_yes_in_the_stack_file_is_not_stage_1(tmp_path: Any) -> None:
     """End to end through the YAML loader: `stage: yes` is refused, not deployed as 1 %."""
     from tests.conftest import PROJECT
-    from weightshift.synth import stack_config
+    from weightshift.preview.synth import stack_config
 
     text = (PROJECT / "Pulumi.prod.yaml").read_text().replace("stage: 0", "stage: yes")
     (tmp_path / "Pulumi.prod.yaml").write_text(text)

@@ -1,5 +1,5 @@
-"""safety.json as a Bedrock guardrail: the mapping (weightshift/guardrail.py), checked against
-botocore's model of the API, and the BundleGuardrail component under Pulumi mocks."""
+"""safety.json as a Bedrock guardrail: the mapping (weightshift/bundles/guardrail.py), checked
+against botocore's model of the API, and the BundleGuardrail component under Pulumi mocks."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from components.guardrail import (
     apply_guardrail_policy,
     version_description,
 )
-from weightshift import guardrail as g
-from weightshift.bundle import Safety
-from weightshift.synth import OFFLINE_ACCOUNT, mocked_state
+from weightshift.bundles import guardrail as g
+from weightshift.bundles.bundle import Safety
+from weightshift.preview.synth import OFFLINE_ACCOUNT, mocked_state
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLE = PROJECT / "bundles" / "support-assistant" / "v1.5.0" / "config" / "safety.json"

@@ -11,9 +11,9 @@ import pytest
 
 from tests.alb_world import ALARM, BUCKET, CANDIDATE, PARAMETER, World, alarm_event
 from tests.test_rollout import FakeBackend
-from weightshift.history import COLUMNS, build_history, rows, stack_history, to_json
 from weightshift.lambdas import rollback as rollback_function
-from weightshift.rollout import AwsView, Rollout, RolloutError, Update
+from weightshift.rollout.commands import AwsView, Rollout, RolloutError, Update
+from weightshift.rollout.history import COLUMNS, build_history, rows, stack_history, to_json
 
 PREFIX = "incidents/support-assistant/prod"
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
@@ -227,7 +227,8 @@ def test_a_bucket_that_cannot_be_read_says_what_is_needed(backend: FakeBackend) 
 def test_the_history_command_prints_a_table_or_json(
     backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from weightshift import cli, rollout
+    from weightshift import cli
+    from weightshift.rollout import commands as rollout
 
     monkeypatch.setattr(rollout, "AutomationBackend", lambda project, stack: backend)
     monkeypatch.setattr(cli, "_project", lambda args: None)

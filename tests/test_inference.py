@@ -15,12 +15,12 @@ import pytest
 from components.inference_stack import ZONE_SKEW
 from components.network import carve
 from tests.conftest import PROJECT, synth
-from weightshift.bundle import load_local
-from weightshift.catalog import LocalCatalog
+from weightshift.bundles.bundle import load_local
+from weightshift.bundles.catalog import LocalCatalog
+from weightshift.bundles.versioning import BundleId, Version
 from weightshift.config import EKS_VERSIONS
-from weightshift.plan import diff
-from weightshift.synth import Graph, Resource, apply_overrides, stack_config, synthesize
-from weightshift.versioning import BundleId, Version
+from weightshift.preview.plan import diff
+from weightshift.preview.synth import Graph, Resource, apply_overrides, stack_config, synthesize
 
 NAME = "support-assistant"
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -65,7 +65,7 @@ def test_blue_and_green_are_identical_but_for_colour_names_bundle_and_replicas(
             inputs = json.loads(json.dumps(resource.inputs))
             if resource.type == "kubernetes:apps/v1:Deployment":
                 # Blue is stable at its full size; green the candidate at stage 0, at the
-                # capacity floor rounded to a whole node (weightshift/capacity.py), with its
+                # capacity floor rounded to a whole node (weightshift/rollout/capacity.py), with its
                 # stage marker.
                 assert inputs["spec"].pop("replicas") == (3 if colour == "blue" else 2)
                 marker = inputs["metadata"]["annotations"].pop("weightshift.io/stage", None)
@@ -387,8 +387,8 @@ def test_pulumi_waits_for_a_rolling_update_as_long_as_one_can_take(graph: Graph)
     """pulumi-kubernetes gives a Deployment 10 minutes unless told otherwise
     (facts.PULUMI_KUBERNETES_DEFAULT_AWAIT_SECONDS); six replicas loaded one at a time with a
     30-minute load budget each need hours."""
-    from weightshift.budget import rollout_budget
     from weightshift.facts import PULUMI_KUBERNETES_DEFAULT_AWAIT_SECONDS
+    from weightshift.rollout.budget import rollout_budget
 
     for colour in ("blue", "green"):
         deployment = graph.named(colour, "Deployment")
@@ -412,7 +412,7 @@ def test_pulumi_waits_for_a_rolling_update_as_long_as_one_can_take(graph: Graph)
 
 
 def test_the_budget_grows_with_replicas_surge_load_and_bundle() -> None:
-    from weightshift.budget import rollout_budget
+    from weightshift.rollout.budget import rollout_budget
 
     base = rollout_budget(replicas=6, max_surge=1, startup_seconds=1800, bundle_bytes=0)
     assert rollout_budget(
@@ -727,7 +727,7 @@ def test_local_moderation_is_refused_for_a_bundle_that_needs_a_classifier(
 ) -> None:
     """Blocked categories need the Bedrock guardrail: a local moderator would serve the
     bundle with them silently off."""
-    from weightshift.synth import SynthError
+    from weightshift.preview.synth import SynthError
 
     with pytest.raises(SynthError, match=r"serving.moderator is local, which does not enforce "):
         synth("serving.moderator=local")

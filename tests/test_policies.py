@@ -11,8 +11,8 @@ from pulumi_policy import ResourceValidationPolicy
 
 from policies.rules import POLICIES
 from tests.conftest import PROJECT, synth
-from weightshift.policy import check, check_every_stage, load_policies, validation_args
-from weightshift.synth import Graph, Resource
+from weightshift.preview.policy import check, check_every_stage, load_policies, validation_args
+from weightshift.preview.synth import Graph, Resource
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
 

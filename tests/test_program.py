@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import listener_weights, synth
-from weightshift.plan import diff
-from weightshift.stages import Colour, Strategy, schedule, weights_for
-from weightshift.synth import UNKNOWN
+from weightshift.preview.plan import diff
+from weightshift.preview.synth import UNKNOWN
+from weightshift.rollout.stages import Colour, Strategy, schedule, weights_for
 
 STRATEGY_SETS = {
     Strategy.CANARY: ["rollout.strategy=canary"],
@@ -172,7 +172,7 @@ def test_the_load_balancer_is_hardened_and_logs_to_its_own_bucket() -> None:
 
 
 def _physical_suffix(graph: Any, urn: str) -> str:
-    from weightshift.synth import _digest
+    from weightshift.preview.synth import _digest
 
     resource = graph.by_urn()[urn]
     return _digest(resource.type, resource.name)[:8]
@@ -340,7 +340,7 @@ def test_two_stacks_in_one_account_and_region_share_no_physical_name() -> None:
     """A second stack (staging beside prod) must not collide: the EKS cluster was once
     named "cluster" in every stack."""
     from tests.conftest import PROJECT
-    from weightshift.synth import apply_overrides, stack_config, synthesize
+    from weightshift.preview.synth import apply_overrides, stack_config, synthesize
 
     values = apply_overrides(
         stack_config(PROJECT, "prod"), ["artifacts.bucketName=support-assistant-staging-art"]
@@ -360,7 +360,7 @@ def test_two_stacks_on_one_existing_cluster_use_their_own_namespaces() -> None:
         " securityGroupId: sg-0123456789abcdef0, gpuNodeLabels: {pool: gpu}}}"
     )
     from tests.conftest import PROJECT
-    from weightshift.synth import apply_overrides, stack_config, synthesize
+    from weightshift.preview.synth import apply_overrides, stack_config, synthesize
 
     prod = synth(existing)
     staging = synthesize(
@@ -405,7 +405,7 @@ def test_every_input_the_engine_would_receive_is_in_the_graph(
     naming that output when only the provider knows it (the KMS alias's target key). In a
     preview synthesis an output no mock provides is unknown, and there must be none."""
     from tests.conftest import PROJECT
-    from weightshift.synth import apply_overrides, stack_config, synthesize
+    from weightshift.preview.synth import apply_overrides, stack_config, synthesize
 
     graph = synth()
     alias = graph.named("artifacts-key", "Alias")
@@ -414,7 +414,7 @@ def test_every_input_the_engine_would_receive_is_in_the_graph(
     assert unknown_inputs(synthesize(PROJECT, "prod", values, preview=True)) == []
     # Without the placeholders the alias's target is unknown in a preview, and silently
     # missing from the graph otherwise.
-    import weightshift.synth as synth_module
+    import weightshift.preview.synth as synth_module
 
     original = synth_module.computed_strings
     monkeypatch.setattr(

@@ -10,11 +10,11 @@ import pytest
 
 from tests.conftest import PROJECT, listener_weights, synth
 from tests.metric_math import evaluate
-from weightshift import rates
-from weightshift.dead_man import ANSWER_QUERY_IDS, Verdict, decide, expression
-from weightshift.rollback_record import RollbackRecord
-from weightshift.stages import Strategy, schedule
-from weightshift.synth import Graph, apply_overrides, stack_config, synthesize
+from weightshift.preview.synth import Graph, apply_overrides, stack_config, synthesize
+from weightshift.rollout import rates
+from weightshift.rollout.dead_man import ANSWER_QUERY_IDS, Verdict, decide, expression
+from weightshift.rollout.record import RollbackRecord
+from weightshift.rollout.stages import Strategy, schedule
 
 PREFIX = "support-assistant-prod-green"
 CANDIDATE = "support-assistant/v1.5.0-d80719af096e"
@@ -440,7 +440,7 @@ def test_outside_synth_the_program_reads_the_record_from_ssm(s3: Any) -> None:
 
     import boto3
 
-    from weightshift.rollback_record import parameter_name, read
+    from weightshift.rollout.record import parameter_name, read
 
     name = parameter_name("support-assistant", "prod")
     fresh = contextvars.Context()  # what `pulumi up` runs in: no offline record set
@@ -459,7 +459,7 @@ def test_without_credentials_the_program_stops_with_one_paragraph(
 ) -> None:
     import contextvars
 
-    from weightshift.rollback_record import RecordError, read
+    from weightshift.rollout.record import RecordError, read
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
@@ -505,7 +505,7 @@ def test_a_stage_that_would_enable_an_alarm_already_in_alarm_is_refused() -> Non
     import boto3
     from botocore.stub import Stubber
 
-    from weightshift.rollback_record import composite_alarm_name, silent_activation
+    from weightshift.rollout.record import composite_alarm_name, silent_activation
 
     name = composite_alarm_name("support-assistant", "prod", "green")
     assert name == synth().named("rollback", "CompositeAlarm").inputs["alarmName"]

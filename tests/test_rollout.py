@@ -16,9 +16,9 @@ import pytest
 from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
 from weightshift.cli import main
-from weightshift.plan import diff
-from weightshift.rollout import AutomationBackend, AwsView, Rollout, RolloutError, Update
-from weightshift.synth import Graph, stack_config, synthesize
+from weightshift.preview.plan import diff
+from weightshift.preview.synth import Graph, stack_config, synthesize
+from weightshift.rollout.commands import AutomationBackend, AwsView, Rollout, RolloutError, Update
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -314,7 +314,7 @@ def test_a_failed_pulumi_command_is_one_paragraph_and_exit_2(
     from pulumi import automation as auto
     from pulumi.automation._cmd import CommandResult
 
-    from weightshift import rollout as rollout_module
+    from weightshift.rollout import commands as rollout_module
 
     class Failing:
         def get_all_config(self) -> Any:

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import synth
 from weightshift.facts import CHARTS, NVIDIA_DEVICE_PLUGIN
-from weightshift.scheduling import Item, Workload, coalesce, placements
-from weightshift.synth import Graph
+from weightshift.preview.synth import Graph
+from weightshift.rollout.scheduling import Item, Workload, coalesce, placements
 
 
 def items(graph: Graph) -> list[Item]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightshift.stages import (
+from weightshift.rollout.stages import (
     ALB_WEIGHT_MAX,
     Colour,
     Strategy,

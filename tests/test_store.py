@@ -17,12 +17,12 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-import weightshift.store as store_module
+import weightshift.bundles.store as store_module
 from tests.conftest import BUCKET, serialize
 from tests.test_bundle import checkpoint, edit_json, make_publishable
-from weightshift.bundle import init_bundle, load_local
-from weightshift.store import BundleStore, Interrupted, StoreError, blob_key, manifest_key
-from weightshift.versioning import Bump, BundleId, BundleRef, Version
+from weightshift.bundles.bundle import init_bundle, load_local
+from weightshift.bundles.store import BundleStore, Interrupted, StoreError, blob_key, manifest_key
+from weightshift.bundles.versioning import Bump, BundleId, BundleRef, Version
 
 MiB = 1024 * 1024
 NAME = "support-assistant"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightshift.versioning import Bump, BundleId, BundleRef, Version, VersionError
+from weightshift.bundles.versioning import Bump, BundleId, BundleRef, Version, VersionError
 
 names = st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?\Z")
 numbers = st.integers(min_value=0, max_value=999_999_999)

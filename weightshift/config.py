@@ -31,15 +31,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from weightshift.bundles.versioning import BundleId, is_model_name
 from weightshift.facts import CHARTS, CLOUDWATCH_LOG_RETENTION_DAYS
-from weightshift.stages import (
+from weightshift.rollout.stages import (
     DEFAULT_MIRROR_PERCENT,
     Colour,
     Strategy,
     schedule,
     weights_for,
 )
-from weightshift.versioning import BundleId, is_model_name
 
 NAMESPACE = "weightshift"
 
@@ -178,7 +178,7 @@ class Thresholds(_Model):
 
 
 class CapacityConfig(_Model):
-    """How many replicas the candidate runs at each stage (``weightshift/capacity.py``)."""
+    """How many replicas the candidate runs at each stage (``weightshift/rollout/capacity.py``)."""
 
     sizing: Literal["proportional", "throughput"] = "proportional"
     """proportional: the candidate's share of the colour's full replica count (the stable
@@ -706,7 +706,7 @@ class RollbackConfig(_Model):
     candidate and the answers the candidate gave over this many minutes."""
     dead_man_requests: Int = Field(default=5, ge=1, le=10_000)
     """Roll back when at least this many requests reached the candidate within the window
-    and not one was answered (see ``weightshift/dead_man.py``)."""
+    and not one was answered (see ``weightshift/rollout/dead_man.py``)."""
     quality_minutes: Int = Field(default=3, ge=1, le=60)
     """Minutes of low quality score (2 of them breaching) before rollback."""
     on_call: tuple[str, ...] = ()

@@ -12,7 +12,7 @@ Two moderators, chosen by :func:`moderator_for`:
 
 **Bedrock** (:class:`BedrockModerator`, when the gateway is given a guardrail ``ID:VERSION``)
 calls Amazon Bedrock ``ApplyGuardrail``; the guardrail is built from ``safety.json`` by
-``weightshift/guardrail.py``. An intervention that only masked personal data (every acting
+``weightshift/bundles/guardrail.py``. An intervention that only masked personal data (every acting
 sensitive-information entity or regex ANONYMIZED, no policy BLOCKED) passes, with the masked
 text. Any other intervention blocks: content filters, denied topics, blocked words, blocked
 personal data, contextual grounding, and anything this module does not recognise.
@@ -67,7 +67,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
-from weightshift.bundle import Safety
+from weightshift.bundles.bundle import Safety
 
 Source = Literal["INPUT", "OUTPUT"]
 

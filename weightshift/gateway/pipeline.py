@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from weightshift.bundle import RoutingRule
+from weightshift.bundles.bundle import RoutingRule
 from weightshift.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

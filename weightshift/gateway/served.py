@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tokenizers import Tokenizer
 
-from weightshift.bundle import (
+from weightshift.bundles.bundle import (
     PLACEHOLDER,
     TOKENIZER_FILE,
     FewShotExample,
@@ -27,9 +27,9 @@ from weightshift.bundle import (
     Safety,
     template_problems,
 )
+from weightshift.bundles.store import PULLED_ID
+from weightshift.bundles.versioning import BundleId
 from weightshift.gateway.errors import BundleLoadError
-from weightshift.store import PULLED_ID
-from weightshift.versioning import BundleId
 
 TOKENIZER_PATH = TOKENIZER_FILE
 MESSAGE_OVERHEAD_TOKENS = 4

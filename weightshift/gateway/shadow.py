@@ -46,8 +46,8 @@ from pydantic import (
     model_validator,
 )
 
-from weightshift.bundle import canonical
-from weightshift.versioning import NAME_PATTERN, BundleId, VersionError
+from weightshift.bundles.bundle import canonical
+from weightshift.bundles.versioning import NAME_PATTERN, BundleId, VersionError
 
 log = logging.getLogger("weightshift.gateway.shadow")
 

@@ -24,11 +24,17 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from weightshift.catalog import BundleCatalog
+from weightshift.bundles.catalog import BundleCatalog
 from weightshift.config import load
-from weightshift.rollback_record import RollbackRecord
-from weightshift.stages import Strategy, schedule
-from weightshift.synth import Graph, Resource, apply_overrides, offline_catalog, stack_config
+from weightshift.preview.synth import (
+    Graph,
+    Resource,
+    apply_overrides,
+    offline_catalog,
+    stack_config,
+)
+from weightshift.rollout.record import RollbackRecord
+from weightshift.rollout.stages import Strategy, schedule
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ def check_every_stage(
 ) -> list[StageCheck]:
     """The pack over every stage of every strategy of ``stack``: what a stage *would* deploy
     is checked before anyone promotes to it, whichever strategy the stack uses now."""
-    from weightshift.plan import synthesize_many  # noqa: PLC0415 (plan imports this module)
+    from weightshift.preview.plan import synthesize_many  # noqa: PLC0415 (plan imports this module)
 
     values = apply_overrides(stack_config(project, stack), overrides)
     load(values, source=f"config of stack {stack}")  # the configured stage must be valid

@@ -19,11 +19,11 @@ import argcomplete
 from weightshift.config import ConfigError
 
 if TYPE_CHECKING:
-    from weightshift.bundle import Manifest, Reader
-    from weightshift.catalog import LocalCatalog
-    from weightshift.rollback_record import RollbackRecord
-    from weightshift.rollout import Rollout
-    from weightshift.store import BundleStore, Published
+    from weightshift.bundles.bundle import Manifest, Reader
+    from weightshift.bundles.catalog import LocalCatalog
+    from weightshift.bundles.store import BundleStore, Published
+    from weightshift.rollout.commands import Rollout
+    from weightshift.rollout.record import RollbackRecord
 
 EXIT_USAGE = 2
 
@@ -33,19 +33,19 @@ class CommandError(Exception):
 
 
 def _project(args: argparse.Namespace) -> Path:
-    from weightshift.synth import find_project
+    from weightshift.preview.synth import find_project
 
     return find_project(Path(args.project) if args.project else Path.cwd())
 
 
 def _catalog(args: argparse.Namespace, project: Path) -> LocalCatalog:
-    from weightshift.synth import offline_catalog
+    from weightshift.preview.synth import offline_catalog
 
     return offline_catalog(project, Path(args.catalog) if args.catalog else None)
 
 
 def _record(args: argparse.Namespace) -> RollbackRecord | None:
-    from weightshift.rollback_record import load_file
+    from weightshift.rollout.record import load_file
 
     return load_file(Path(args.rollback_record)) if args.rollback_record else None
 
@@ -66,7 +66,7 @@ def _writable(option: str, value: str | None) -> Path | None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from weightshift.synth import synthesize_stack
+    from weightshift.preview.synth import synthesize_stack
 
     out = _writable("--out", args.out)
     project = _project(args)
@@ -80,11 +80,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from weightshift.plan import build_plan, render, render_markdown
+    from weightshift.preview.plan import build_plan, render, render_markdown
 
     chart = _writable("--chart", args.chart)
     if chart is not None:
-        from weightshift.chart import check_suffix
+        from weightshift.preview.chart import check_suffix
 
         try:
             check_suffix(chart)
@@ -93,7 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     project = _project(args)
     plan = build_plan(project, args.stack, args.set, _catalog(args, project), _record(args))
     if chart is not None:
-        from weightshift.chart import draw
+        from weightshift.preview.chart import draw
 
         draw(plan, chart)
         print(f"chart written to {chart}", file=sys.stderr)
@@ -107,8 +107,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from weightshift.policy import StageCheck, check, check_every_stage, load_policies
-    from weightshift.synth import synthesize_stack
+    from weightshift.preview.policy import StageCheck, check, check_every_stage, load_policies
+    from weightshift.preview.synth import synthesize_stack
 
     project = _project(args)
     policies = load_policies(project)
@@ -148,7 +148,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> BundleStore:
-    from weightshift.store import BundleStore
+    from weightshift.bundles.store import BundleStore
 
     bucket = args.bucket or os.environ.get("WEIGHTSHIFT_BUCKET")
     if not bucket:
@@ -159,7 +159,7 @@ def _store(args: argparse.Namespace) -> BundleStore:
 def _published(store: BundleStore, text: str) -> Published:
     """The published bundle ``text`` names: an id, or ``name/vX.Y.Z`` (then the full id goes
     to stderr, so what was resolved is on record)."""
-    from weightshift.versioning import BundleRef
+    from weightshift.bundles.versioning import BundleRef
 
     ref = BundleRef.parse(text)
     published = store.resolve_ref(ref)
@@ -171,9 +171,9 @@ def _published(store: BundleStore, text: str) -> Published:
 def _bundle_side(text: str, args: argparse.Namespace) -> tuple[Manifest, Reader]:
     """One side of ``bundle diff``: a bundle folder, or a published bundle; and a reader of
     its files."""
-    from weightshift.bundle import load_local
+    from weightshift.bundles.bundle import load_local
+    from weightshift.bundles.versioning import BundleRef, Version, VersionError
     from weightshift.console import Progress
-    from weightshift.versioning import BundleRef, Version, VersionError
 
     folder = Path(text)
     if folder.is_dir():
@@ -193,7 +193,7 @@ def _bundle_side(text: str, args: argparse.Namespace) -> tuple[Manifest, Reader]
 
 
 def cmd_bundle_init(args: argparse.Namespace) -> int:
-    from weightshift.bundle import init_bundle
+    from weightshift.bundles.bundle import init_bundle
 
     todo = init_bundle(Path(args.dir), args.name)
     print(f"Created a bundle skeleton for {args.name} in {args.dir}. Replace before publishing:")
@@ -203,7 +203,7 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_validate(args: argparse.Namespace) -> int:
-    from weightshift.bundle import unpublishable, validate
+    from weightshift.bundles.bundle import unpublishable, validate
 
     root = Path(args.dir)
     if not root.is_dir():
@@ -244,10 +244,10 @@ def cmd_bundle_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_publish(args: argparse.Namespace) -> int:
-    from weightshift.bundle import load_local
+    from weightshift.bundles.bundle import load_local
+    from weightshift.bundles.store import Interrupted
+    from weightshift.bundles.versioning import Bump, Version
     from weightshift.console import Progress
-    from weightshift.store import Interrupted
-    from weightshift.versioning import Bump, Version
 
     if (args.version is None) == (args.bump is None):
         raise CommandError("Give exactly one of --version X.Y.Z or --bump major|minor|patch|auto.")
@@ -304,9 +304,9 @@ def cmd_bundle_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_list(args: argparse.Namespace) -> int:
+    from weightshift.bundles.store import iter_published
+    from weightshift.bundles.versioning import is_model_name
     from weightshift.console import table
-    from weightshift.store import iter_published
-    from weightshift.versioning import is_model_name
 
     if not is_model_name(args.name):
         raise CommandError(
@@ -395,7 +395,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_pull(args: argparse.Namespace) -> int:
-    from weightshift.store import Interrupted
+    from weightshift.bundles.store import Interrupted
 
     store = _store(args)
     dest = Path(args.dest)
@@ -426,7 +426,7 @@ def cmd_bundle_pull(args: argparse.Namespace) -> int:
 
 
 def _rollout(args: argparse.Namespace) -> Rollout:
-    from weightshift.rollout import AutomationBackend, AwsView, Rollout
+    from weightshift.rollout.commands import AutomationBackend, AwsView, Rollout
 
     return Rollout(args.stack, AutomationBackend(_project(args), args.stack), AwsView())
 
@@ -455,8 +455,8 @@ def cmd_rollout_ack(args: argparse.Namespace) -> int:
 
 def cmd_rollout_history(args: argparse.Namespace) -> int:
     from weightshift.console import table
-    from weightshift.history import COLUMNS, rows, stack_history, to_json
-    from weightshift.rollout import AutomationBackend, AwsView
+    from weightshift.rollout.commands import AutomationBackend, AwsView
+    from weightshift.rollout.history import COLUMNS, rows, stack_history, to_json
 
     events = stack_history(args.stack, AutomationBackend(_project(args), args.stack), AwsView())
     if args.json:
@@ -479,7 +479,7 @@ def cmd_rollout_finish(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_diff(args: argparse.Namespace) -> int:
-    from weightshift.bundle import diff
+    from weightshift.bundles.bundle import diff
 
     old, read_old = _bundle_side(args.a, args)
     new, read_new = _bundle_side(args.b, args)
@@ -829,13 +829,13 @@ EXIT_INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError
 
-    from weightshift.bundle import BundleError
+    from weightshift.bundles.bundle import BundleError
+    from weightshift.bundles.store import StoreError
+    from weightshift.bundles.versioning import VersionError
     from weightshift.gateway.errors import GatewayStartError
-    from weightshift.rollback_record import RecordError
-    from weightshift.rollout import RolloutError
-    from weightshift.store import StoreError
-    from weightshift.synth import SynthError
-    from weightshift.versioning import VersionError
+    from weightshift.preview.synth import SynthError
+    from weightshift.rollout.commands import RolloutError
+    from weightshift.rollout.record import RecordError
 
     parser = build_parser()
     argcomplete.autocomplete(parser)
@@ -868,7 +868,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from weightshift.config import NAMESPACE, load
-from weightshift.rollout import (
+from weightshift.rollout.commands import (
     ACK_SUFFIX,
     ROLLOUT_KEY,
     AwsView,
@@ -34,7 +34,7 @@ from weightshift.rollout import (
     incident_location,
     incident_prefix,
 )
-from weightshift.stages import DEFAULT_MIRROR_PERCENT, Colour, Strategy, weights_for
+from weightshift.rollout.stages import DEFAULT_MIRROR_PERCENT, Colour, Strategy, weights_for
 
 COLUMNS = ("time (UTC)", "kind", "detail", "by")
 """The columns of :meth:`Event.row`."""

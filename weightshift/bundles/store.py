@@ -37,7 +37,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, FlexibleChecksumError
 
-from weightshift.bundle import (
+from weightshift.bundles.bundle import (
     CHUNK,
     SERVING_DIR,
     BundleError,
@@ -52,8 +52,8 @@ from weightshift.bundle import (
     parallel,
     sha256_file,
 )
+from weightshift.bundles.versioning import Bump, BundleId, BundleRef, Version
 from weightshift.console import Progress
-from weightshift.versioning import Bump, BundleId, BundleRef, Version
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

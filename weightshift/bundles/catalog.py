@@ -21,9 +21,16 @@ import boto3
 from botocore.exceptions import BotoCoreError
 from pydantic import BaseModel
 
-from weightshift.bundle import BundleError, Generation, Manifest, Routing, Safety, load_local
-from weightshift.store import BundleStore, StoreError
-from weightshift.versioning import BundleId
+from weightshift.bundles.bundle import (
+    BundleError,
+    Generation,
+    Manifest,
+    Routing,
+    Safety,
+    load_local,
+)
+from weightshift.bundles.store import BundleStore, StoreError
+from weightshift.bundles.versioning import BundleId
 
 GENERATION_PATH = "config/generation.json"
 SAFETY_PATH = "config/safety.json"
@@ -113,7 +120,7 @@ class LocalCatalog:
 
 
 class S3Catalog:
-    """The artifact bucket, through :class:`weightshift.store.BundleStore`."""
+    """The artifact bucket, through :class:`weightshift.bundles.store.BundleStore`."""
 
     def __init__(self, bucket: str, client: Any = None) -> None:
         self.store = BundleStore(bucket, client)

@@ -35,9 +35,9 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, se
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from weightshift.catalog import OFFLINE_CATALOG, BundleCatalog, LocalCatalog
+from weightshift.bundles.catalog import OFFLINE_CATALOG, BundleCatalog, LocalCatalog
 from weightshift.config import NAMESPACE, StackConfig, load
-from weightshift.rollback_record import RollbackRecord, set_offline
+from weightshift.rollout.record import RollbackRecord, set_offline
 
 OFFLINE_ACCOUNT = "123456789012"
 DEFAULT_CATALOG = "bundles"

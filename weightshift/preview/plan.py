@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightshift.capacity import GpuHours, extra_gpu_hours, held, hold_size
-from weightshift.catalog import BundleCatalog
+from weightshift.bundles.catalog import BundleCatalog
 from weightshift.config import NAMESPACE, ConfigError, StackConfig, load
 from weightshift.console import paragraph, table_text, width
-from weightshift.rollback_record import RollbackRecord
-from weightshift.stages import Weights, schedule, weights_for
-from weightshift.synth import Graph, apply_overrides, offline_catalog, stack_config, synthesize
+from weightshift.preview.synth import (
+    Graph,
+    apply_overrides,
+    offline_catalog,
+    stack_config,
+    synthesize,
+)
+from weightshift.rollout.capacity import GpuHours, extra_gpu_hours, held, hold_size
+from weightshift.rollout.record import RollbackRecord
+from weightshift.rollout.stages import Weights, schedule, weights_for
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from typing import Any, Protocol
 import boto3
 from botocore.exceptions import ClientError
 
-from weightshift import capacity
 from weightshift.config import NAMESPACE, StackConfig, load
 from weightshift.console import paragraph, table_text
 from weightshift.lambdas import rollback as rollback_function
-from weightshift.rollback_record import RollbackRecord
-from weightshift.rollback_record import read as read_record
-from weightshift.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
+from weightshift.rollout import capacity
+from weightshift.rollout.record import RollbackRecord
+from weightshift.rollout.record import read as read_record
+from weightshift.rollout.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
 
 ROLLOUT_KEY = f"{NAMESPACE}:rollout"
 ACK_SUFFIX = ".ack.json"

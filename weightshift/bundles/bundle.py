@@ -39,7 +39,14 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from weightshift.versioning import HASH_LENGTH, Bump, BundleId, Version, VersionError, is_model_name
+from weightshift.bundles.versioning import (
+    HASH_LENGTH,
+    Bump,
+    BundleId,
+    Version,
+    VersionError,
+    is_model_name,
+)
 
 SCHEMA = "weightshift.bundle/v1"
 CHUNK = 8 * 1024 * 1024
@@ -96,7 +103,7 @@ class Safety(_Strict):
     """Moderate the model's answer before it reaches the client."""
     blocked_categories: list[str] = Field(default_factory=list)
     """Content categories to block: the Bedrock Guardrail's content filters and denied
-    topics (``weightshift/guardrail.py``)."""
+    topics (``weightshift/bundles/guardrail.py``)."""
     blocked_terms: list[str] = Field(default_factory=list, max_length=10_000)
     """Words or phrases refused outright, by both moderators (case-insensitive, whole words)."""
     max_toxicity: float = Field(default=0.05, ge=0, le=1)
