@@ -30,7 +30,7 @@ from weightshift.rollout.record import (
     silent_activation,
 )
 from weightshift.rollout.record import read as read_record
-from weightshift.rollout.stages import Colour, Strategy, schedule, stage_of, weights_for
+from weightshift.stages import Colour, Strategy, schedule, stage_of, weights_for
 
 
 def read_config() -> StackConfig:

@@ -28,8 +28,14 @@ class ArtifactStoreArgs:
 
 def bucket_policy(bucket_arn: str, key_arn: str) -> str:
     """Deny anything that could weaken a published bundle, whoever asks."""
-    published = [f"{bucket_arn}/{prefix}*" for prefix in PUBLISHED_PREFIXES]
-    statements: list[dict[str, Any]] = [
+    return policy_document(
+        [*encryption_denials(bucket_arn, key_arn), *immutability_denials(bucket_arn)]
+    )
+
+
+def encryption_denials(bucket_arn: str, key_arn: str) -> list[dict[str, Any]]:
+    """TLS only, and every object encrypted with this key (SSE-KMS)."""
+    return [
         {
             "Sid": "DenyInsecureTransport",
             "Effect": "Deny",
@@ -75,6 +81,13 @@ def bucket_policy(bucket_arn: str, key_arn: str) -> str:
                 "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "true"},
             },
         },
+    ]
+
+
+def immutability_denials(bucket_arn: str) -> list[dict[str, Any]]:
+    """A published object is never written over, deleted, or freed of its lock."""
+    published = [f"{bucket_arn}/{prefix}*" for prefix in PUBLISHED_PREFIXES]
+    return [
         {
             # Objects are only ever created, never written over: PutObject and
             # CompleteMultipartUpload must carry If-None-Match (the multipart steps that
@@ -102,7 +115,6 @@ def bucket_policy(bucket_arn: str, key_arn: str) -> str:
             "Resource": published,
         },
     ]
-    return policy_document(statements)
 
 
 def bundle_read_policy(
@@ -189,21 +201,8 @@ class ArtifactStore(pulumi.ComponentResource):
         super().__init__("weightshift:index:ArtifactStore", name, None, opts)
         self._region = args.region
         settings = args.settings
-        child = pulumi.ResourceOptions(parent=self)
         keep = pulumi.ResourceOptions(parent=self, protect=True, retain_on_delete=True)
-        key = aws.kms.Key(
-            f"{name}-key",
-            description="weightshift artifact bundles",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            opts=keep,
-        )
-        aws.kms.Alias(
-            f"{name}-key",
-            name_prefix="alias/weightshift-artifacts-",
-            target_key_id=key.key_id,
-            opts=child,
-        )
+        key = self._key(name, keep)
         bucket = aws.s3.Bucket(
             name,
             bucket=settings.bucket_name,
@@ -211,72 +210,11 @@ class ArtifactStore(pulumi.ComponentResource):
             force_destroy=False,
             opts=keep,
         )
-        versioning = aws.s3.BucketVersioning(
-            f"{name}-versioning",
-            bucket=bucket.id,
-            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
-                status="Enabled"
-            ),
-            opts=child,
-        )
-        lock = aws.s3.BucketObjectLockConfiguration(
-            f"{name}-object-lock",
-            bucket=bucket.id,
-            object_lock_enabled="Enabled",
-            rule=aws.s3.BucketObjectLockConfigurationRuleArgs(
-                default_retention=aws.s3.BucketObjectLockConfigurationRuleDefaultRetentionArgs(
-                    mode=settings.retention_mode, days=settings.retention_days
-                )
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
-        )
-        encryption = aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{name}-encryption",
-            bucket=bucket.id,
-            rules=[
-                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
-                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                        sse_algorithm="aws:kms", kms_master_key_id=key.arn
-                    ),
-                    bucket_key_enabled=True,
-                )
-            ],
-            opts=child,
-        )
-        ownership, public = make_private(name, bucket, child)
-        lifecycle = aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle",
-            bucket=bucket.id,
-            rules=[
-                aws.s3.BucketLifecycleConfigurationRuleArgs(
-                    id="abort-incomplete-uploads",
-                    status="Enabled",
-                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
-                        days_after_initiation=7
-                    ),
-                )
-            ],
-            opts=child,
-        )
-        logs = LogBucket(
-            f"{name}-access-logs",
-            LogBucketArgs(
-                region=args.region,
-                partition=args.partition,
-                retention_days=settings.access_log_retention_days,
-                s3_prefix="s3",
-                s3_sources=[bucket.arn],
-            ),
-            opts=child,
-        )
-        logging = aws.s3.BucketLogging(
-            f"{name}-logging",
-            bucket=bucket.id,
-            target_bucket=logs.bucket,
-            target_prefix="s3/",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.ready]),
-        )
+        versioning, lock = self._object_lock(name, bucket, settings)
+        encryption = self._encryption(name, bucket, key)
+        ownership, public = make_private(name, bucket, pulumi.ResourceOptions(parent=self))
+        lifecycle = self._lifecycle(name, bucket)
+        logging = self._access_logging(name, bucket, args)
         policy = aws.s3.BucketPolicy(
             f"{name}-policy",
             bucket=bucket.id,
@@ -295,6 +233,107 @@ class ArtifactStore(pulumi.ComponentResource):
                 "bucket_arn": self.bucket_arn,
                 "key_arn": self.key_arn,
             }
+        )
+
+    def _key(self, name: str, keep: pulumi.ResourceOptions) -> aws.kms.Key:
+        """The customer managed key (rotated, kept) and its alias."""
+        key = aws.kms.Key(
+            f"{name}-key",
+            description="weightshift artifact bundles",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            opts=keep,
+        )
+        aws.kms.Alias(
+            f"{name}-key",
+            name_prefix="alias/weightshift-artifacts-",
+            target_key_id=key.key_id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return key
+
+    def _object_lock(
+        self, name: str, bucket: aws.s3.Bucket, settings: ArtifactsConfig
+    ) -> tuple[aws.s3.BucketVersioning, aws.s3.BucketObjectLockConfiguration]:
+        """Versioning, and Object Lock's default retention over it."""
+        versioning = aws.s3.BucketVersioning(
+            f"{name}-versioning",
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
+                status="Enabled"
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        lock = aws.s3.BucketObjectLockConfiguration(
+            f"{name}-object-lock",
+            bucket=bucket.id,
+            object_lock_enabled="Enabled",
+            rule=aws.s3.BucketObjectLockConfigurationRuleArgs(
+                default_retention=aws.s3.BucketObjectLockConfigurationRuleDefaultRetentionArgs(
+                    mode=settings.retention_mode, days=settings.retention_days
+                )
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
+        )
+        return versioning, lock
+
+    def _encryption(
+        self, name: str, bucket: aws.s3.Bucket, key: aws.kms.Key
+    ) -> aws.s3.BucketServerSideEncryptionConfiguration:
+        return aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-encryption",
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="aws:kms", kms_master_key_id=key.arn
+                    ),
+                    bucket_key_enabled=True,
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _lifecycle(self, name: str, bucket: aws.s3.Bucket) -> aws.s3.BucketLifecycleConfiguration:
+        """Incomplete multipart uploads aborted after 7 days."""
+        return aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle",
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="abort-incomplete-uploads",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=7
+                    ),
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _access_logging(
+        self, name: str, bucket: aws.s3.Bucket, args: ArtifactStoreArgs
+    ) -> aws.s3.BucketLogging:
+        """Server access logs, to a bucket of their own (a lock-enabled bucket cannot
+        receive them)."""
+        logs = LogBucket(
+            f"{name}-access-logs",
+            LogBucketArgs(
+                region=args.region,
+                partition=args.partition,
+                retention_days=args.settings.access_log_retention_days,
+                s3_prefix="s3",
+                s3_sources=[bucket.arn],
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return aws.s3.BucketLogging(
+            f"{name}-logging",
+            bucket=bucket.id,
+            target_bucket=logs.bucket,
+            target_prefix="s3/",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.ready]),
         )
 
     def read_policy(self, bundle: BundleId, blob_digests: Sequence[str]) -> pulumi.Output[str]:

@@ -12,8 +12,8 @@ import pulumi
 import pulumi_aws as aws
 
 from components.iam import allow
-from weightshift.bundles.bundle import Safety
 from weightshift.bundles.guardrail import DESCRIPTION_MAX, GuardrailError, guardrail_config
+from weightshift.bundles.schemas import Safety
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -104,7 +105,49 @@ class Network(pulumi.ComponentResource):
         )
         aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, opts=child)
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, opts=child)
+        public_subnets, private_subnets = self._subnets(
+            name, vpc, igw, zones=zones, public_cidrs=public_cidrs, private_cidrs=private_cidrs
+        )
+        extra_routes = self._transit_routes(name, settings, vpc, private_subnets, routed)
+        nat_zones = zones if settings.nat_gateways == "per-az" else zones[:1]
+        eips, nats = self._nat_gateways(name, nat_zones, public_subnets, igw)
+        for index, (zone, private) in enumerate(zip(zones, private_subnets, strict=True)):
+            nat = nats[index] if settings.nat_gateways == "per-az" else nats[0]
+            table = aws.ec2.RouteTable(
+                f"{name}-private-rt-{zone}",
+                vpc_id=vpc.id,
+                routes=[
+                    aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id),
+                    *extra_routes,
+                ],
+                opts=child,
+            )
+            if extra_routes:
+                self.paths.append(table)
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{zone}", subnet_id=private.id, route_table_id=table.id, opts=child
+            )
+        self._flow_logs(name, vpc, settings.flow_log_retention_days)
 
+        self.vpc_id = vpc.id
+        self.vpc_cidr = vpc.cidr_block
+        self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public_subnets])
+        self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
+        self.nat_public_ips = pulumi.Output.all(*[e.public_ip for e in eips])
+
+    def _subnets(
+        self,
+        name: str,
+        vpc: aws.ec2.Vpc,
+        igw: aws.ec2.InternetGateway,
+        *,
+        zones: Sequence[str],
+        public_cidrs: Sequence[str],
+        private_cidrs: Sequence[str],
+    ) -> tuple[list[aws.ec2.Subnet], list[aws.ec2.Subnet]]:
+        """A public and a private subnet per zone; the public ones routed to the internet
+        gateway (the private ones' routes follow the NAT gateways)."""
+        child = pulumi.ResourceOptions(parent=self)
         public_rt = aws.ec2.RouteTable(
             f"{name}-public-rt",
             vpc_id=vpc.id,
@@ -139,30 +182,51 @@ class Network(pulumi.ComponentResource):
             )
             public_subnets.append(public)
             private_subnets.append(private)
+        return public_subnets, private_subnets
 
-        extra_routes: list[aws.ec2.RouteTableRouteArgs] = []
-        if settings.transit_gateway_id is not None:
-            attachment = aws.ec2transitgateway.VpcAttachment(
-                f"{name}-tgw",
-                transit_gateway_id=settings.transit_gateway_id,
-                vpc_id=vpc.id,
-                subnet_ids=[subnet.id for subnet in private_subnets],
-                dns_support="enable",
-                opts=child,
+    def _transit_routes(
+        self,
+        name: str,
+        settings: NetworkConfig,
+        vpc: aws.ec2.Vpc,
+        private_subnets: Sequence[aws.ec2.Subnet],
+        routed: tuple[str, ...],
+    ) -> list[aws.ec2.RouteTableRouteArgs]:
+        """With a transit gateway: the VPC's attachment, and the private subnets' routes to
+        ``routed`` through it (none without)."""
+        if settings.transit_gateway_id is None:
+            return []
+        attachment = aws.ec2transitgateway.VpcAttachment(
+            f"{name}-tgw",
+            transit_gateway_id=settings.transit_gateway_id,
+            vpc_id=vpc.id,
+            subnet_ids=[subnet.id for subnet in private_subnets],
+            dns_support="enable",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.paths.append(attachment)
+        # The target comes from the attachment, so the routes wait for it to exist.
+        return [
+            aws.ec2.RouteTableRouteArgs(
+                cidr_block=cidr, transit_gateway_id=attachment.transit_gateway_id
             )
-            self.paths.append(attachment)
-            # The target comes from the attachment, so the routes wait for it to exist.
-            extra_routes = [
-                aws.ec2.RouteTableRouteArgs(
-                    cidr_block=cidr, transit_gateway_id=attachment.transit_gateway_id
-                )
-                for cidr in routed
-            ]
-        nat_zones = zones if settings.nat_gateways == "per-az" else zones[:1]
+            for cidr in routed
+        ]
+
+    def _nat_gateways(
+        self,
+        name: str,
+        nat_zones: Sequence[str],
+        public_subnets: Sequence[aws.ec2.Subnet],
+        igw: aws.ec2.InternetGateway,
+    ) -> tuple[list[aws.ec2.Eip], list[aws.ec2.NatGateway]]:
+        """A NAT gateway and its address in each of ``nat_zones``' public subnets."""
         nats: list[aws.ec2.NatGateway] = []
         eips: list[aws.ec2.Eip] = []
         for zone, public in zip(nat_zones, public_subnets, strict=False):
-            eip = aws.ec2.Eip(f"{name}-nat-{zone}", domain="vpc", opts=child)
+            eip = aws.ec2.Eip(
+                f"{name}-nat-{zone}", domain="vpc", opts=pulumi.ResourceOptions(parent=self)
+            )
             nat = aws.ec2.NatGateway(
                 f"{name}-nat-{zone}",
                 allocation_id=eip.id,
@@ -171,29 +235,7 @@ class Network(pulumi.ComponentResource):
             )
             eips.append(eip)
             nats.append(nat)
-        for index, (zone, private) in enumerate(zip(zones, private_subnets, strict=True)):
-            nat = nats[index] if settings.nat_gateways == "per-az" else nats[0]
-            table = aws.ec2.RouteTable(
-                f"{name}-private-rt-{zone}",
-                vpc_id=vpc.id,
-                routes=[
-                    aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id),
-                    *extra_routes,
-                ],
-                opts=child,
-            )
-            if extra_routes:
-                self.paths.append(table)
-            aws.ec2.RouteTableAssociation(
-                f"{name}-private-{zone}", subnet_id=private.id, route_table_id=table.id, opts=child
-            )
-        self._flow_logs(name, vpc, settings.flow_log_retention_days)
-
-        self.vpc_id = vpc.id
-        self.vpc_cidr = vpc.cidr_block
-        self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public_subnets])
-        self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
-        self.nat_public_ips = pulumi.Output.all(*[e.public_ip for e in eips])
+        return eips, nats
 
     def _flow_logs(self, name: str, vpc: aws.ec2.Vpc, retention_days: int) -> None:
         child = pulumi.ResourceOptions(parent=self)

@@ -10,7 +10,7 @@ import pulumi_aws as aws
 
 from components.log_bucket import LogBucket, LogBucketArgs
 from weightshift.config import TrafficConfig
-from weightshift.rollout.stages import Colour, Weights
+from weightshift.stages import Colour, Weights
 
 MIRROR = "mirror"
 _TEST_ROUTE_PRIORITY = {Colour.BLUE: 10, Colour.GREEN: 20}
@@ -88,35 +88,7 @@ class Traffic(pulumi.ComponentResource):
         self, name: str, args: TrafficArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("weightshift:index:Traffic", name, None, opts)
-        settings = args.settings
-        child = pulumi.ResourceOptions(parent=self)
-
-        logs = LogBucket(
-            f"{name}-logs",
-            LogBucketArgs(
-                region=args.region,
-                partition=args.partition,
-                retention_days=settings.access_log_retention_days,
-                elb_prefix="alb",
-            ),
-            opts=child,
-        )
-        security_group = self._security_group(name, args)
-        alb = aws.lb.LoadBalancer(
-            f"{name}-alb",
-            load_balancer_type="application",
-            internal=settings.internal,
-            subnets=args.subnet_ids,
-            security_groups=[security_group.id],
-            drop_invalid_header_fields=True,
-            enable_deletion_protection=settings.deletion_protection,
-            idle_timeout=settings.idle_timeout_seconds,
-            access_logs=aws.lb.LoadBalancerAccessLogsArgs(
-                bucket=logs.bucket, prefix="alb", enabled=True
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.ready]),
-        )
-
+        alb, security_group = self._load_balancer(name, args)
         targets = [Colour.BLUE.value, Colour.GREEN.value] + ([MIRROR] if args.mirror else [])
         groups = {
             target: self._target_group(
@@ -149,10 +121,57 @@ class Traffic(pulumi.ComponentResource):
     def listen(self, after: Sequence[pulumi.Resource] = ()) -> aws.lb.Listener:
         """The HTTPS listener with the stage's weights and the test routes; the listener
         waits for ``after`` (what must be ready before weight moves)."""
+        https = self._https_listener(after)
+        self._test_routes(https)
+        self.listener_arn = https.arn
+        self.register_outputs(
+            {
+                "load_balancer_arn": self.load_balancer_arn,
+                "dns_name": self.dns_name,
+                "listener_arn": self.listener_arn,
+                "target_group_arns": self.target_group_arns,
+                "security_group_id": self.security_group_id,
+            }
+        )
+        return https
+
+    def _load_balancer(
+        self, name: str, args: TrafficArgs
+    ) -> tuple[aws.lb.LoadBalancer, aws.ec2.SecurityGroup]:
+        """The ALB, its security group, and the bucket of its access logs."""
+        settings = args.settings
+        logs = LogBucket(
+            f"{name}-logs",
+            LogBucketArgs(
+                region=args.region,
+                partition=args.partition,
+                retention_days=settings.access_log_retention_days,
+                elb_prefix="alb",
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        security_group = self._security_group(name, args)
+        alb = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=settings.internal,
+            subnets=args.subnet_ids,
+            security_groups=[security_group.id],
+            drop_invalid_header_fields=True,
+            enable_deletion_protection=settings.deletion_protection,
+            idle_timeout=settings.idle_timeout_seconds,
+            access_logs=aws.lb.LoadBalancerAccessLogsArgs(
+                bucket=logs.bucket, prefix="alb", enabled=True
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.ready]),
+        )
+        return alb, security_group
+
+    def _https_listener(self, after: Sequence[pulumi.Resource]) -> aws.lb.Listener:
+        """HTTPS only, forwarding to the target groups by the stage's weights."""
         args, name, alb, groups = self._args, self._name, self._alb, self._groups
         targets, weight, settings = self._targets, self._weight, args.settings
-        child = pulumi.ResourceOptions(parent=self)
-        https = aws.lb.Listener(
+        return aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=alb.arn,
             port=443,
@@ -182,6 +201,12 @@ class Traffic(pulumi.ComponentResource):
             ],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
+
+    def _test_routes(self, https: aws.lb.Listener) -> None:
+        """Requests carrying the test header, from the allowed sources, go to the colour it
+        names."""
+        args, name, groups, settings = self._args, self._name, self._groups, self._args.settings
+        child = pulumi.ResourceOptions(parent=self)
         sources = test_route_sources(settings, args.vpc_cidr, args.nat_public_ips)
         for colour in Colour:
             aws.lb.ListenerRule(
@@ -205,17 +230,6 @@ class Traffic(pulumi.ComponentResource):
                 ],
                 opts=child,
             )
-        self.listener_arn = https.arn
-        self.register_outputs(
-            {
-                "load_balancer_arn": self.load_balancer_arn,
-                "dns_name": self.dns_name,
-                "listener_arn": self.listener_arn,
-                "target_group_arns": self.target_group_arns,
-                "security_group_id": self.security_group_id,
-            }
-        )
-        return https
 
     def _http_redirect(self, name: str, alb: aws.lb.LoadBalancer) -> None:
         aws.lb.Listener(

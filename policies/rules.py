@@ -26,7 +26,7 @@ from pulumi_policy import (
 from weightshift.config import MODERN_TLS_POLICIES
 from weightshift.facts import IAM_ROLE_INLINE_POLICY_CHARACTERS
 from weightshift.rollout.scheduling import Item, placements
-from weightshift.rollout.stages import ALB_MAX_TARGET_GROUPS, ALB_WEIGHT_MAX
+from weightshift.stages import ALB_MAX_TARGET_GROUPS, ALB_WEIGHT_MAX
 
 LISTENER = "aws:lb/listener:Listener"
 LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"

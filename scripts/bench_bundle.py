@@ -27,7 +27,9 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.emulator import artifact_bucket
-from weightshift.bundles.bundle import hash_files, init_bundle, load_local
+from weightshift.bundles.hashing import hash_files
+from weightshift.bundles.manifest import load_local
+from weightshift.bundles.skeleton import init_bundle
 from weightshift.bundles.store import BundleStore
 from weightshift.bundles.versioning import Version
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weightshift.bundles.bundle import safetensors_bytes
+from weightshift.bundles.content import safetensors_bytes
 
 SERVING_IMAGE = (
     "vllm/vllm-openai@sha256:3c0ae4bd21a5fba2a4ab4bcbc7b5e9f0cd1e1bd9d5c8a2bf84f1b6d0a9e7c431"

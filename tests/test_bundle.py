@@ -13,21 +13,15 @@ from pathlib import Path
 import pytest
 
 from weightshift import console
-from weightshift.bundles.bundle import (
-    ABSENT,
-    BundleError,
-    Manifest,
-    ValueChange,
-    diff,
-    hash_files,
-    init_bundle,
-    load_local,
-    safetensors_bytes,
-    sha256_file,
-    unpublishable,
-    validate,
-)
+from weightshift.bundles.content import safetensors_bytes, unpublishable
+from weightshift.bundles.diff import ValueChange, diff
+from weightshift.bundles.hashing import hash_files, sha256_file
+from weightshift.bundles.layout import validate
+from weightshift.bundles.manifest import Manifest, load_local
+from weightshift.bundles.schemas import BundleError
+from weightshift.bundles.skeleton import init_bundle
 from weightshift.bundles.versioning import Bump, BundleId, Version
+from weightshift.jsondiff import ABSENT
 
 SERVING_IMAGE = "vllm/vllm-openai@sha256:" + "3c0ae4bd21a5fba2a4ab4bcbc7b5e9f0" * 2
 WEIGHTS = "model/weights/model.safetensors"
@@ -493,7 +487,7 @@ def test_a_diff_shows_the_values_that_changed_in_json_parts_and_sizes_elsewhere(
 
 
 def test_nested_keys_are_dotted_and_lists_of_objects_indexed() -> None:
-    from weightshift.bundles.bundle import value_changes
+    from weightshift.bundles.diff import value_changes
 
     before = {"a": {"b": 1, "c": {"d": "x"}}, "rules": [{"p": "interactive"}], "gone": True}
     after = {"a": {"b": 2, "c": {"d": "x", "e": None}}, "rules": [{"p": "batch"}]}

@@ -18,7 +18,7 @@ import pytest
 
 from tests.emulator import Emulator, artifact_bucket
 from tests.test_bundle import checkpoint, make_publishable
-from weightshift.bundles.bundle import init_bundle
+from weightshift.bundles.skeleton import init_bundle
 
 NAME = "interrupt-demo"
 SLOW = """

@@ -17,7 +17,7 @@ from weightshift.preview.plan import build_plan, diff
 from weightshift.preview.synth import Graph, apply_overrides, stack_config, synthesize
 from weightshift.rollout import capacity
 from weightshift.rollout.record import RollbackRecord
-from weightshift.rollout.stages import Strategy, schedule
+from weightshift.stages import Strategy, schedule
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 OLD = "support-assistant/v1.4.2-424ef6470390"

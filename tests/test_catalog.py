@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import BUCKET, PROJECT
-from weightshift.bundles.bundle import load_local
 from weightshift.bundles.catalog import CatalogError, LocalCatalog, S3Catalog
+from weightshift.bundles.manifest import load_local
 from weightshift.bundles.store import BundleStore, blob_key
 from weightshift.bundles.versioning import BundleId, Version
 

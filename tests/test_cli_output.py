@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tests.conftest import PROJECT
 from weightshift import cli
 from weightshift.cli import EXIT_INTERRUPTED, main
+from weightshift.cli import preview as preview_commands
 from weightshift.console import paragraph, table_text
 from weightshift.preview.plan import Plan, build_plan, render, render_markdown
 
@@ -188,7 +189,7 @@ def test_ctrl_c_exits_130_with_one_line(
     def interrupted(_: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_plan", interrupted)
+    monkeypatch.setattr(preview_commands, "cmd_plan", interrupted)
     assert main(["plan"]) == EXIT_INTERRUPTED
     captured = capsys.readouterr()
     assert captured.out == ""

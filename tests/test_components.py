@@ -13,7 +13,7 @@ from components.network import carve
 from components.traffic import Traffic, TrafficArgs
 from weightshift.config import TrafficConfig
 from weightshift.preview.synth import mocked_state
-from weightshift.rollout.stages import Weights
+from weightshift.stages import Weights
 
 REGISTERED: dict[str, dict[str, Any]] = {}
 
@@ -247,7 +247,7 @@ def test_rollback_component_wires_the_composite_to_the_function_and_stays_quiet_
 ):
     from components.rollback import Rollback, RollbackArgs
     from weightshift.config import RollbackConfig, Thresholds
-    from weightshift.rollout.stages import Colour
+    from weightshift.stages import Colour
 
     tg = "arn:aws:elasticloadbalancing:eu-west-1:210987654321:targetgroup"
     rollback = Rollback(
@@ -304,7 +304,7 @@ def test_inference_stack_tolerates_the_gpu_taint_and_binds_its_target_group() ->
     from tests.conftest import PROJECT
     from weightshift.bundles.catalog import LocalCatalog
     from weightshift.config import ServingConfig
-    from weightshift.rollout.stages import Colour
+    from weightshift.stages import Colour
 
     bundle = LocalCatalog(PROJECT / "bundles").resolve(
         BundleId.parse("support-assistant/v1.5.0-d80719af096e")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from weightshift.config import CONFIG_KEYS, ConfigError, StackConfig, load
-from weightshift.rollout.stages import Colour, Strategy
+from weightshift.stages import Colour, Strategy
 
 
 def with_value(values: dict[str, Any], key: str, path: list[str], value: Any) -> dict[str, Any]:

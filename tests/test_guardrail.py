@@ -24,7 +24,7 @@ from components.guardrail import (
     version_description,
 )
 from weightshift.bundles import guardrail as g
-from weightshift.bundles.bundle import Safety
+from weightshift.bundles.schemas import Safety
 from weightshift.preview.synth import OFFLINE_ACCOUNT, mocked_state
 
 PROJECT = Path(__file__).resolve().parent.parent

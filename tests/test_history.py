@@ -228,10 +228,11 @@ def test_the_history_command_prints_a_table_or_json(
     backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from weightshift import cli
+    from weightshift.cli import rollout as rollout_commands
     from weightshift.rollout import commands as rollout
 
     monkeypatch.setattr(rollout, "AutomationBackend", lambda project, stack: backend)
-    monkeypatch.setattr(cli, "_project", lambda args: None)
+    monkeypatch.setattr(rollout_commands, "project_arg", lambda args: None)
     assert cli.main(["rollout", "history", "--json"]) == 0
     events = json.loads(capsys.readouterr().out)
     assert next(e["detail"] for e in events if e["kind"] == "stage") == "first deploy"

@@ -15,8 +15,8 @@ import pytest
 from components.inference_stack import ZONE_SKEW
 from components.network import carve
 from tests.conftest import PROJECT, synth
-from weightshift.bundles.bundle import load_local
 from weightshift.bundles.catalog import LocalCatalog
+from weightshift.bundles.manifest import load_local
 from weightshift.bundles.versioning import BundleId, Version
 from weightshift.config import EKS_VERSIONS
 from weightshift.preview.plan import diff

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
-from weightshift.bundles.bundle import Safety
+from weightshift.bundles.schemas import Safety
 from weightshift.gateway.moderation import (
     BedrockModerator,
     LocalModerator,

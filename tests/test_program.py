@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import listener_weights, synth
 from weightshift.preview.plan import diff
 from weightshift.preview.synth import UNKNOWN
-from weightshift.rollout.stages import Colour, Strategy, schedule, weights_for
+from weightshift.stages import Colour, Strategy, schedule, weights_for
 
 STRATEGY_SETS = {
     Strategy.CANARY: ["rollout.strategy=canary"],

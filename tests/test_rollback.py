@@ -14,7 +14,7 @@ from weightshift.preview.synth import Graph, apply_overrides, stack_config, synt
 from weightshift.rollout import rates
 from weightshift.rollout.dead_man import ANSWER_QUERY_IDS, Verdict, decide, expression
 from weightshift.rollout.record import RollbackRecord
-from weightshift.rollout.stages import Strategy, schedule
+from weightshift.stages import Strategy, schedule
 
 PREFIX = "support-assistant-prod-green"
 CANDIDATE = "support-assistant/v1.5.0-d80719af096e"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightshift.rollout.stages import (
+from weightshift.stages import (
     ALB_WEIGHT_MAX,
     Colour,
     Strategy,

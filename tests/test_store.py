@@ -17,10 +17,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-import weightshift.bundles.store as store_module
+import weightshift.bundles.store.reuse as store_module
 from tests.conftest import BUCKET, serialize
 from tests.test_bundle import checkpoint, edit_json, make_publishable
-from weightshift.bundles.bundle import init_bundle, load_local
+from weightshift.bundles.manifest import load_local
+from weightshift.bundles.skeleton import init_bundle
 from weightshift.bundles.store import BundleStore, Interrupted, StoreError, blob_key, manifest_key
 from weightshift.bundles.versioning import Bump, BundleId, BundleRef, Version
 

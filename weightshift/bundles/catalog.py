@@ -21,14 +21,8 @@ import boto3
 from botocore.exceptions import BotoCoreError
 from pydantic import BaseModel
 
-from weightshift.bundles.bundle import (
-    BundleError,
-    Generation,
-    Manifest,
-    Routing,
-    Safety,
-    load_local,
-)
+from weightshift.bundles.manifest import Manifest, load_local
+from weightshift.bundles.schemas import BundleError, Generation, Routing, Safety
 from weightshift.bundles.store import BundleStore, StoreError
 from weightshift.bundles.versioning import BundleId
 

@@ -82,7 +82,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from weightshift.bundles.bundle import Safety
+from weightshift.bundles.schemas import Safety
 
 # The API's limits (botocore ``bedrock`` 2023-04-20; tests/test_guardrail.py reads them off
 # the model, so a change there fails a test).

@@ -6,7 +6,9 @@ discarded; it is marked (``x-weightshift-shadow: 1``). Copies wait in a bounded 
 are sent by a fixed number of workers, each with its own timeout; when the queue is full
 (the candidate is slow or down) a copy is dropped and counted (``MirrorDropped``), and its
 pair records the candidate's side as ``dropped``. Every copy becomes a pair record
-(``docs/shadow-records.md``), batched to S3 by :class:`ShadowRecorder`.
+(``docs/shadow-records.md``), batched to S3 by :class:`ShadowRecorder`. The mirror is
+the observer of the mirror listener's application (``app.build_app``); ``server.py``
+builds it.
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any, Literal
 
 import aiohttp
 
-from weightshift.gateway.app import SHADOW_HEADER, Gateway, Outcome, _sse_events
+from weightshift.gateway.protocol import SHADOW_HEADER
 from weightshift.gateway.shadow import Answer, ShadowRecorder, pair_from
-
-if TYPE_CHECKING:
-    from weightshift.gateway.server import Options
+from weightshift.gateway.sse import sse_events
+from weightshift.gateway.state import Gateway, Outcome
 
 log = logging.getLogger("weightshift.gateway.mirror")
 
@@ -53,6 +54,52 @@ def _answer(outcome: Outcome) -> Answer:
         refusal=outcome.outcome == "blocked",
         text="".join(outcome.text) if outcome.text else None,
     )
+
+
+def _failed(outcome: Literal["timeout", "error"], started: float) -> Answer:
+    """The candidate's side of a copy that got no answer."""
+    return Answer(
+        status=None,
+        outcome=outcome,
+        latency_ms=(time.monotonic() - started) * 1000,
+    )
+
+
+@dataclass
+class _Read:
+    """What the candidate's answer said: its text, tokens and time to first token."""
+
+    started: float
+    ttft: float | None = None
+    text: list[str] = field(default_factory=list)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+    async def stream(self, response: aiohttp.ClientResponse) -> None:
+        async for event in sse_events(response):
+            if event == b"[DONE]":
+                break
+            data = json.loads(event)
+            usage = data.get("usage")
+            if usage:
+                self.tokens_in = usage.get("prompt_tokens")
+                self.tokens_out = usage.get("completion_tokens")
+            for choice in data.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
+                if piece:
+                    if self.ttft is None:
+                        self.ttft = time.monotonic() - self.started
+                    self.text.append(piece)
+
+    def whole(self, body: bytes) -> None:
+        data: dict[str, Any] = json.loads(body or b"{}")
+        usage = data.get("usage") or {}
+        self.tokens_in = usage.get("prompt_tokens")
+        self.tokens_out = usage.get("completion_tokens")
+        for choice in data.get("choices") or []:
+            self.text.append(
+                (choice.get("message") or {}).get("content") or choice.get("text") or ""
+            )
 
 
 class Mirror:
@@ -127,12 +174,11 @@ class Mirror:
                 self.queue.task_done()
 
     async def _send(self, copy: Copy) -> tuple[Answer, str | None]:
+        """The candidate's answer to ``copy``, and the version that gave it."""
         assert self.client is not None
         path = "chat/completions" if copy.endpoint == "chat" else "completions"
         started = time.monotonic()
-        ttft: float | None = None
-        text: list[str] = []
-        tokens_in = tokens_out = None
+        read = _Read(started)
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.client.post(
@@ -147,52 +193,24 @@ class Mirror:
                     version = response.headers.get("x-weightshift-version")
                     outcome = response.headers.get("x-weightshift-outcome", "ok")
                     if response.content_type == "text/event-stream":
-                        async for event in _sse_events(response):
-                            if event == b"[DONE]":
-                                break
-                            data = json.loads(event)
-                            usage = data.get("usage")
-                            if usage:
-                                tokens_in = usage.get("prompt_tokens")
-                                tokens_out = usage.get("completion_tokens")
-                            for choice in data.get("choices") or []:
-                                piece = (choice.get("delta") or {}).get("content") or choice.get(
-                                    "text"
-                                )
-                                if piece:
-                                    if ttft is None:
-                                        ttft = time.monotonic() - started
-                                    text.append(piece)
+                        await read.stream(response)
                     else:
-                        data = json.loads(await response.read() or b"{}")
-                        usage = data.get("usage") or {}
-                        tokens_in = usage.get("prompt_tokens")
-                        tokens_out = usage.get("completion_tokens")
-                        for choice in data.get("choices") or []:
-                            text.append(
-                                (choice.get("message") or {}).get("content")
-                                or choice.get("text")
-                                or ""
-                            )
+                        read.whole(await response.read())
                     status = response.status
         except TimeoutError:
-            return Answer(
-                status=None, outcome="timeout", latency_ms=(time.monotonic() - started) * 1000
-            ), None
+            return _failed("timeout", started), None
         except (aiohttp.ClientError, ValueError):
-            return Answer(
-                status=None, outcome="error", latency_ms=(time.monotonic() - started) * 1000
-            ), None
+            return _failed("error", started), None
         known = ("ok", "refused", "blocked", "error", "timeout")
         return Answer(
             status=status,
             outcome=outcome if outcome in known else "error",  # type: ignore[arg-type]
             latency_ms=(time.monotonic() - started) * 1000,
-            ttft_ms=None if ttft is None else ttft * 1000,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
+            ttft_ms=None if read.ttft is None else read.ttft * 1000,
+            tokens_in=read.tokens_in,
+            tokens_out=read.tokens_out,
             refusal=outcome == "blocked",
-            text="".join(text),
+            text="".join(read.text),
         ), version
 
     def _pair(self, copy: Copy, candidate: Answer, version: str | None) -> None:
@@ -222,28 +240,3 @@ class Mirror:
             log.warning("no pair for %s: %s", copy.request_id, error)
             return
         self.recorder.record(pair)
-
-
-async def build_mirror(gateway: Gateway, options: Options) -> Mirror:
-    recorder = None
-    if options.shadow_bucket:
-        import boto3  # noqa: PLC0415 (only where pairs are stored)
-
-        recorder = ShadowRecorder(
-            options.shadow_bucket,
-            options.shadow_prefix,
-            keep_text=options.shadow_keep_text,
-            max_seconds=options.shadow_flush_seconds,
-            client=boto3.client("s3", region_name=options.region),
-        )
-    else:
-        log.warning("no --shadow-bucket: mirrored pairs are not stored")
-    assert options.mirror_to is not None
-    return Mirror(
-        gateway,
-        options.mirror_to,
-        queue_size=options.mirror_queue,
-        workers=options.mirror_workers,
-        timeout=options.mirror_timeout,
-        recorder=recorder,
-    )

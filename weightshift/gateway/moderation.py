@@ -67,7 +67,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
-from weightshift.bundles.bundle import Safety
+from weightshift.bundles.schemas import Safety
 
 Source = Literal["INPUT", "OUTPUT"]
 

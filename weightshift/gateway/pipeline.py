@@ -1,8 +1,12 @@
 """The request pipeline's steps, each a small function of the bundle and the request.
 
-assemble the prompt → check the limits → (moderate input) → forward → (moderate output) →
-record. I/O (the upstream, the moderator, CloudWatch) stays in ``app.py``; what is decided
+parse → assemble the prompt → check the limits → (moderate input) → forward → (moderate
+output) → record. I/O (the upstream, the moderator, CloudWatch) stays in the serving
+modules (``serving_completions.py``, ``upstream.py``, ``moderated.py``); what is decided
 here is pure and tested alone:
+
+- **Parsing.** The body as JSON, validated by ``protocol.py``; the first error becomes a 400
+  naming the field.
 
 - **Prompt.** Chat: the bundle's system prompt (its template filled), then the few-shot
   examples as user/assistant turns, then the client's messages unchanged (a client's own
@@ -25,12 +29,15 @@ here is pure and tested alone:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from weightshift.bundles.bundle import RoutingRule
+from pydantic import ValidationError
+
+from weightshift.bundles.schemas import RoutingRule
 from weightshift.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -39,6 +46,17 @@ from weightshift.gateway.protocol import (
 from weightshift.gateway.served import MESSAGE_OVERHEAD_TOKENS, ServedBundle
 
 MAX_STOP_SEQUENCES = 16
+PASSTHROUGH = (
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "suffix",
+)
+"""Client fields forwarded as they are (everything else is the bundle's or refused)."""
 
 
 class Refusal(Exception):
@@ -58,6 +76,24 @@ class Refusal(Exception):
         self.status = status
         self.body = error_body(message, kind, code, param)
         self.headers = dict(headers or {})
+
+
+def parse(raw: bytes, kind: str) -> ChatCompletionRequest | CompletionRequest:
+    """The request ``raw`` as ``kind`` (``chat`` or ``completions``) reads it, or a 400."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise Refusal(400, "The body is not JSON.", "invalid_json") from None
+    model = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"])
+        if first["type"] == "extra_forbidden":
+            message = "not a field this gateway accepts (see docs/gateway.md)"
+        raise Refusal(400, f"{where}: {message}", "invalid_request", param=where) from None
 
 
 def rule_for(
@@ -178,6 +214,33 @@ def completion_prompt(
         f"User: {example.input}\nAssistant: {example.output}\n\n" for example in bundle.few_shot
     )
     return f"{bundle.system_prompt(request.user, now)}\n\n{examples}{request.prompt}"
+
+
+def payload(
+    bundle: ServedBundle,
+    request: ChatCompletionRequest | CompletionRequest,
+    sampled: dict[str, Any],
+    texts: list[str] | None,
+) -> dict[str, Any]:
+    """The body the model server receives: the client fields passed through, ``sampled``
+    (:func:`sampling`'s answer) and the prompt (``texts``: the client's messages as input
+    moderation masked them, if it did)."""
+    passthrough = {
+        name: getattr(request, name)
+        for name in PASSTHROUGH
+        if getattr(request, name, None) is not None
+    }
+    body: dict[str, Any] = {**passthrough, **sampled, "model": bundle.model}
+    if isinstance(request, ChatCompletionRequest):
+        body["messages"] = chat_messages(bundle, request, texts=texts)
+    else:
+        body["prompt"] = completion_prompt(bundle, request)
+    if request.stream:
+        # Usage arrives in a last chunk only when asked for: the gateway always asks
+        # (tokens out are a metric) and drops it for clients that did not.
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 def input_tokens(

@@ -1,4 +1,5 @@
-"""The gateway's wire protocol: the OpenAI-compatible requests it accepts, as pydantic models.
+"""The gateway's wire protocol: the OpenAI-compatible requests it accepts, as pydantic models,
+the error object it answers with, and the header that marks a mirrored copy.
 
 A request field the gateway does not know is refused with a 400 naming it (rather than
 passed to the model server unseen): everything that reaches the model is either the
@@ -10,6 +11,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+SHADOW_HEADER = "x-weightshift-shadow"
+"""Marks a mirrored copy (as Envoy marks the shadow's host): answered, never served."""
 
 
 class _Request(BaseModel):

@@ -17,16 +17,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tokenizers import Tokenizer
 
-from weightshift.bundles.bundle import (
-    PLACEHOLDER,
-    TOKENIZER_FILE,
-    FewShotExample,
-    Generation,
-    Metadata,
-    Routing,
-    Safety,
-    template_problems,
-)
+from weightshift.bundles.layout import PLACEHOLDER, TOKENIZER_FILE, template_problems
+from weightshift.bundles.schemas import FewShotExample, Generation, Metadata, Routing, Safety
 from weightshift.bundles.store import PULLED_ID
 from weightshift.bundles.versioning import BundleId
 from weightshift.gateway.errors import BundleLoadError

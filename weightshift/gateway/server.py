@@ -5,6 +5,9 @@ One process per pod: the main listener (the ALB's target: ``/v1/*``, ``/health``
 ``mirror`` target group during a shadow rollout). Both share one ``Gateway``: one model
 server client, one concurrency limit, one set of metrics. SIGTERM stops accepting
 connections and waits for answers in flight (up to the request timeout) before exiting.
+
+The top of the gateway: it assembles the parts from the command line (bundle, metrics,
+moderator, feedback key, mirror) and runs the applications of ``app.py`` under uvicorn.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from typing import Any
 
 import uvicorn
 
-from weightshift.gateway.app import Gateway, build_app
+from weightshift.gateway.app import build_app
 from weightshift.gateway.feedback import FeedbackTokens, derive_key, random_key
 from weightshift.gateway.metrics import Metrics, cloudwatch_sink
+from weightshift.gateway.mirror import Mirror
 from weightshift.gateway.moderation import local_gaps, moderator_for
 from weightshift.gateway.served import load_served
+from weightshift.gateway.shadow import ShadowRecorder
+from weightshift.gateway.state import Gateway
 
 log = logging.getLogger("weightshift.gateway")
 
@@ -91,6 +97,37 @@ def run(options: Options) -> None:
 
 async def serve(options: Options) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
+    gateway = await _gateway(options)
+    metrics = gateway.metrics
+    await gateway.start()
+    tasks = [asyncio.create_task(metrics.run())]
+    mirror = None
+    if options.mirror_listen is not None:
+        mirror = _mirror(gateway, options)
+        tasks += mirror.tasks()
+    servers = _servers(gateway, mirror, options)
+    _drain_on_signals(gateway, servers)
+    log.info(
+        "serving %s (%s) on %s:%d in front of %s",
+        gateway.bundle.version,
+        options.colour,
+        *options.listen,
+        options.upstream,
+    )
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        gateway.draining = True
+        if mirror is not None:
+            await mirror.stop()
+        for task in tasks:
+            task.cancel()
+        await metrics.flush()
+        await gateway.close()
+
+
+async def _gateway(options: Options) -> Gateway:
+    """The gateway's shared state: the bundle loaded, its metrics, moderator and key."""
     bundle = load_served(options.bundle, options.bundle_id)
     metrics = Metrics(
         bundle.model,
@@ -107,7 +144,7 @@ async def serve(options: Options) -> None:
         if options.feedback_key
         else random_key()
     )
-    gateway = Gateway(
+    return Gateway(
         bundle,
         options.upstream,
         options.colour,
@@ -115,15 +152,37 @@ async def serve(options: Options) -> None:
         metrics,
         tokens=FeedbackTokens(key),
     )
-    await gateway.start()
-    tasks = [asyncio.create_task(metrics.run())]
-    mirror = None
-    if options.mirror_listen is not None:
-        from weightshift.gateway.mirror import build_mirror  # noqa: PLC0415
 
-        mirror = await build_mirror(gateway, options)
-        tasks += mirror.tasks()
-    timeout = bundle.routing.request_timeout_seconds
+
+def _mirror(gateway: Gateway, options: Options) -> Mirror:
+    """The mirror to ``--mirror-to``, its pairs stored where ``--shadow-bucket`` says."""
+    recorder = None
+    if options.shadow_bucket:
+        import boto3  # noqa: PLC0415 (only where pairs are stored)
+
+        recorder = ShadowRecorder(
+            options.shadow_bucket,
+            options.shadow_prefix,
+            keep_text=options.shadow_keep_text,
+            max_seconds=options.shadow_flush_seconds,
+            client=boto3.client("s3", region_name=options.region),
+        )
+    else:
+        log.warning("no --shadow-bucket: mirrored pairs are not stored")
+    assert options.mirror_to is not None
+    return Mirror(
+        gateway,
+        options.mirror_to,
+        queue_size=options.mirror_queue,
+        workers=options.mirror_workers,
+        timeout=options.mirror_timeout,
+        recorder=recorder,
+    )
+
+
+def _servers(gateway: Gateway, mirror: Mirror | None, options: Options) -> list[uvicorn.Server]:
+    """The main listener, and the mirror listener where there is a mirror."""
+    timeout = gateway.bundle.routing.request_timeout_seconds
     servers = [_server(build_app(gateway), options.listen, timeout, options.keep_alive)]
     if mirror is not None and options.mirror_listen is not None:
         servers.append(
@@ -134,11 +193,15 @@ async def serve(options: Options) -> None:
                 options.keep_alive,
             )
         )
+    return servers
+
+
+def _drain_on_signals(gateway: Gateway, servers: list[uvicorn.Server]) -> None:
+    """SIGTERM and SIGINT: report unready at once, stop accepting, let answers in flight
+    finish. One handler for every listener (uvicorn's own would stop only the last one)."""
     loop = asyncio.get_running_loop()
 
     def stop(sig: signal.Signals) -> None:
-        # One handler for both listeners (uvicorn's own would stop only the last one):
-        # report unready at once, stop accepting, let answers in flight finish.
         log.info("%s: draining", sig.name)
         gateway.draining = True
         for server in servers:
@@ -146,23 +209,6 @@ async def serve(options: Options) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    log.info(
-        "serving %s (%s) on %s:%d in front of %s",
-        bundle.version,
-        options.colour,
-        *options.listen,
-        options.upstream,
-    )
-    try:
-        await asyncio.gather(*(server.serve() for server in servers))
-    finally:
-        gateway.draining = True
-        if mirror is not None:
-            await mirror.stop()
-        for task in tasks:
-            task.cancel()
-        await metrics.flush()
-        await gateway.close()
 
 
 class _Server(uvicorn.Server):

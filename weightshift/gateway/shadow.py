@@ -46,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from weightshift.bundles.bundle import canonical
+from weightshift.bundles.hashing import canonical
 from weightshift.bundles.versioning import NAME_PATTERN, BundleId, VersionError
 
 log = logging.getLogger("weightshift.gateway.shadow")

@@ -339,6 +339,47 @@ def roll_back(
     )
     stage = _current_stage(clients, settings, sleep)
     # 1. Traffic back to stable: one call, idempotent.
+    _send_to_stable(clients, settings, sleep, incident)
+    record = _rollback_record(event, data, state, settings, incident=incident, stage=stage)
+    failed: dict[str, Exception] = {}
+    """Step -> its error: the later steps run anyway, then the invocation fails."""
+    # 2. The record, which keeps the next `pulumi up` from undoing the rollback.
+    try:
+        found = _write_record(clients, settings, sleep, record)
+    except AWS_ERRORS as error:
+        # On-call must hear of the rollback even if SSM is down: page, then fail.
+        log(
+            "error",
+            "could not write the rollback record",
+            incident=incident,
+            error=_describe(error),
+        )
+        failed["rollback record"] = error
+    else:
+        if found is not None:
+            return found
+    key = f"{settings.incident_prefix}/{incident}.json"
+    location = f"s3://{settings.incident_bucket}/{key}"
+    # 3. The page, before the incident object: S3 must not delay or prevent it.
+    summary = _summary(settings, stage, data["alarmName"], location, failed.get("rollback record"))
+    message = {**record, "incidentRecord": location, "summary": summary}
+    try:
+        paged = _page(clients, settings, sleep, incident, message)
+    except AWS_ERRORS as error:
+        failed["page"] = error
+        paged = False
+    # 4. The incident record (its retry is harmless: a conditional create).
+    body = {**record, "event": event}
+    incident_error = _write_incident(clients, settings, sleep, body, key=key, location=location)
+    if incident_error is not None:
+        failed["incident record"] = incident_error
+    return _conclude(settings, incident, state, location=location, paged=paged, failed=failed)
+
+
+def _send_to_stable(
+    clients: Clients, settings: Settings, sleep: Callable[[float], None], incident: str
+) -> None:
+    """Step 1: the listener's one ``ModifyListener`` call; its failure fails the invocation."""
     call(
         clients.elbv2.modify_listener,
         sleep=sleep,
@@ -353,7 +394,19 @@ def roll_back(
         stable=settings.stable_colour,
         candidate=settings.candidate_version,
     )
-    record = {
+
+
+def _rollback_record(
+    event: Mapping[str, Any],
+    data: Mapping[str, Any],
+    state: Mapping[str, Any],
+    settings: Settings,
+    *,
+    incident: str,
+    stage: int | None,
+) -> dict[str, Any]:
+    """What the rollback record, the page and the incident record all say."""
+    return {
         "incident": incident,
         "candidate": settings.candidate_version,
         "candidateColour": settings.candidate_colour,
@@ -365,8 +418,17 @@ def roll_back(
         "alarmTransitionAt": state.get("timestamp"),
         "source": event.get("source", "aws.cloudwatch"),
     }
-    failed: dict[str, Exception] = {}
-    """Step -> its error: the later steps run anyway, then the invocation fails."""
+
+
+def _write_record(
+    clients: Clients,
+    settings: Settings,
+    sleep: Callable[[float], None],
+    record: Mapping[str, Any],
+) -> Outcome | None:
+    """Step 2: create the rollback record. An :class:`Outcome` to stop with (the candidate
+    was rolled back and paged for under another incident), or None to go on. AWS errors
+    are raised."""
 
     def put_record(*, overwrite: bool) -> None:
         call(
@@ -379,64 +441,69 @@ def roll_back(
             Description="weightshift rollback record: cleared by `weightshift rollout ack`",
         )
 
-    # 2. The record, which keeps the next `pulumi up` from undoing the rollback.
     try:
-        try:
-            put_record(overwrite=False)
-        except ClientError as error:
-            if _code(error) != "ParameterAlreadyExists":
-                raise
-            existing = _read_record(clients, settings, sleep)
-            if existing.get("incident") == incident:
-                # Another delivery of this incident, or a retry of one that failed later
-                # on: the page marker decides whether to page.
-                pass
-            elif existing.get("candidate") == settings.candidate_version:
-                log("info", "already rolled back", incident=existing.get("incident"))
-                return Outcome("already", str(existing.get("incident")), "record exists")
-            else:
-                # A record of an earlier candidate that nobody acknowledged: this one
-                # replaces it.
-                log("warning", "replacing a stale rollback record", stale=existing)
-                put_record(overwrite=True)
-    except AWS_ERRORS as error:
-        # On-call must hear of the rollback even if SSM is down: page, then fail.
-        log(
-            "error",
-            "could not write the rollback record",
-            incident=incident,
-            error=_describe(error),
-        )
-        failed["rollback record"] = error
-    key = f"{settings.incident_prefix}/{incident}.json"
-    location = f"s3://{settings.incident_bucket}/{key}"
-    # 3. The page, before the incident object: S3 must not delay or prevent it.
+        put_record(overwrite=False)
+    except ClientError as error:
+        if _code(error) != "ParameterAlreadyExists":
+            raise
+        existing = _read_record(clients, settings, sleep)
+        if existing.get("incident") == record["incident"]:
+            # Another delivery of this incident, or a retry of one that failed later
+            # on: the page marker decides whether to page.
+            pass
+        elif existing.get("candidate") == settings.candidate_version:
+            log("info", "already rolled back", incident=existing.get("incident"))
+            return Outcome("already", str(existing.get("incident")), "record exists")
+        else:
+            # A record of an earlier candidate that nobody acknowledged: this one
+            # replaces it.
+            log("warning", "replacing a stale rollback record", stale=existing)
+            put_record(overwrite=True)
+    return None
+
+
+def _summary(
+    settings: Settings,
+    stage: int | None,
+    alarm: str,
+    location: str,
+    record_error: Exception | None,
+) -> str:
+    """The page's text for people: what happened, where traffic is, what to do next."""
     summary = (
         f"{settings.candidate_version} ({settings.candidate_colour}) was rolled back at "
-        f"stage {stage}: {data['alarmName']} went to ALARM. All traffic is on "
+        f"stage {stage}: {alarm} went to ALARM. All traffic is on "
         f"{settings.stable_colour}. Incident record: {location} (written just after this "
         "page; the function's log says if that failed). After review: weightshift rollout ack."
     )
-    if "rollback record" in failed:
+    if record_error is not None:
         summary += (
             f" The rollback record {settings.record_parameter} could not be written "
-            f"({_describe(failed['rollback record'])}): until the function's retry writes "
+            f"({_describe(record_error)}): until the function's retry writes "
             f"it, a `pulumi up` would send traffic back to {settings.candidate_colour}."
         )
-    message = {**record, "incidentRecord": location, "summary": summary}
-    try:
-        paged = _page(clients, settings, sleep, incident, message)
-    except AWS_ERRORS as error:
-        failed["page"] = error
-        paged = False
-    # 4. The incident record (its retry is harmless: a conditional create).
+    return summary
+
+
+def _write_incident(
+    clients: Clients,
+    settings: Settings,
+    sleep: Callable[[float], None],
+    body: Mapping[str, Any],
+    *,
+    key: str,
+    location: str,
+) -> Exception | None:
+    """Step 4: the incident object ``key``, created once under Object Lock; the error if it
+    failed (found already written is fine)."""
+    incident = body["incident"]
     try:
         call(
             clients.s3.put_object,
             sleep=sleep,
             Bucket=settings.incident_bucket,
             Key=key,
-            Body=json.dumps({**record, "event": event}, sort_keys=True, default=str).encode(),
+            Body=json.dumps(body, sort_keys=True, default=str).encode(),
             ContentType="application/json",
             IfNoneMatch="*",
             # Object Lock requires a checksum; named here rather than left to the
@@ -451,14 +518,27 @@ def roll_back(
             "ConditionalRequestConflict",
         ):
             log("info", "incident record already written", incident=incident)
-        else:
-            log(
-                "error",
-                "could not write the incident record",
-                incident=incident,
-                error=_describe(error),
-            )
-            failed["incident record"] = error
+            return None
+        log(
+            "error",
+            "could not write the incident record",
+            incident=incident,
+            error=_describe(error),
+        )
+        return error
+    return None
+
+
+def _conclude(
+    settings: Settings,
+    incident: str,
+    state: Mapping[str, Any],
+    *,
+    location: str,
+    paged: bool,
+    failed: Mapping[str, Exception],
+) -> Outcome:
+    """The invocation's outcome, or :class:`RollbackIncomplete` naming every failed step."""
     if failed:
         steps = "; ".join(f"{step}: {_describe(error)}" for step, error in failed.items())
         raise RollbackIncomplete(

@@ -28,7 +28,7 @@ from matplotlib.textpath import text_to_path
 from matplotlib.ticker import FixedLocator, PercentFormatter
 
 from weightshift.preview.plan import Plan, StageRow
-from weightshift.rollout.stages import Strategy, stage_of
+from weightshift.stages import Strategy, stage_of
 
 SUFFIXES = (".png", ".svg")
 """The formats ``draw`` writes, chosen by the file's suffix."""

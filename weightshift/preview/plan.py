@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weightshift import jsondiff
 from weightshift.bundles.catalog import BundleCatalog
 from weightshift.config import NAMESPACE, ConfigError, StackConfig, load
 from weightshift.console import paragraph, table_text, width
@@ -26,7 +27,7 @@ from weightshift.preview.synth import (
 )
 from weightshift.rollout.capacity import GpuHours, extra_gpu_hours, held, hold_size
 from weightshift.rollout.record import RollbackRecord
-from weightshift.rollout.stages import Weights, schedule, weights_for
+from weightshift.stages import Weights, schedule, weights_for
 
 
 @dataclass(frozen=True)
@@ -90,19 +91,12 @@ def _value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _leaves(before: Any, after: Any, path: str = "") -> list[ValueChange]:
-    """The leaf values that differ between two input trees, by dotted path."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        found: list[ValueChange] = []
-        for key in sorted(before.keys() | after.keys()):
-            found += _leaves(before.get(key), after.get(key), f"{path}.{key}" if path else key)
-        return found
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        found = []
-        for index, (b, a) in enumerate(zip(before, after, strict=True)):
-            found += _leaves(b, a, f"{path}[{index}]")
-        return found
-    return [] if before == after else [ValueChange(path, before, after)]
+def _leaves(before: Any, after: Any) -> list[ValueChange]:
+    """The leaf values that differ between two input trees, by dotted path: lists of one
+    length compared item by item, a key missing on one side None there
+    (:data:`weightshift.jsondiff.ALIGNED`)."""
+    found = jsondiff.changes(before, after, jsondiff.ALIGNED)
+    return [ValueChange(leaf.path, leaf.before, leaf.after) for leaf in found]
 
 
 def _summary(
@@ -339,31 +333,37 @@ def build_plan(
             row.blocked = outcome
             previous = None
         else:
-            graph = outcome
-            row.resources = len(graph.resources)
-            inference: dict[str, dict[str, Any]] = graph.outputs.get("inference") or {}
-            row.replicas = {
-                colour: int((inference.get(colour) or {}).get("replicas", 0))
-                for colour in ("blue", "green")
-            }
-            row.gpus = {
-                colour: count * config.serving.gpus_per_replica
-                for colour, count in row.replicas.items()
-            }
-            for colour, served in inference.items():
-                budgets.setdefault(
-                    colour,
-                    {"seconds": served["rolloutBudgetSeconds"], "text": served["rolloutBudget"]},
-                )
+            _measure(row, outcome, config, budgets)
             if previous is not None:
-                row.changes = diff(previous, graph)
-            previous = graph
+                row.changes = diff(previous, outcome)
+            previous = outcome
         rows.append(row)
     candidate = rollout.candidate.value
     gpu_hours = extra_gpu_hours(
         config, {row.index: row.replicas.get(candidate, 0) for row in rows if not row.blocked}
     )
     return Plan(stack, rollout.strategy.value, candidate, rows, budgets, gpu_hours, _hold(config))
+
+
+def _measure(
+    row: StageRow, graph: Graph, config: StackConfig, budgets: dict[str, dict[str, Any]]
+) -> None:
+    """Fill ``row`` from its stage's graph (resources, replicas and GPUs of each colour), and
+    ``budgets`` with each colour's rollout budget, from the first stage that runs it."""
+    row.resources = len(graph.resources)
+    inference: dict[str, dict[str, Any]] = graph.outputs.get("inference") or {}
+    row.replicas = {
+        colour: int((inference.get(colour) or {}).get("replicas", 0))
+        for colour in ("blue", "green")
+    }
+    row.gpus = {
+        colour: count * config.serving.gpus_per_replica for colour, count in row.replicas.items()
+    }
+    for colour, served in inference.items():
+        budgets.setdefault(
+            colour,
+            {"seconds": served["rolloutBudgetSeconds"], "text": served["rolloutBudget"]},
+        )
 
 
 def _hold(config: StackConfig) -> dict[str, Any]:

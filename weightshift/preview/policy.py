@@ -34,7 +34,7 @@ from weightshift.preview.synth import (
     stack_config,
 )
 from weightshift.rollout.record import RollbackRecord
-from weightshift.rollout.stages import Strategy, schedule
+from weightshift.stages import Strategy, schedule
 
 
 @dataclass(frozen=True)

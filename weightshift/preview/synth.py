@@ -298,75 +298,102 @@ def _tail(type_: str) -> tuple[str, str]:
     return _ARN_SERVICE.get(service, service), kind or service
 
 
+_ID_PREFIXES = {
+    "aws:ec2/vpc:Vpc": "vpc",
+    "aws:ec2/subnet:Subnet": "subnet",
+    "aws:ec2/securityGroup:SecurityGroup": "sg",
+    "aws:ec2/launchTemplate:LaunchTemplate": "lt",
+}
+"""Resource types whose id is a prefix and 17 hex digits (``vpc-0123...``)."""
+
+
 def mocked_state(
     type_: str, name: str, inputs: dict[str, Any], region: str, partition: str
 ) -> tuple[str, dict[str, Any]]:
     """What a real provider would report after creating the resource, made up deterministically."""
     h = _digest(type_, name)
-    state = dict(inputs)
     service, kind = _tail(type_)
-    resource_id = f"{name}-{h[:8]}"
-    if type_ == "aws:s3/bucket:Bucket":
-        bucket = inputs.get("bucket") or f"{name}-{h[:8]}"
-        resource_id = bucket
-        state.update(bucket=bucket, arn=f"arn:{partition}:s3:::{bucket}")
-    elif type_ == "aws:lb/loadBalancer:LoadBalancer":
-        suffix = f"app/{name[:20]}-{h[:6]}/{h[6:22]}"
-        state.update(
-            arn=f"arn:{partition}:elasticloadbalancing:{region}:{OFFLINE_ACCOUNT}:loadbalancer/{suffix}",
-            arnSuffix=suffix,
-            dnsName=f"{name[:20]}-{h[:6]}.{region}.elb.amazonaws.com",
-            zoneId="Z35SXDOTRQ7X7K",
-        )
-    elif type_ == "aws:lb/targetGroup:TargetGroup":
-        suffix = f"targetgroup/{name[:24]}-{h[:6]}/{h[6:22]}"
-        state.update(
-            arn=f"arn:{partition}:elasticloadbalancing:{region}:{OFFLINE_ACCOUNT}:{suffix}",
-            arnSuffix=suffix,
-        )
-    elif type_ == "aws:ec2/eip:Eip":
-        state.update(publicIp=f"198.51.100.{int(h[:2], 16) % 254 + 1}")
-    elif type_ == "aws:ec2/vpc:Vpc":
-        resource_id = f"vpc-{h[:17]}"
-    elif type_ == "aws:ec2/subnet:Subnet":
-        resource_id = f"subnet-{h[:17]}"
-    elif type_ == "aws:ec2/securityGroup:SecurityGroup":
-        resource_id = f"sg-{h[:17]}"
-    elif type_ == "aws:eks/cluster:Cluster":
-        state.update(
-            endpoint=f"https://{h[:32].upper()}.gr7.{region}.eks.amazonaws.com",
-            certificateAuthority={
-                "data": "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2c9PQ=="
-            },
-            vpcConfig={**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{h[:17]}"},
-        )
-    elif type_ == "aws:lambda/function:Function":
-        function = inputs.get("name") or resource_id
-        state.update(arn=f"arn:{partition}:lambda:{region}:{OFFLINE_ACCOUNT}:function:{function}")
-    elif type_ == "aws:sns/topic:Topic":
-        topic = inputs.get("name") or resource_id
-        state.update(arn=f"arn:{partition}:sns:{region}:{OFFLINE_ACCOUNT}:{topic}")
-    elif type_ in (
-        "aws:cloudwatch/metricAlarm:MetricAlarm",
-        "aws:cloudwatch/compositeAlarm:CompositeAlarm",
-    ):
-        alarm = inputs.get("name") or inputs.get("alarmName") or resource_id
-        state.update(arn=f"arn:{partition}:cloudwatch:{region}:{OFFLINE_ACCOUNT}:alarm:{alarm}")
-    elif type_ == "aws:eks/nodeGroup:NodeGroup":
-        group = inputs.get("nodeGroupName") or f"{inputs.get('nodeGroupNamePrefix', name)}{h[:8]}"
-        state.update(
-            nodeGroupName=group,
-            resources=[{"autoscalingGroups": [{"name": f"eks-{group}-{h[8:16]}"}]}],
-        )
-    elif type_ == "aws:ec2/launchTemplate:LaunchTemplate":
-        resource_id = f"lt-{h[:17]}"
-        state.update(latestVersion=1)
+    resource_id = _mocked_id(type_, name, inputs, h)
+    outputs = _mocked_outputs(
+        type_, name, inputs, resource_id, h, region=region, partition=partition
+    )
+    state = {**inputs, **outputs}
     if "arn" not in state:
         state["arn"] = f"arn:{partition}:{service}:{region}:{OFFLINE_ACCOUNT}:{kind}/{resource_id}"
     state.setdefault("name", inputs.get("name") or f"{name}-{h[:7]}")
     for output in computed_strings(type_):
         state.setdefault(output, placeholder(name, output))
     return resource_id, state
+
+
+def _mocked_id(type_: str, name: str, inputs: dict[str, Any], h: str) -> str:
+    """The resource's made-up id: a bucket's name, ``vpc-...``-style ids, else name and hash."""
+    if type_ == "aws:s3/bucket:Bucket":
+        bucket: str = inputs.get("bucket") or f"{name}-{h[:8]}"
+        return bucket
+    if type_ in _ID_PREFIXES:
+        return f"{_ID_PREFIXES[type_]}-{h[:17]}"
+    return f"{name}-{h[:8]}"
+
+
+def _mocked_outputs(
+    type_: str,
+    name: str,
+    inputs: dict[str, Any],
+    resource_id: str,
+    h: str,
+    *,
+    region: str,
+    partition: str,
+) -> dict[str, Any]:
+    """The outputs the provider adds to (or replaces in) the inputs, by resource type."""
+    account = f"{region}:{OFFLINE_ACCOUNT}"
+    if type_ == "aws:s3/bucket:Bucket":
+        return {"bucket": resource_id, "arn": f"arn:{partition}:s3:::{resource_id}"}
+    if type_ == "aws:lb/loadBalancer:LoadBalancer":
+        suffix = f"app/{name[:20]}-{h[:6]}/{h[6:22]}"
+        return {
+            "arn": f"arn:{partition}:elasticloadbalancing:{account}:loadbalancer/{suffix}",
+            "arnSuffix": suffix,
+            "dnsName": f"{name[:20]}-{h[:6]}.{region}.elb.amazonaws.com",
+            "zoneId": "Z35SXDOTRQ7X7K",
+        }
+    if type_ == "aws:lb/targetGroup:TargetGroup":
+        suffix = f"targetgroup/{name[:24]}-{h[:6]}/{h[6:22]}"
+        return {
+            "arn": f"arn:{partition}:elasticloadbalancing:{account}:{suffix}",
+            "arnSuffix": suffix,
+        }
+    if type_ == "aws:ec2/eip:Eip":
+        return {"publicIp": f"198.51.100.{int(h[:2], 16) % 254 + 1}"}
+    if type_ == "aws:eks/cluster:Cluster":
+        return {
+            "endpoint": f"https://{h[:32].upper()}.gr7.{region}.eks.amazonaws.com",
+            "certificateAuthority": {
+                "data": "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2c9PQ=="
+            },
+            "vpcConfig": {**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{h[:17]}"},
+        }
+    if type_ == "aws:lambda/function:Function":
+        function = inputs.get("name") or resource_id
+        return {"arn": f"arn:{partition}:lambda:{account}:function:{function}"}
+    if type_ == "aws:sns/topic:Topic":
+        return {"arn": f"arn:{partition}:sns:{account}:{inputs.get('name') or resource_id}"}
+    if type_ in (
+        "aws:cloudwatch/metricAlarm:MetricAlarm",
+        "aws:cloudwatch/compositeAlarm:CompositeAlarm",
+    ):
+        alarm = inputs.get("name") or inputs.get("alarmName") or resource_id
+        return {"arn": f"arn:{partition}:cloudwatch:{account}:alarm:{alarm}"}
+    if type_ == "aws:eks/nodeGroup:NodeGroup":
+        group = inputs.get("nodeGroupName") or f"{inputs.get('nodeGroupNamePrefix', name)}{h[:8]}"
+        return {
+            "nodeGroupName": group,
+            "resources": [{"autoscalingGroups": [{"name": f"eks-{group}-{h[8:16]}"}]}],
+        }
+    if type_ == "aws:ec2/launchTemplate:LaunchTemplate":
+        return {"latestVersion": 1}
+    return {}
 
 
 def placeholder(resource: str, output: str) -> str:

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 
 from weightshift.config import CapacityConfig, StackConfig
-from weightshift.rollout.stages import Colour, Stage, Strategy, schedule, stage_of
+from weightshift.stages import Colour, Stage, Strategy, schedule, stage_of
 
 
 @dataclass(frozen=True)

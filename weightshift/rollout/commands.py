@@ -28,7 +28,7 @@ from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollout import capacity
 from weightshift.rollout.record import RollbackRecord
 from weightshift.rollout.record import read as read_record
-from weightshift.rollout.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
+from weightshift.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
 
 ROLLOUT_KEY = f"{NAMESPACE}:rollout"
 ACK_SUFFIX = ".ack.json"

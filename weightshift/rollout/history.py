@@ -34,7 +34,7 @@ from weightshift.rollout.commands import (
     incident_location,
     incident_prefix,
 )
-from weightshift.rollout.stages import DEFAULT_MIRROR_PERCENT, Colour, Strategy, weights_for
+from weightshift.stages import DEFAULT_MIRROR_PERCENT, Colour, Strategy, weights_for
 
 COLUMNS = ("time (UTC)", "kind", "detail", "by")
 """The columns of :meth:`Event.row`."""

@@ -1,0 +1,126 @@
+"""Loading the stack config: :func:`load` validates fully qualified keys (``weightshift:*``,
+``aws:region``) into a :class:`StackConfig`, or raises one :class:`ConfigError` that lists
+every :class:`Problem` by key, value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from weightshift.config.stack import CONFIG_KEYS, NAMESPACE, StackConfig
+
+_OBJECT_KEYS = frozenset(
+    {
+        "blue",
+        "green",
+        "rollout",
+        "network",
+        "traffic",
+        "artifacts",
+        "cluster",
+        "serving",
+        "rollback",
+        "tags",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        if self.value is _WHOLE:
+            return f"{self.key}: {self.message}"
+        shown = "missing" if self.value is _MISSING else f"= {json.dumps(self.value, default=str)}"
+        return f"{self.key} {shown}: {self.message}"
+
+
+_MISSING: Any = object()
+_WHOLE: Any = object()
+
+
+class ConfigError(ValueError):
+    """An invalid stack config; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[Problem], source: str = "stack config") -> None:
+        self.problems = problems
+        self.source = source
+        listed = "; ".join(str(p) for p in problems)
+        super().__init__(
+            f"Invalid {source}: {listed}. Fix the named value(s) and run again; "
+            "nothing was deployed."
+        )
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return NAMESPACE
+    head, *rest = (str(part) for part in loc)
+    if head == "region":
+        return "aws:region"
+    return f"{NAMESPACE}:{head}" + "".join(f".{part}" for part in rest)
+
+
+def _lookup(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> Any:
+    value: Any = data
+    for part in loc:
+        in_mapping = isinstance(value, Mapping) and part in value
+        in_sequence = (
+            isinstance(value, list | tuple) and isinstance(part, int) and part < len(value)
+        )
+        if not (in_mapping or in_sequence):
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def load(values: Mapping[str, Any], source: str = "stack config") -> StackConfig:
+    """Validate fully qualified config (``weightshift:model``, ``aws:region``, ...).
+
+    Object-valued keys may be given decoded (from YAML) or as JSON text (as the
+    Pulumi engine hands them to the program).
+    """
+    problems: list[Problem] = []
+    data: dict[str, Any] = {}
+    for full_key, raw in values.items():
+        if raw is None:
+            continue
+        namespace, _, key = full_key.partition(":")
+        if full_key == "aws:region":
+            data["region"] = raw
+        elif namespace != NAMESPACE:
+            continue
+        elif key not in CONFIG_KEYS:
+            problems.append(
+                Problem(full_key, raw, f"unknown key; allowed: {', '.join(CONFIG_KEYS)}")
+            )
+        elif key in _OBJECT_KEYS and isinstance(raw, str):
+            try:
+                data[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(full_key, raw, f"not a JSON object ({exc.msg})"))
+        else:
+            data[key] = raw
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            value = _lookup(data, loc) if loc else _WHOLE
+            problems.append(Problem(_key_path(loc), value, _message(error)))
+        raise ConfigError(problems, source) from None

@@ -1,0 +1,80 @@
+"""Server-sent events on the wire: the model server's read, the gateway's own written.
+
+Reading: :func:`sse_events`, the ``data:`` payloads of a stream whatever its network
+chunking (the moderated relay and the mirror read streams this way; the plain relay passes
+bytes on untouched, ``relay.py``). Writing: the chunks the gateway composes itself, shaped
+like the model server's own (a text delta, a chunk without its content, an error, a whole
+canned answer).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from weightshift.gateway.protocol import error_body
+
+DONE = b"data: [DONE]\n\n"
+"""The event that ends an OpenAI-style stream."""
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of a server-sent event stream, whatever the network chunking."""
+    pending = b""
+    async for chunk in response.content.iter_any():
+        pending += chunk
+        while b"\n\n" in pending:
+            event, pending = pending.split(b"\n\n", 1)
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    yield line[5:].strip()
+
+
+def delta_event(
+    template: dict[str, Any] | None, chat: bool, text: str, finish: str | None
+) -> bytes:
+    """A chunk carrying ``text``, shaped as ``template`` (the model's last chunk) is."""
+    base = dict(template or {"object": "chat.completion.chunk" if chat else "text_completion"})
+    base.pop("usage", None)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if chat:
+        choice["delta"] = {"content": text}
+    else:
+        choice["text"] = text
+    base["choices"] = [choice]
+    return b"data: " + json.dumps(base, separators=(",", ":")).encode() + b"\n\n"
+
+
+def strip_content(data: dict[str, Any], chat: bool) -> bytes:
+    """A chunk passed on without its content (released separately, moderated)."""
+    choice = dict((data.get("choices") or [{}])[0])
+    if chat and "delta" in choice:
+        choice["delta"] = {k: v for k, v in choice["delta"].items() if k != "content"}
+    elif not chat:
+        choice["text"] = ""
+    return (
+        b"data: "
+        + json.dumps({**data, "choices": [choice]}, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
+
+
+def error_event(message: str, code: str) -> bytes:
+    """An error ending a stream that has already begun (its status is sent)."""
+    body = error_body(message, "server_error", code)
+    return b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
+
+
+def answer_events(chat: bool, text: str, request_id: str, model: str) -> bytes:
+    """A whole stream of one chunk: ``text``, filtered (the refusal message)."""
+    template = {
+        "id": request_id,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
+    return delta_event(template, chat, text, "content_filter") + DONE

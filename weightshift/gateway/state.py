@@ -1,0 +1,181 @@
+"""What the serving modules share: the gateway's state (one per pod) and one request's.
+
+:class:`Gateway` holds the served bundle, a pooled HTTP client to the model server on
+localhost, the moderator, the metrics and the feedback-token key, the number of requests
+in flight and whether the pod drains; it writes the headers every answer carries and
+records a finished request's metrics. :class:`Outcome` is what happened to one request
+(the metrics, the mirror's pair and the headers read it), :class:`Call` the request on its
+way, holding a :class:`Slot` (one of the version's ``max_concurrent_requests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from weightshift.gateway.feedback import TOKEN_HEADER, FeedbackTokens, random_key
+from weightshift.gateway.metrics import Metrics
+from weightshift.gateway.moderation import Moderator
+from weightshift.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from weightshift.gateway.served import ServedBundle
+
+UPSTREAM_HEALTH_TTL = 1.0
+"""Seconds a model server health answer is reused by ``/health``."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one request: the metrics, the mirror's pair and the headers."""
+
+    request_id: str
+    started: float
+    endpoint: str = "chat"
+    """``chat`` or ``completions``."""
+    status: int = 200
+    outcome: str = "ok"
+    """ok, refused, blocked, error, timeout."""
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft: float | None = None
+    latency: float | None = None
+    text: list[str] = field(default_factory=list)
+    """The answer's text, kept only where a mirror needs it for its pair."""
+
+
+Observer = Callable[[bytes, Mapping[str, str], Outcome], None]
+"""Called once a request is answered (the mirror copies it then)."""
+
+
+class Gateway:
+    """The state one gateway shares across requests."""
+
+    def __init__(
+        self,
+        bundle: ServedBundle,
+        upstream: str,
+        colour: str,
+        moderator: Moderator,
+        metrics: Metrics,
+        *,
+        tokens: FeedbackTokens | None = None,
+        client: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.upstream = upstream.rstrip("/")
+        self.colour = colour
+        self.moderator = moderator
+        self.metrics = metrics
+        self.tokens = tokens or FeedbackTokens(random_key())
+        self.client = client
+        self.in_flight = 0
+        self.draining = False
+        self._health: tuple[float, bool] = (0.0, False)
+        self.common_headers = {
+            "x-weightshift-colour": colour,
+            "x-weightshift-version": bundle.version,
+        }
+
+    async def start(self) -> None:
+        if self.client is None:
+            limit = self.bundle.routing.max_concurrent_requests + 16
+            self.client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                auto_decompress=False,
+            )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    async def upstream_ready(self) -> bool:
+        """Whether the model server answers its ``/health`` (reused for a second)."""
+        checked, ready = self._health
+        now = time.monotonic()
+        if now - checked < UPSTREAM_HEALTH_TTL:
+            return ready
+        assert self.client is not None
+        try:
+            async with asyncio.timeout(2):
+                async with self.client.get(f"{self.upstream}/health") as response:
+                    ready = response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            ready = False
+        self._health = (now, ready)
+        return ready
+
+    def endpoint(self, parsed: ChatCompletionRequest | CompletionRequest) -> str:
+        """The model server's URL for ``parsed``."""
+        path = "chat/completions" if isinstance(parsed, ChatCompletionRequest) else "completions"
+        return f"{self.upstream}/v1/{path}"
+
+    def headers(self, outcome: Outcome) -> dict[str, str]:
+        """The headers of an answer: colour, version, request id, outcome, feedback token."""
+        return {
+            **self.common_headers,
+            "x-request-id": outcome.request_id,
+            "x-weightshift-outcome": outcome.outcome,
+            TOKEN_HEADER: self.tokens.issue(self.colour, outcome.request_id),
+        }
+
+    def finish(self, outcome: Outcome) -> None:
+        """Record a finished request's metrics."""
+        metrics = self.metrics
+        outcome.latency = time.monotonic() - outcome.started
+        metrics.observe("Latency", outcome.latency)
+        if outcome.ttft is not None:
+            metrics.observe("TimeToFirstToken", outcome.ttft)
+        if outcome.tokens_in:
+            metrics.add("TokensIn", outcome.tokens_in)
+        if outcome.tokens_out:
+            metrics.add("TokensOut", outcome.tokens_out)
+        if outcome.outcome in ("error", "timeout"):
+            metrics.add("Errors")
+        if outcome.outcome == "timeout":
+            metrics.add("Timeouts")
+        if outcome.outcome == "refused":
+            metrics.add("Refusals")
+
+
+class Slot:
+    """One of the version's ``max_concurrent_requests``: held from admission until the
+    answer is complete (for a stream, until its last byte)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.held = False
+        self.handed_to_stream = False
+
+    def take(self) -> None:
+        self.gateway.in_flight += 1
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.gateway.in_flight -= 1
+            self.held = False
+
+
+@dataclass
+class Call:
+    """One request on its way through the pipeline."""
+
+    parsed: ChatCompletionRequest | CompletionRequest
+    outcome: Outcome
+    raw: bytes
+    headers: Mapping[str, str]
+    observer: Observer | None
+    slot: Slot
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.parsed, ChatCompletionRequest)
+
+    def done(self) -> None:
+        """Tell the observer (the mirror) the answer is complete."""
+        if self.observer is not None:
+            self.observer(self.raw, self.headers, self.outcome)
