@@ -21,6 +21,10 @@ Variants, each a real process in front of the same fake model server (tests/fake
   --shadow-bucket). The candidate pair is reniced (``--candidate-nice``) to stand in for
   pods elsewhere; the copies that reach it are counted.
 
+- (b0) ``gateway-baseline`` (``--baseline REV``): as (b), served by the gateway of another
+  revision of this repository (``git archive REV``, run with ``PYTHONPATH`` on it and
+  ``PYTHONSAFEPATH=1``), in the same rounds: before and after of a change, side by side.
+
 Load: an asyncio aiohttp client (uvloop) in this process, one connection pool per variant
 sized for the concurrency; ``concurrency`` workers each send streaming chat requests back to
 back (closed loop), started staggered over one stream's duration (``--lockstep``: all at
@@ -39,12 +43,13 @@ either concurrency (a warning is printed), and added latency then measures each 
 per request more than its path latency.
 
 Targets: the gateway's added TTFT p50 <= 1 ms and p99 <= 5 ms, below LiteLLM's, at each
-concurrency; mirroring changes (b)'s figures by no more than noise (half the range of (b)'s
-per-round values, or a sign that flips between rounds).
+concurrency; its completed requests/s within 5 % of direct's; with ``--baseline``, its CPU
+per request at most half the baseline's; mirroring changes (b)'s figures by no more than
+noise (half the range of (b)'s per-round values, or a sign that flips between rounds).
 
 Usage: python scripts/bench_gateway.py [--rounds 5] [--concurrency 64 256]
     [--requests-per-round N] [--tokens 30] [--token-delay 0.05] [--litellm PATH]
-    [--profile SECONDS] [--json]
+    [--profile SECONDS] [--baseline REV] [--json]
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ sys.path.insert(0, str(PROJECT))
 
 from tests.gateway_harness import (  # noqa: E402
     Upstream,
+    folder_id,
     free_port,
     gateway,
     request,
@@ -88,7 +94,6 @@ from tests.gateway_harness import (  # noqa: E402
 )
 
 BUNDLE = PROJECT / "bundles/support-assistant/v1.5.0"
-BUNDLE_ID = "support-assistant/v1.5.0-d80719af096e"
 DEFAULT_LITELLM = Path("/tmp/bench-litellm/bin/litellm")
 ANSWER = (
     "Open Settings, then Security, and choose Reset password. We email you a code: enter it, "
@@ -102,6 +107,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 LABELS = {
     "direct": "(a) direct",
     "gateway": "(b) gateway",
+    "gateway-baseline": "(b0) gateway at --baseline",
     "gateway-outmod": "(b') gateway, output moderation on",
     "litellm": "(c) litellm",
     "mirror": "(d) gateway mirror listener",
@@ -202,6 +208,19 @@ def litellm_proxy(executable: Path, upstream_url: str, workdir: Path) -> Iterato
     finally:
         stop(process)
         logfile.close()
+
+
+def baseline_tree(rev: str, workdir: Path) -> Path:
+    """The repository at ``rev``, unpacked (``git archive``): its gateway runs as (b0)."""
+    tree = workdir / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(PROJECT), "archive", "--format=tar", rev],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def cpu_seconds(pids: list[int], *, descendants: bool = True) -> float:
@@ -812,6 +831,22 @@ def verdict_lines(concurrency: int, rows: dict[str, Any]) -> list[str]:
     lines.append(
         f"VERDICT c={concurrency} gateway added TTFT p99 {ms(p99)} ms <= 5 ms: {mark(p99 <= 5e-3)}"
     )
+    direct = rows.get("direct")
+    if direct is not None and direct["throughput"] > 0:
+        ratio = gw["throughput"] / direct["throughput"]
+        lines.append(
+            f"VERDICT c={concurrency} gateway keeps the model server's throughput: "
+            f"{gw['throughput']:.1f} vs {direct['throughput']:.1f} req/s direct "
+            f"({(ratio - 1) * 100:+.1f} %, within 5 %): {mark(ratio >= 0.95)}"
+        )
+    base = rows.get("gateway-baseline")
+    if base is not None:
+        ours = gw["cpu_ms_per_request"]["proxy"]
+        before = base["cpu_ms_per_request"]["proxy"]
+        lines.append(
+            f"VERDICT c={concurrency} gateway CPU per request at most half the baseline's: "
+            f"{ours:.2f} vs {before:.2f} ms ({ours / before:.2f}x): {mark(ours <= before / 2)}"
+        )
     lite = rows.get("litellm")
     if lite is not None:
         for stat in ("p50", "p99"):
@@ -884,6 +919,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="start all workers at once (default: staggered over one stream's duration)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        default=None,
+        help="also measure the gateway of this git revision (before/after in the same run)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON results")
     return parser.parse_args()
 
@@ -911,6 +952,8 @@ def main() -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-")))
         proxy_bundle = bundle_copy(workdir, "proxy", proxy_only=True)
         shipped_bundle = bundle_copy(workdir, "shipped", proxy_only=False)
+        # each copy's own id: the gateway refuses an id that does not name its folder
+        proxy_id, shipped_id = folder_id(proxy_bundle), folder_id(shipped_bundle)
         log("starting processes")
         model = stack.enter_context(upstream())
         cand_model = stack.enter_context(upstream())
@@ -923,19 +966,31 @@ def main() -> int:
             )
         common = ["--metrics", "off"]
         plain = stack.enter_context(
-            gateway(proxy_bundle, model.url, bundle_id=BUNDLE_ID, extra=common)
+            gateway(proxy_bundle, model.url, bundle_id=proxy_id, extra=common)
         )
         shipped = stack.enter_context(
-            gateway(shipped_bundle, model.url, bundle_id=BUNDLE_ID, extra=common)
+            gateway(shipped_bundle, model.url, bundle_id=shipped_id, extra=common)
         )
         candidate = stack.enter_context(
-            gateway(proxy_bundle, cand_model.url, colour="blue", bundle_id=BUNDLE_ID, extra=common)
+            gateway(proxy_bundle, cand_model.url, colour="blue", bundle_id=proxy_id, extra=common)
         )
+        baseline = None
+        if args.baseline:
+            tree = baseline_tree(args.baseline, workdir)
+            baseline = stack.enter_context(
+                gateway(
+                    proxy_bundle,
+                    model.url,
+                    bundle_id=proxy_id,
+                    extra=common,
+                    env={"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"},
+                )
+            )
         mirrored = stack.enter_context(
             gateway(
                 proxy_bundle,
                 model.url,
-                bundle_id=BUNDLE_ID,
+                bundle_id=proxy_id,
                 extra=[
                     *common,
                     "--mirror-to",
@@ -958,6 +1013,15 @@ def main() -> int:
         targets = {
             "direct": Target("direct", model.url + chat, []),
             "gateway": Target("gateway", plain.url + chat, [plain.process.pid]),
+            **(
+                {
+                    "gateway-baseline": Target(
+                        "gateway-baseline", baseline.url + chat, [baseline.process.pid]
+                    )
+                }
+                if baseline is not None
+                else {}
+            ),
             "gateway-outmod": Target("gateway-outmod", shipped.url + chat, [shipped.process.pid]),
         }
         if litellm is not None:
@@ -1008,6 +1072,7 @@ def main() -> int:
         "candidate_nice": args.candidate_nice,
         "lockstep": args.lockstep,
         "mirror_workers": args.mirror_workers,
+        "baseline": args.baseline,
         "cpus": os.cpu_count(),
     }
     if args.json:

@@ -18,6 +18,17 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+def folder_id(root: Path, name: str = "support-assistant", version: str = "v1.5.0") -> str:
+    """The id a bundle folder would be published under: a copy changed for a test has its
+    own digest, and the gateway refuses a ``--bundle-id`` that does not name its folder."""
+    from weightshift.bundles.manifest import load_local
+    from weightshift.bundles.versioning import Version
+
+    return f"{name}/{version}-{load_local(root).manifest(Version.parse(version)).digest[:12]}"
+
+
 AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

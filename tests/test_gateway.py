@@ -26,6 +26,7 @@ from tests.gateway_harness import (
     Gateway,
     Upstream,
     aws_emulator,
+    folder_id,
     gateway,
     request,
     sse,
@@ -114,7 +115,9 @@ def served(
 @pytest.fixture(scope="module")
 def tight(model: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tuned_bundle(tmp_path_factory.mktemp("tight"))
-    with gateway(root, model.url, bundle_id=BUNDLE_ID, extra=["--metrics", "off"]) as found:
+    # A changed copy is a different bundle: the gateway checks the id against its digest.
+    tuned_id = folder_id(root)
+    with gateway(root, model.url, bundle_id=tuned_id, extra=["--metrics", "off"]) as found:
         yield found
 
 
@@ -316,11 +319,14 @@ def test_health_follows_the_model_server(served: Gateway, model: Upstream) -> No
     time.sleep(1.1)
     assert request(f"{served.url}/health")[0] == 200
     _, _, body = request(f"{served.url}/v1/models")
-    assert json.loads(body)["data"][0] == {
+    item = json.loads(body)["data"][0]
+    assert isinstance(item.pop("created"), int)
+    assert item == {
         "id": "support-assistant",
         "object": "model",
         "owned_by": "weightshift",
         "root": BUNDLE_ID,
+        "parent": None,
     }
 
 

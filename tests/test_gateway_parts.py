@@ -94,24 +94,31 @@ def test_feedback_is_sent_by_the_colour_that_answered_only() -> None:
     ]
 
 
-def test_a_failed_send_is_tried_once_more_then_dropped() -> None:
-    calls: list[int] = []
+def test_a_failed_send_keeps_its_interval_for_the_next_try_with_its_own_stamp() -> None:
+    calls: list[list[dict[str, Any]]] = []
 
     async def flaky(datums: list[dict[str, Any]]) -> None:
-        calls.append(len(datums))
+        calls.append(datums)
         if len(calls) == 1:
             raise ConnectionError("reset")
 
-    found = metrics(sink=flaky)
-    asyncio.run(found.flush())
-    assert (len(calls), found.sent, found.failed) == (2, 1, 0)
+    now = [1000.0]
+    found = Metrics("m", "m/v1.0.0-abc", "green", interval=10, clock=lambda: now[0], sink=flaky)
+    assert not asyncio.run(found.flush())
+    assert (found.sent, found.failed, len(found.pending)) == (0, 1, 1)
+    now[0] = 1010.0
+    assert asyncio.run(found.flush())  # both intervals in one call, each its own stamp
+    beats = [d["Timestamp"].timestamp() for d in calls[1] if d["MetricName"] == "Heartbeat"]
+    assert sorted(beats) == [1000.0, 1000.0, 1010.0, 1010.0]  # two dimension sets each
+    assert (found.sent, found.failed, found.dropped) == (1, 1, 0)
 
     async def down(datums: list[dict[str, Any]]) -> None:
         raise ConnectionError("down")
 
-    broken = metrics(sink=down)
-    asyncio.run(broken.flush())
-    assert (broken.sent, broken.failed) == (0, 1)
+    broken = metrics(sink=down, backlog=2)
+    for _ in range(3):
+        asyncio.run(broken.flush())
+    assert (broken.sent, broken.failed, broken.dropped, len(broken.pending)) == (0, 3, 1, 2)
 
 
 @given(st.lists(st.floats(min_value=0.001, max_value=600), min_size=1, max_size=2000))

@@ -69,6 +69,24 @@ def _serving_options(gateway: argparse.ArgumentParser) -> None:
     gateway.add_argument(
         "--metrics-interval", type=float, default=10.0, metavar="SECONDS", help="default 10"
     )
+    gateway.add_argument(
+        "--max-body-bytes",
+        type=int,
+        metavar="BYTES",
+        help="a larger request body is answered 413 before it is parsed (default: from the "
+        "bundle's max_input_tokens, at most 4 MiB)",
+    )
+    gateway.add_argument(
+        "--prometheus-listen",
+        metavar="HOST:PORT",
+        help="also expose the metrics for Prometheus at http://HOST:PORT/metrics (default off)",
+    )
+    gateway.add_argument(
+        "--no-request-log",
+        dest="request_log",
+        action="store_false",
+        help="do not write one JSON line per request to stderr",
+    )
 
 
 def _mirror_options(gateway: argparse.ArgumentParser) -> None:
@@ -107,12 +125,12 @@ def _mirror_options(gateway: argparse.ArgumentParser) -> None:
 def cmd_gateway(args: argparse.Namespace) -> int:
     import logging
 
-    from weightshift.gateway.server import Options, parse_address, run
+    from weightshift.gateway.server import Options, parse_address, parse_upstream, run
 
     try:
         options = Options(
             bundle=Path(args.bundle),
-            upstream=args.upstream,
+            upstream=parse_upstream(args.upstream),
             colour=args.colour,
             listen=parse_address(args.listen, "--listen"),
             bundle_id=args.bundle_id,
@@ -133,6 +151,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             shadow_prefix=args.shadow_prefix,
             shadow_keep_text=args.shadow_keep_text,
             shadow_flush_seconds=args.shadow_flush_seconds,
+            max_body_bytes=_positive(args.max_body_bytes, "--max-body-bytes")
+            if args.max_body_bytes is not None
+            else None,
+            prometheus_listen=parse_address(args.prometheus_listen, "--prometheus-listen")
+            if args.prometheus_listen
+            else None,
+            request_log=args.request_log,
         )
     except ValueError as error:
         raise CommandError(str(error)) from None
@@ -141,6 +166,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run(options)
     return 0
+
+
+def _positive(value: int, option: str) -> int:
+    if value <= 0:
+        raise ValueError(f"{option} {value}: give a positive number")
+    return value
 
 
 def _guardrail(text: str | None) -> tuple[str, str] | None:

@@ -2,27 +2,65 @@
 
 ``/v1/chat/completions`` and ``/v1/completions`` (``serving_completions.py``),
 ``/v1/feedback`` (``serving_feedback.py``), and the few lines of ``/v1/models``,
-``/health`` (ready: the model server answers and the pod does not drain) and ``/livez``
-here. One application per listener, all sharing one :class:`~weightshift.gateway.state.Gateway`;
-the mirror listener's passes each answered request to its ``observer`` (the mirror).
+``/v1/models/{id}``, ``/health`` (ready: the model server answers and the pod does not
+drain) and ``/livez`` here. One application per listener, all sharing one
+:class:`~weightshift.gateway.state.Gateway`; the mirror listener's passes each answered
+request to its ``observer`` (the mirror).
+
+Every status is an OpenAI-shaped JSON error with the usual headers, Starlette's own 404
+(no such path) and 405 (wrong method) and an unexpected 500 included: a client's SDK reads
+one error shape, and the colour and version headers say which pod answered.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from weightshift.gateway.protocol import error_body
 from weightshift.gateway.serving_completions import handle
 from weightshift.gateway.serving_feedback import feedback
 from weightshift.gateway.state import Gateway, Observer
 
+STARTED = int(time.time())
+"""When this process started: ``created`` of ``/v1/models`` when the publish time is unknown."""
 
-def build_app(gateway: Gateway, observer: Observer | None = None) -> Starlette:
-    """The ASGI application: ``observer`` (the mirror) sees each answered request."""
+_KINDS = {
+    400: ("invalid_request_error", "bad_request"),
+    401: ("authentication_error", "unauthorized"),
+    403: ("permission_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "too_many_requests"),
+}
+
+
+def build_app(
+    gateway: Gateway, observer: Observer | None = None, *, created: int | None = None
+) -> Starlette:
+    """The ASGI application: ``observer`` (the mirror) sees each answered request;
+    ``created`` is the Unix time ``/v1/models`` gives (the bundle's publication)."""
+    listed = _models(gateway, created or STARTED)
+    item = listed["data"][0]
+    served_names = gateway.bundle.served_names or {gateway.bundle.model, gateway.bundle.version}
+
+    def error(request: Request, status: int, body: dict[str, Any], **extra: str) -> Response:
+        headers = {
+            **gateway.common_headers,
+            "x-request-id": request.headers.get("x-request-id")
+            or f"ws-{gateway.colour}-{uuid.uuid4().hex}",
+            "x-weightshift-outcome": "refused" if status < 500 else "error",
+            **extra,
+        }
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def chat(request: Request) -> Response:
         return await handle(gateway, request, "chat", observer)
@@ -34,7 +72,50 @@ def build_app(gateway: Gateway, observer: Observer | None = None) -> Starlette:
         return await feedback(gateway, request)
 
     async def models(_: Request) -> Response:
-        return JSONResponse(_models(gateway), headers=gateway.common_headers)
+        return JSONResponse(listed, headers=gateway.common_headers)
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name in served_names:
+            return JSONResponse(item, headers=gateway.common_headers)
+        return error(
+            request,
+            404,
+            error_body(
+                f"The model {name!r} does not exist here: this gateway serves "
+                f"{gateway.bundle.model!r} ({gateway.bundle.version}).",
+                "invalid_request_error",
+                "model_not_found",
+                "model",
+            ),
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind, code = _KINDS.get(
+            exc.status_code,
+            ("invalid_request_error" if exc.status_code < 500 else "server_error", "error"),
+        )
+        message = exc.detail
+        if exc.status_code == 404:
+            message = f"No such endpoint: {request.method} {request.url.path}."
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+            message = f"{request.method} is not allowed on {request.url.path}" + (
+                f": use {allowed}." if allowed else "."
+            )
+        return error(
+            request, exc.status_code, error_body(message, kind, code), **(exc.headers or {})
+        )
+
+    async def server_error(request: Request, _: Exception) -> Response:
+        return error(
+            request,
+            500,
+            error_body(
+                "The gateway failed to answer (see its log).", "server_error", "internal_error"
+            ),
+        )
 
     async def health(_: Request) -> Response:
         ready = not gateway.draining and await gateway.upstream_ready()
@@ -51,14 +132,16 @@ def build_app(gateway: Gateway, observer: Observer | None = None) -> Starlette:
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model:path}", model, methods=["GET"]),
             Route("/v1/feedback", scored, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/livez", live, methods=["GET"]),
         ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
     )
 
 
-def _models(gateway: Gateway) -> dict[str, Any]:
+def _models(gateway: Gateway, created: int) -> dict[str, Any]:
     """``/v1/models``: the one model this gateway serves, its version as ``root``."""
     return {
         "object": "list",
@@ -66,8 +149,10 @@ def _models(gateway: Gateway) -> dict[str, Any]:
             {
                 "id": gateway.bundle.model,
                 "object": "model",
+                "created": created,
                 "owned_by": "weightshift",
                 "root": gateway.bundle.version,
+                "parent": None,
             }
         ],
     }

@@ -2,13 +2,18 @@
 
 User feedback (``POST /v1/feedback``) feeds the candidate's quality alarm, which rolls the
 candidate back. An unauthenticated endpoint that took any request id would let anyone roll
-back every rollout with two requests. So every answer carries a token,
-``x-weightshift-feedback-token: <colour>.<issued>.<mac>``: an HMAC-SHA256 (first 128 bits,
-hex) of the colour that answered, the time it was issued (Unix seconds) and the request id,
-under a key every gateway of the stack shares. Feedback must send the token back with the
-request id; the gateway that receives it (either colour: the ALB splits by weight) checks the
-MAC, that the token is at most ``MAX_AGE_SECONDS`` old, and that this pod has not already
-taken feedback for that request id.
+back every rollout with two requests. So every answer the model gave (the model server's 200,
+never a request the gateway refused or the model server failed) carries a token,
+``x-weightshift-feedback-token: <colour>.<issued>.<answer>.<mac>``: ``answer`` is an id the
+gateway generated for that answer (24 hex digits), and the MAC an HMAC-SHA256 (first 128
+bits, hex) of the colour that answered, the time it was issued (Unix seconds), the answer
+id and the request's ``x-request-id``, under a key every gateway of the stack shares.
+Feedback must send the token back with the ``x-request-id``; the gateway that receives it
+(either colour: the ALB splits by weight) checks the token's form (anything else is a 403,
+whatever its characters), the MAC, that the token is at most ``MAX_AGE_SECONDS`` old, and
+that this pod has not already taken feedback for that answer. The answer id, not the
+client's request id, is what is scored once: a client choosing its ``x-request-id`` can
+neither mint scores nor spend another client's.
 
 The shared key is derived, never stored: at start each gateway asks AWS KMS for
 ``GenerateMac`` of a fixed message under the stack's HMAC key (``HMAC_256``), which is
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -37,8 +43,14 @@ MAX_AGE_SECONDS = 7 * 24 * 3600
 FUTURE_SKEW_SECONDS = 300
 """Clock difference between pods tolerated for a token issued "in the future"."""
 MAC_HEX = 32
+ANSWER_HEX = 24
 SEEN_LIMIT = 200_000
-"""Request ids remembered per pod against repeated feedback (oldest forgotten first)."""
+"""Answer ids remembered per pod against repeated feedback (oldest forgotten first)."""
+_TOKEN = re.compile(
+    rf"(blue|green)\.([0-9]{{1,12}})\.([0-9a-f]{{{ANSWER_HEX}}})\.([0-9a-f]{{{MAC_HEX}}})",
+    re.ASCII,
+)
+"""A token's only form (ASCII digits and lower-case hex: ``isdigit`` takes ``²``)."""
 
 log = logging.getLogger("weightshift.gateway.feedback")
 
@@ -88,38 +100,42 @@ class FeedbackTokens:
         self._clock = clock
         self._seen: OrderedDict[str, None] = OrderedDict()
 
-    def _mac(self, colour: str, issued: int, request_id: str) -> str:
-        message = f"{colour}.{issued}.{request_id}".encode()
+    def _mac(self, colour: str, issued: int, answer: str, request_id: str) -> str:
+        message = f"{colour}.{issued}.{answer}.{request_id}".encode(errors="surrogatepass")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:MAC_HEX]
 
-    def issue(self, colour: str, request_id: str) -> str:
+    def issue(self, colour: str, request_id: str, answer: str | None = None) -> str:
+        """The token of the answer ``answer`` (the gateway's id for it; a new one if
+        none) given to the request ``request_id``."""
         issued = int(self._clock())
-        return f"{colour}.{issued}.{self._mac(colour, issued, request_id)}"
+        answer = answer or secrets.token_hex(ANSWER_HEX // 2)
+        return f"{colour}.{issued}.{answer}.{self._mac(colour, issued, answer, request_id)}"
 
     def accept(self, token: str, request_id: str) -> str:
-        """The colour that answered ``request_id``, once; raises :class:`FeedbackError`."""
-        colour = self._check(token, request_id)
-        if request_id in self._seen:
+        """The colour that gave the answer ``token`` names, once; raises
+        :class:`FeedbackError` (403 for any token not issued by this stack, 409 again)."""
+        colour, answer = self._check(token, request_id)
+        if answer in self._seen:
             raise FeedbackError(
                 409, "duplicate_feedback", f"feedback for {request_id!r} was already taken"
             )
-        self._seen[request_id] = None
+        self._seen[answer] = None
         if len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
         return colour
 
-    def _check(self, token: str, request_id: str) -> str:
-        parts = token.split(".")
+    def _check(self, token: str, request_id: str) -> tuple[str, str]:
         invalid = FeedbackError(
             403,
             "invalid_feedback_token",
             f"token does not match request id {request_id!r}: send back the answer's "
             f"{TOKEN_HEADER} header with its x-request-id",
         )
-        if len(parts) != 3 or parts[0] not in ("blue", "green") or not parts[1].isdigit():
+        form = _TOKEN.fullmatch(token)
+        if form is None:
             raise invalid
-        colour, issued = parts[0], int(parts[1])
-        if not hmac.compare_digest(parts[2], self._mac(colour, issued, request_id)):
+        colour, issued, answer, mac = form.group(1), int(form.group(2)), form[3], form[4]
+        if not hmac.compare_digest(mac, self._mac(colour, issued, answer, request_id)):
             raise invalid
         age = self._clock() - issued
         if age > MAX_AGE_SECONDS or age < -FUTURE_SKEW_SECONDS:
@@ -128,4 +144,4 @@ class FeedbackTokens:
                 "expired_feedback_token",
                 f"feedback is taken for {MAX_AGE_SECONDS // 86400} days after the answer",
             )
-        return colour
+        return colour, answer

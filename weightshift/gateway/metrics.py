@@ -20,18 +20,25 @@ and ``OutputBlocks`` (moderation replaced the answer with the refusal message),
 ``Heartbeat``. Distributions: ``TimeToFirstToken`` (streamed requests, seconds from the
 request to the first answer byte), ``Latency`` (seconds to the last byte), ``QualityScore``
 (feedback, 0 to 1).
+
+A CloudWatch brownout costs delay, not data: each interval is closed on time into a bounded
+backlog (its datums stamped with its own start), and a separate task sends the backlog with
+short timeouts and one retry (``cloudwatch_client``), keeping what failed for the next try.
+Shutdown sends what is left with a deadline (``SHUTDOWN_FLUSH_SECONDS``), then exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 NAMESPACE = "weightshift"
 COUNTERS = (
@@ -60,6 +67,16 @@ MAX_VALUES_PER_DATUM = 150
 """CloudWatch: a datum's value/count set holds at most 150 distinct values."""
 MAX_DATUMS_PER_CALL = 1000
 """CloudWatch: at most 1,000 metric datums per PutMetricData request."""
+CONNECT_TIMEOUT_SECONDS = 2
+READ_TIMEOUT_SECONDS = 5
+"""A ``PutMetricData`` call: 2 s to connect, 5 s to answer, one retry (at most ~15 s)."""
+RETRY_PAUSE_SECONDS = 2.0
+"""After a failed call, the pause before the queued intervals are tried again."""
+DEFAULT_BACKLOG = 180
+"""Closed intervals kept while CloudWatch fails (30 minutes at 10 s); then the oldest go."""
+SHUTDOWN_FLUSH_SECONDS = 8.0
+"""At shutdown, the last send's deadline: well inside the 30 s the pod's
+``terminationGracePeriodSeconds`` leaves after the drain and the answers in flight."""
 
 log = logging.getLogger("weightshift.gateway.metrics")
 
@@ -85,8 +102,26 @@ def compact(samples: Counter[float]) -> list[tuple[float, int]]:
         ratio *= 1.5
 
 
+class Exporter(Protocol):
+    """Another place the same signals go as they happen (``observe.Prometheus``)."""
+
+    def add(self, name: str, value: int) -> None: ...
+
+    def observe(self, name: str, seconds: float) -> None: ...
+
+    def feedback(self, colour: str, score: float) -> None: ...
+
+
 class Metrics:
-    """Counts and samples of one interval for one gateway (model, version, colour)."""
+    """Counts and samples of one interval for one gateway (model, version, colour).
+
+    :meth:`run` closes an interval at its end (a snapshot, stamped with the interval's own
+    start) and never waits for CloudWatch: snapshots queue in a bounded backlog that a
+    separate task sends, oldest first, several intervals in one call. A send that fails
+    leaves its intervals queued for the next try, so a brownout delays datapoints but never
+    merges two intervals into one datapoint nor loses a ``Heartbeat``; past ``backlog``
+    intervals the oldest are dropped and counted (``dropped``).
+    """
 
     def __init__(
         self,
@@ -97,6 +132,8 @@ class Metrics:
         interval: float = 10.0,
         sink: Sink | None = None,
         clock: Callable[[], float] = time.time,
+        backlog: int = DEFAULT_BACKLOG,
+        exporter: Exporter | None = None,
     ) -> None:
         self.model = model
         self.version = version
@@ -104,25 +141,40 @@ class Metrics:
         self.interval = interval
         self.sink = sink
         self.clock = clock
+        self.backlog = backlog
+        self.exporter = exporter
         self.counts: Counter[str] = Counter()
         self.samples: dict[str, Counter[float]] = {name: Counter() for name in DISTRIBUTIONS}
         self.quality: dict[str, Counter[float]] = {}
+        self.pending: deque[list[dict[str, Any]]] = deque()
+        """Closed intervals not sent yet, oldest first (each its own datums and stamp)."""
         self.sent = 0
+        """Calls that succeeded."""
         self.failed = 0
+        """Calls that failed (their intervals stayed queued)."""
+        self.dropped = 0
+        """Intervals dropped unsent: the backlog was full, or shutdown's deadline passed."""
         self._started = self._window(clock())
+        self._wake = asyncio.Event()
 
     def _window(self, now: float) -> float:
         return math.floor(now / self.interval) * self.interval
 
     def add(self, name: str, value: int = 1) -> None:
         self.counts[name] += value
+        if self.exporter is not None:
+            self.exporter.add(name, value)
 
     def observe(self, name: str, seconds: float) -> None:
         # Milliseconds are resolution enough, and rounding keeps the value set small.
         self.samples[name][round(seconds, 3)] += 1
+        if self.exporter is not None:
+            self.exporter.observe(name, seconds)
 
     def feedback(self, colour: str, score: float) -> None:
         self.quality.setdefault(colour, Counter())[round(score, 3)] += 1
+        if self.exporter is not None:
+            self.exporter.feedback(colour, score)
 
     def _dimensions(self, colour: str | None = None, version: bool = True) -> list[dict[str, str]]:
         found = [{"Name": "Model", "Value": self.model}]
@@ -132,15 +184,26 @@ class Metrics:
         return found
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """The datums of the interval that ended, and a fresh interval."""
+        """The datums of the interval that ended (stamped with its start), and a fresh
+        interval: the next one, or the current one if the clock moved further."""
         stamp = datetime.fromtimestamp(self._started, UTC)
         counts, samples, quality = self.counts, self.samples, self.quality
         self.counts = Counter()
         self.samples = {name: Counter() for name in DISTRIBUTIONS}
         self.quality = {}
-        self._started = self._window(self.clock())
+        # A timer that fires a little early must not stamp the next interval like this one;
+        # one that fires late (a starved process) leaves windows whose counts fell into
+        # this one: they still get their Heartbeat (the process was alive), nothing else.
+        ended, now = self._started, self._window(self.clock())
+        self._started = max(ended + self.interval, now)
+        skipped = [
+            ended + self.interval * n
+            for n in range(1, min(round((now - ended) / self.interval), self.backlog))
+        ]
         base = {"Timestamp": stamp, "StorageResolution": 1}
         both = (self._dimensions(), self._dimensions(version=False))
+        if skipped:
+            log.warning("metrics: %d intervals closed late; their heartbeats sent", len(skipped))
         datums: list[dict[str, Any]] = [
             {
                 **base,
@@ -151,6 +214,18 @@ class Metrics:
             }
             for dimensions in both
             for name in COUNTERS
+        ]
+        datums += [
+            {
+                "Timestamp": datetime.fromtimestamp(start, UTC),
+                "StorageResolution": 1,
+                "MetricName": "Heartbeat",
+                "Dimensions": dimensions,
+                "Value": 1.0,
+                "Unit": "Count",
+            }
+            for start in skipped
+            for dimensions in both
         ]
         sets = [
             (name, dimensions, values) for dimensions in both for name, values in samples.items()
@@ -175,44 +250,153 @@ class Metrics:
                 )
         return datums
 
-    async def flush(self) -> None:
-        """Send the interval that ended; a failed call is tried once more (a lost heartbeat
-        is what the dead man's switch counts), then dropped: the next interval is due."""
+    def close_interval(self) -> None:
+        """Queue the interval that ended for sending; never waits."""
         datums = self.snapshot()
         if self.sink is None:
             return
-        for start in range(0, len(datums), MAX_DATUMS_PER_CALL):
-            batch = datums[start : start + MAX_DATUMS_PER_CALL]
-            for attempt in (1, 2):
-                try:
-                    await self.sink(batch)
-                    break
-                except Exception as error:  # noqa: BLE001 (a failed send never stops the gateway)
-                    log.warning(
-                        "metrics not sent, attempt %d (%s): %s",
-                        attempt,
-                        type(error).__name__,
-                        error,
-                    )
-                    if attempt == 1:
-                        await asyncio.sleep(min(1.0, self.interval / 10))
-            else:
-                self.failed += 1
-                return
+        self.pending.append(datums)
+        self._trim()
+        self._wake.set()
+
+    def _trim(self) -> None:
+        over = len(self.pending) - self.backlog
+        if over > 0:
+            for _ in range(over):
+                self.pending.popleft()
+            self.dropped += over
+            log.warning(
+                "metrics backlog full (%d intervals): the oldest %d dropped, %d in all",
+                self.backlog,
+                over,
+                self.dropped,
+            )
+
+    async def send_pending(self) -> bool:
+        """One ``PutMetricData`` call with the oldest queued intervals (whole intervals, at
+        most ``MAX_DATUMS_PER_CALL`` datums); whether it succeeded. A failed or cancelled
+        call puts its intervals back, at the front."""
+        assert self.sink is not None
+        taken: list[list[dict[str, Any]]] = []
+        batch: list[dict[str, Any]] = []
+        while self.pending and (
+            not batch or len(batch) + len(self.pending[0]) <= MAX_DATUMS_PER_CALL
+        ):
+            datums = self.pending.popleft()
+            taken.append(datums)
+            batch += datums
+        try:
+            for start in range(0, len(batch), MAX_DATUMS_PER_CALL):
+                await self.sink(batch[start : start + MAX_DATUMS_PER_CALL])
+        except BaseException as error:
+            self.pending.extendleft(reversed(taken))
+            self._trim()
+            if not isinstance(error, Exception):
+                raise  # cancelled: the intervals wait for the next try (or shutdown's)
+            self.failed += 1
+            log.warning(
+                "metrics not sent (%s: %s): %d intervals kept for the next try",
+                type(error).__name__,
+                error,
+                len(self.pending),
+            )
+            return False
         self.sent += 1
+        return True
+
+    async def flush(self) -> bool:
+        """Close the interval in progress and send everything queued (tests, shutdown);
+        whether all of it went."""
+        self.close_interval()
+        while self.pending:
+            if not await self.send_pending():
+                return False
+        return True
 
     async def run(self) -> None:
-        """Send every interval, at the interval's end, until cancelled."""
+        """Close every interval at its end, until cancelled; a separate task sends them,
+        so a slow send never delays the next snapshot."""
+        sender = asyncio.create_task(self._send_loop()) if self.sink is not None else None
+        try:
+            while True:
+                next_end = self._started + self.interval
+                await asyncio.sleep(max(0.0, next_end - self.clock()))
+                self.close_interval()
+        finally:
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+
+    async def _send_loop(self) -> None:
         while True:
-            next_end = self._started + self.interval
-            await asyncio.sleep(max(0.0, next_end - self.clock()))
-            await self.flush()
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                if not await self.send_pending():
+                    # CloudWatch is failing: try again after a pause (new intervals queue).
+                    await asyncio.sleep(min(self.interval, RETRY_PAUSE_SECONDS))
+
+    async def close(self, deadline: float) -> None:
+        """At shutdown, after :meth:`run` was cancelled: the interval in progress and
+        everything queued, sent with at most ``deadline`` seconds to do it; what is left
+        is dropped (logged), so CloudWatch never holds up the pod's exit."""
+        if self.sink is None:
+            return
+        try:
+            async with asyncio.timeout(deadline):
+                await self.flush()
+        except TimeoutError:
+            pass
+        if self.pending:
+            lost = len(self.pending)
+            self.dropped += lost
+            self.pending.clear()
+            log.warning("metrics: %d intervals not sent at shutdown (CloudWatch too slow)", lost)
+
+
+def cloudwatch_client(session: Any) -> Any:
+    """A CloudWatch client that gives up quickly: a brownout must cost an interval's send,
+    not minutes (boto3's defaults: 60 s to read, up to 5 attempts)."""
+    from botocore.config import Config  # noqa: PLC0415 (only where metrics go out)
+
+    return session.client(
+        "cloudwatch",
+        config=Config(
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            retries={"total_max_attempts": 2, "mode": "standard"},
+        ),
+    )
 
 
 def cloudwatch_sink(client: Any) -> Sink:
-    """Send datums with ``PutMetricData`` (boto3 is synchronous: off the event loop)."""
+    """Send datums with ``PutMetricData``. boto3 is synchronous: each call runs in a daemon
+    thread of its own, so a call CloudWatch never answers cannot hold up the loop nor,
+    at exit, the process (``asyncio.to_thread``'s executor is joined at exit)."""
 
     async def send(datums: list[dict[str, Any]]) -> None:
-        await asyncio.to_thread(client.put_metric_data, Namespace=NAMESPACE, MetricData=datums)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def call() -> None:
+            error: BaseException | None = None
+            try:
+                client.put_metric_data(Namespace=NAMESPACE, MetricData=datums)
+            except Exception as exc:  # noqa: BLE001 (handed to the waiting task)
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=call, name="cloudwatch-put", daemon=True).start()
+        await done
 
     return send

@@ -19,14 +19,14 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import aiohttp
 
 from weightshift.gateway.protocol import SHADOW_HEADER
 from weightshift.gateway.shadow import Answer, ShadowRecorder, pair_from
-from weightshift.gateway.sse import sse_events
+from weightshift.gateway.sse import sse_events, upstream_error
 from weightshift.gateway.state import Gateway, Outcome
 
 log = logging.getLogger("weightshift.gateway.mirror")
@@ -65,41 +65,60 @@ def _failed(outcome: Literal["timeout", "error"], started: float) -> Answer:
     )
 
 
+def _by_status(status: int) -> Literal["ok", "refused", "error", "timeout"]:
+    """The outcome an answer's status tells: 504 a timeout, 5xx an error, 4xx refused."""
+    if status == 504:
+        return "timeout"
+    if status >= 500:
+        return "error"
+    return "refused" if status >= 400 else "ok"
+
+
 @dataclass
 class _Read:
-    """What the candidate's answer said: its text, tokens and time to first token."""
+    """What the candidate's answer said: its text, tokens, time to first token and outcome,
+    read from the answer itself (the outcome header is written before a stream begins, so
+    it cannot tell how the stream ended): an error event is ``error`` (``timeout`` where
+    its code is), a ``content_filter`` finish ``blocked``, a stream without ``[DONE]``
+    ``error``."""
 
     started: float
     ttft: float | None = None
     text: list[str] = field(default_factory=list)
     tokens_in: int | None = None
     tokens_out: int | None = None
+    outcome: Literal["ok", "refused", "blocked", "error", "timeout"] = "ok"
 
     async def stream(self, response: aiohttp.ClientResponse) -> None:
+        ended = False
         async for event in sse_events(response):
             if event == b"[DONE]":
+                ended = True
                 break
-            data = json.loads(event)
-            usage = data.get("usage")
-            if usage:
-                self.tokens_in = usage.get("prompt_tokens")
-                self.tokens_out = usage.get("completion_tokens")
-            for choice in data.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
-                if piece:
-                    if self.ttft is None:
-                        self.ttft = time.monotonic() - self.started
-                    self.text.append(piece)
+            error = upstream_error(event)
+            if error is not None:
+                self.outcome = "timeout" if error.get("code") == "timeout" else "error"
+                return
+            self._choices(json.loads(event), "delta")
+        if not ended:
+            self.outcome = "error"  # cut short
 
     def whole(self, body: bytes) -> None:
-        data: dict[str, Any] = json.loads(body or b"{}")
-        usage = data.get("usage") or {}
-        self.tokens_in = usage.get("prompt_tokens")
-        self.tokens_out = usage.get("completion_tokens")
+        self._choices(json.loads(body or b"{}"), "message")
+
+    def _choices(self, data: dict[str, Any], key: str) -> None:
+        usage = data.get("usage")
+        if usage:
+            self.tokens_in = usage.get("prompt_tokens")
+            self.tokens_out = usage.get("completion_tokens")
         for choice in data.get("choices") or []:
-            self.text.append(
-                (choice.get("message") or {}).get("content") or choice.get("text") or ""
-            )
+            piece = (choice.get(key) or {}).get("content") or choice.get("text")
+            if piece:
+                if self.ttft is None and key == "delta":
+                    self.ttft = time.monotonic() - self.started
+                self.text.append(piece)
+            if choice.get("finish_reason") == "content_filter":
+                self.outcome = "blocked"
 
 
 class Mirror:
@@ -129,13 +148,9 @@ class Mirror:
 
     def observe(self, raw: bytes, headers: Mapping[str, str], outcome: Outcome) -> None:
         """Called when a served answer is complete: queue its copy, or drop it."""
-        copy = Copy(
-            raw,
-            outcome.request_id,
-            outcome.endpoint,
-            datetime.now(UTC),
-            _answer(outcome),
-        )
+        # The pair's time is the request's arrival: now, less the time it took to answer.
+        arrived = datetime.now(UTC) - timedelta(seconds=time.monotonic() - outcome.started)
+        copy = Copy(raw, outcome.request_id, outcome.endpoint, arrived, _answer(outcome))
         try:
             self.queue.put_nowait(copy)
         except asyncio.QueueFull:
@@ -191,25 +206,25 @@ class Mirror:
                     },
                 ) as response:
                     version = response.headers.get("x-weightshift-version")
-                    outcome = response.headers.get("x-weightshift-outcome", "ok")
+                    status = response.status
                     if response.content_type == "text/event-stream":
                         await read.stream(response)
-                    else:
+                    elif status == 200:
                         read.whole(await response.read())
-                    status = response.status
+                    else:
+                        read.outcome = _by_status(status)
         except TimeoutError:
             return _failed("timeout", started), None
         except (aiohttp.ClientError, ValueError):
             return _failed("error", started), None
-        known = ("ok", "refused", "blocked", "error", "timeout")
         return Answer(
             status=status,
-            outcome=outcome if outcome in known else "error",  # type: ignore[arg-type]
+            outcome=read.outcome,
             latency_ms=(time.monotonic() - started) * 1000,
             ttft_ms=None if read.ttft is None else read.ttft * 1000,
             tokens_in=read.tokens_in,
             tokens_out=read.tokens_out,
-            refusal=outcome == "blocked",
+            refusal=read.outcome == "blocked",
             text="".join(read.text),
         ), version
 

@@ -1,8 +1,11 @@
 """Moderation: is this text allowed through, and with which personal data masked?
 
-The gateway calls :meth:`Moderator.check` on the client's input (``source="INPUT"``) before
-forwarding it to the model, and on the model's output (``"OUTPUT"``) before returning it; a
-streamed answer is checked a sentence at a time, so ``check`` runs many times per response.
+The gateway calls :meth:`Moderator.check` on one text, and :meth:`Moderator.check_all` on
+several texts decided together in one call (a conversation's messages and their text parts;
+an answer's text and its tool calls' arguments): on the client's input (``source="INPUT"``)
+before forwarding it to the model, and on the model's output (``"OUTPUT"``) before returning
+it; a streamed answer is checked a few sentences at a time, each check covering what was
+released before, so ``check`` runs a few times per response.
 Whether each side is checked at all (``input_moderation``, ``output_moderation``) is the
 gateway's decision, not the moderator's. A blocked verdict makes the gateway answer with the
 bundle's ``refusal_message``; a :class:`ModerationError` (the moderator could not decide)
@@ -88,11 +91,30 @@ class Verdict:
     """``text`` differs from the input: personal data was masked."""
 
 
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """What the moderator decided about several texts checked together: one decision for
+    them all (a block anywhere blocks them all), each text masked on its own."""
+
+    blocked: bool
+    texts: tuple[str, ...]
+    """Each text to use when not blocked, in the order given (masked where redaction is on).
+    Empty when blocked."""
+    reasons: tuple[str, ...]
+    redacted: bool = False
+    """Some text differs from its input: personal data was masked."""
+
+
 class Moderator(Protocol):
     name: str
     """For logs: ``local`` or ``bedrock:<id>:<version>``."""
 
     async def check(self, text: str, source: Source) -> Verdict: ...
+
+    async def check_all(self, texts: Sequence[str], source: Source) -> Verdicts:
+        """``texts`` decided in one moderation call (Bedrock: one ``ApplyGuardrail`` with a
+        content block per text), each masked on its own."""
+        ...
 
 
 class ModerationError(Exception):
@@ -284,6 +306,25 @@ class LocalModerator:
         # The same rules on both sides; which sides are checked is the gateway's decision.
         return self.decide(text)
 
+    def decide_all(self, texts: Sequence[str]) -> Verdicts:
+        # Terms across the texts as one (a phrase split across two messages still blocks),
+        # personal data masked in each text alone.
+        blocked = self.blocked_terms("\n\n".join(texts))
+        if blocked:
+            return Verdicts(True, (), blocked)
+        if not self._redact:
+            return Verdicts(False, tuple(texts), ())
+        masked: list[str] = []
+        kinds: dict[str, None] = {}
+        for text in texts:
+            one, found = redact(text)
+            masked.append(one)
+            kinds.update(dict.fromkeys(found))
+        return Verdicts(False, tuple(masked), tuple(kinds), redacted=bool(kinds))
+
+    async def check_all(self, texts: Sequence[str], source: Source) -> Verdicts:
+        return self.decide_all(texts)
+
 
 # --- Bedrock --------------------------------------------------------------------------------
 
@@ -372,6 +413,22 @@ def guardrail_verdict(response: Mapping[str, Any], text: str) -> Verdict:
     return Verdict(True, "", tuple(reasons) or (f"guardrail: {response.get('action')}",))
 
 
+def guardrail_verdicts(response: Mapping[str, Any], texts: Sequence[str]) -> Verdicts | None:
+    """The verdict for an ``ApplyGuardrail`` response about ``texts`` (one content block
+    each, in order); None where it masked but its ``outputs`` do not match the blocks one
+    for one (the masked texts cannot be told apart: ask about each text alone)."""
+    if response.get("action") == "NONE":
+        return Verdicts(False, tuple(texts), ())
+    reasons, blocking = assessment_reasons(response.get("assessments") or ())
+    if reasons and not blocking:
+        outputs = response.get("outputs") or ()
+        if len(outputs) == len(texts) and all("text" in output for output in outputs):
+            masked = tuple(str(output["text"]) for output in outputs)
+            return Verdicts(False, masked, tuple(reasons), redacted=True)
+        return None
+    return Verdicts(True, (), tuple(reasons) or (f"guardrail: {response.get('action')}",))
+
+
 class BedrockModerator:
     """Amazon Bedrock ``ApplyGuardrail`` against one guardrail version."""
 
@@ -407,14 +464,39 @@ class BedrockModerator:
     async def check(self, text: str, source: Source) -> Verdict:
         if not text.strip():
             return Verdict(False, text, ())  # nothing to moderate; the API rejects empty text
+        return guardrail_verdict(await self._apply([text], source), text)
+
+    async def check_all(self, texts: Sequence[str], source: Source) -> Verdicts:
+        asked = [index for index, text in enumerate(texts) if text.strip()]
+        if not asked:
+            return Verdicts(False, tuple(texts), ())
+        blocks = [texts[index] for index in asked]
+        decided = guardrail_verdicts(await self._apply(blocks, source), blocks)
+        if decided is None:
+            # Masked, but the outputs do not line up with the blocks: each text alone (rare;
+            # Bedrock answers one output per block), never a masked text in the wrong place.
+            alone = [await self.check(text, source) for text in blocks]
+            reasons = tuple(dict.fromkeys(r for verdict in alone for r in verdict.reasons))
+            if any(verdict.blocked for verdict in alone):
+                return Verdicts(True, (), reasons)
+            decided = Verdicts(False, tuple(v.text for v in alone), reasons, redacted=True)
+        if decided.blocked or len(asked) == len(texts):
+            return decided
+        merged = list(texts)
+        for index, text in zip(asked, decided.texts, strict=True):
+            merged[index] = text
+        return Verdicts(False, tuple(merged), decided.reasons, decided.redacted)
+
+    async def _apply(self, texts: Sequence[str], source: Source) -> Mapping[str, Any]:
+        """``ApplyGuardrail`` on ``texts``, one content block each."""
         try:
             # boto3 blocks: run it in a thread so other requests keep being served meanwhile.
-            response = await asyncio.to_thread(
+            response: Mapping[str, Any] = await asyncio.to_thread(
                 self._client.apply_guardrail,
                 guardrailIdentifier=self.guardrail_id,
                 guardrailVersion=self.guardrail_version,
                 source=source,
-                content=[{"text": {"text": text}}],
+                content=[{"text": {"text": text}} for text in texts],
             )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "Error")
@@ -425,4 +507,4 @@ class BedrockModerator:
                 f"{self._describe()} unreachable: {error}; check network access to Bedrock"
                 " and the gateway's AWS credentials"
             ) from error
-        return guardrail_verdict(response, text)
+        return response

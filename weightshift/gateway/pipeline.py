@@ -5,15 +5,20 @@ output) → record. I/O (the upstream, the moderator, CloudWatch) stays in the s
 modules (``serving_completions.py``, ``upstream.py``, ``moderated.py``); what is decided
 here is pure and tested alone:
 
+- **Bounds before work.** The body is read up to the bundle's ``max_body_bytes`` (a larger
+  ``Content-Length`` is refused at once, a chunked body once it passes it): 413.
 - **Parsing.** The body as JSON, validated by ``protocol.py``; the first error becomes a 400
-  naming the field.
+  naming the field. A ``model`` this gateway does not serve is a 404 ``model_not_found``
+  (a shadow copy may name any version of the model: the stable colour checked it).
 
 - **Prompt.** Chat: the bundle's system prompt (its template filled), then the few-shot
   examples as user/assistant turns, then the client's messages unchanged (a client's own
   system message stays where the client put it, after the bundle's). Completions: the same
   as text, ``system\\n\\nUser: input\\nAssistant: output\\n\\n...`` then the client's prompt.
 - **Input limit.** Tokens of every message's content by the bundle's tokenizer, plus
-  ``MESSAGE_OVERHEAD_TOKENS`` per message, against ``routing.max_input_tokens``.
+  ``MESSAGE_OVERHEAD_TOKENS`` per message, against ``routing.max_input_tokens``; the system
+  prompt's and examples' tokens were counted at load. A text of more characters than the
+  limit times the tokenizer's ``max_bytes_per_token`` cannot fit: refused uncounted.
 - **Sampling.** ``generation.json`` gives every default. A client may set ``temperature``
   (0 to 2), ``top_p`` (above 0, at most 1), ``presence_penalty`` and ``frequency_penalty``
   (-2 to 2), ``seed``,
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +81,49 @@ class Refusal(Exception):
         self.status = status
         self.body = error_body(message, kind, code, param)
         self.headers = dict(headers or {})
+
+
+class UnknownModel(Refusal):
+    """A ``model`` this gateway does not serve: 404, as vLLM and OpenAI answer it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            404, f"The model `{name}` does not exist.", "model_not_found", param="model"
+        )
+
+
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The request body from ``chunks``, or a 413 once it is known to pass ``limit`` bytes:
+    at once from its ``Content-Length`` (``declared``), else while it is read."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"{int(declared)} bytes", limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"more than {limit} bytes", limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(size: str, limit: int) -> Refusal:
+    return Refusal(
+        413,
+        f"The request body has {size}; this gateway reads at most {limit} (from "
+        "config/routing.json max_input_tokens, or the gateway's body limit).",
+        "request_too_large",
+    )
+
+
+def check_model(bundle: ServedBundle, name: str | None, shadow: bool = False) -> None:
+    """404 unless ``name`` is absent or one this gateway serves (``shadow``: a mirrored
+    copy, which may name another version of the same model)."""
+    if name is None or name in bundle.served_names:
+        return
+    if shadow and name.partition("/")[0] == bundle.model:
+        return
+    raise UnknownModel(name)
 
 
 def parse(raw: bytes, kind: str) -> ChatCompletionRequest | CompletionRequest:
@@ -243,22 +291,44 @@ def payload(
     return body
 
 
-def input_tokens(
-    bundle: ServedBundle, request: ChatCompletionRequest | CompletionRequest, system: str
-) -> int:
-    """Tokens the request puts in front of the model, by the bundle's tokenizer."""
+def client_texts(request: ChatCompletionRequest | CompletionRequest) -> list[str]:
+    """What the client wrote: the prompt, or each message's text."""
     if isinstance(request, CompletionRequest):
-        return (
-            bundle.count([system, request.prompt])
-            + bundle.few_shot_tokens
-            + MESSAGE_OVERHEAD_TOKENS
+        return [request.prompt]
+    return [message.text() for message in request.messages]
+
+
+def check_length(bundle: ServedBundle, texts: list[str]) -> int:
+    """The characters of ``texts``; refused (400) where they are too many to fit whatever
+    they say (more than ``max_input_tokens`` tokens of the longest a token can be)."""
+    chars = sum(len(text) for text in texts)
+    per_token = bundle.max_bytes_per_token
+    limit = bundle.routing.max_input_tokens
+    if per_token is not None and chars > limit * per_token:
+        raise Refusal(
+            400,
+            f"The request has {chars} characters: more than {limit} input tokens whatever "
+            f"they say (a token of this model's tokenizer is at most {per_token} bytes); the "
+            "limit is config/routing.json max_input_tokens. Shorten the messages.",
+            "input_too_long",
+            param="messages",
         )
-    client = [message.text() for message in request.messages]
-    return (
-        bundle.count([system, *client])
-        + bundle.few_shot_tokens
-        + MESSAGE_OVERHEAD_TOKENS * (1 + len(client))
+    return chars
+
+
+def input_tokens(
+    bundle: ServedBundle,
+    request: ChatCompletionRequest | CompletionRequest,
+    texts: list[str],
+) -> int:
+    """Tokens the request puts in front of the model, by the bundle's tokenizer (``texts``:
+    :func:`client_texts`); once past the limit, counting stops (the answer is above it)."""
+    fixed = bundle.system_prompt_tokens(request.user) + bundle.few_shot_tokens
+    overhead = MESSAGE_OVERHEAD_TOKENS * (
+        1 if isinstance(request, CompletionRequest) else 1 + len(texts)
     )
+    budget = bundle.routing.max_input_tokens - fixed - overhead
+    return bundle.count(texts, limit=max(budget, 0)) + fixed + overhead
 
 
 def check_input(bundle: ServedBundle, tokens: int) -> None:
@@ -266,8 +336,8 @@ def check_input(bundle: ServedBundle, tokens: int) -> None:
     if tokens > limit:
         raise Refusal(
             400,
-            f"The request has {tokens} input tokens (system prompt and examples included, "
-            f"counted with this model's tokenizer); the limit is {limit} "
+            f"The request has at least {tokens} input tokens (system prompt and examples "
+            f"included, counted with this model's tokenizer); the limit is {limit} "
             "(config/routing.json max_input_tokens). Shorten the messages.",
             "input_too_long",
             param="messages",

@@ -69,6 +69,40 @@ def error_event(message: str, code: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n" + DONE
 
 
+ERROR_MARK = b'{"error"'
+"""How the model server's error event begins (vLLM: ``data: {"error": {...}}``, sent in place
+of the rest of an answer that failed mid-way). A block of events without these bytes holds no
+error event: a byte search, so the plain relay need not parse what it passes on."""
+
+
+def upstream_error(payload: bytes) -> dict[str, Any] | None:
+    """The error object of the model server's error event ``payload`` (a ``data:`` payload),
+    or None when ``payload`` is not one (an answer chunk; not JSON raises ``ValueError``)."""
+    if not payload.startswith(ERROR_MARK):
+        return None
+    data = json.loads(payload)
+    error = data.get("error") if isinstance(data, dict) else None
+    if error is None:
+        return None
+    return error if isinstance(error, dict) else {"message": str(error)}
+
+
+def upstream_error_event(error: dict[str, Any]) -> bytes:
+    """The OpenAI error event (and ``[DONE]``) for the model server's mid-answer ``error``."""
+    message = error.get("message") or "unknown error"
+    return error_event(f"The model server failed mid-answer: {message}", "upstream_error")
+
+
+def malformed_event(what: bytes) -> bytes:
+    """The error event for a stream the model server broke (not ``data:`` JSON, or cut
+    short before ``[DONE]``); ``what`` is the start of the offending bytes."""
+    shown = what[:80].decode("utf-8", "replace")
+    return error_event(
+        f"The model server sent a malformed stream ({shown!r}); the answer was cut off.",
+        "upstream_malformed",
+    )
+
+
 def answer_events(chat: bool, text: str, request_id: str, model: str) -> bytes:
     """A whole stream of one chunk: ``text``, filtered (the refusal message)."""
     template = {

@@ -11,20 +11,28 @@ way, holding a :class:`Slot` (one of the version's ``max_concurrent_requests``).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from logging import INFO
 
 import aiohttp
 
 from weightshift.gateway.feedback import TOKEN_HEADER, FeedbackTokens, random_key
 from weightshift.gateway.metrics import Metrics
 from weightshift.gateway.moderation import Moderator
+from weightshift.gateway.observe import log_request, requests_log
 from weightshift.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from weightshift.gateway.served import ServedBundle
 
 UPSTREAM_HEALTH_TTL = 1.0
 """Seconds a model server health answer is reused by ``/health``."""
+
+
+def new_id() -> str:
+    """A request id of the gateway's own (96 random bits, hex)."""
+    return secrets.token_hex(12)
 
 
 @dataclass
@@ -44,6 +52,11 @@ class Outcome:
     latency: float | None = None
     text: list[str] = field(default_factory=list)
     """The answer's text, kept only where a mirror needs it for its pair."""
+    id: str = field(default_factory=new_id)
+    """The gateway's own id for the request (its feedback token is bound to it; the
+    client's ``x-request-id`` is only for correlation)."""
+    forwarded: bool = False
+    """Whether the model server was asked: only its 200 answers carry a feedback token."""
 
 
 Observer = Callable[[bytes, Mapping[str, str], Outcome], None]
@@ -114,16 +127,20 @@ class Gateway:
         return f"{self.upstream}/v1/{path}"
 
     def headers(self, outcome: Outcome) -> dict[str, str]:
-        """The headers of an answer: colour, version, request id, outcome, feedback token."""
-        return {
+        """The headers of an answer: colour, version, request id, outcome, and a feedback
+        token where the model server answered 200 (never for what the gateway refused or
+        the model server failed: feedback scores the model's answers only)."""
+        headers = {
             **self.common_headers,
             "x-request-id": outcome.request_id,
             "x-weightshift-outcome": outcome.outcome,
-            TOKEN_HEADER: self.tokens.issue(self.colour, outcome.request_id),
         }
+        if outcome.forwarded and outcome.status == 200 and outcome.outcome in ("ok", "blocked"):
+            headers[TOKEN_HEADER] = self.tokens.issue(self.colour, outcome.request_id, outcome.id)
+        return headers
 
     def finish(self, outcome: Outcome) -> None:
-        """Record a finished request's metrics."""
+        """Record a finished request's metrics, and its line in the request log."""
         metrics = self.metrics
         outcome.latency = time.monotonic() - outcome.started
         metrics.observe("Latency", outcome.latency)
@@ -139,6 +156,21 @@ class Gateway:
             metrics.add("Timeouts")
         if outcome.outcome == "refused":
             metrics.add("Refusals")
+        if requests_log.isEnabledFor(INFO):
+            log_request(
+                {
+                    "id": outcome.request_id,
+                    "colour": self.colour,
+                    "version": self.bundle.version,
+                    "endpoint": outcome.endpoint,
+                    "status": outcome.status,
+                    "outcome": outcome.outcome,
+                    "tokens_in": outcome.tokens_in,
+                    "tokens_out": outcome.tokens_out,
+                    "ttft_s": None if outcome.ttft is None else round(outcome.ttft, 4),
+                    "latency_s": round(outcome.latency, 4),
+                }
+            )
 
 
 class Slot:

@@ -1,30 +1,105 @@
 """Forwarding to the model server: a whole answer, or a streamed one, and their failures.
 
 Both are bounded by ``routing.request_timeout_seconds`` (a whole answer: to its last
-byte; a stream: from the request to its last event). Before the answer has begun, a
-timeout is a 504 and an unreachable model server a 502; once a stream has begun, a failure
-ends it with an error event. Closing the upstream connection cancels generation there.
+byte; a stream: from the request to its last event, however slowly the client reads).
+Before the answer has begun, a timeout is a 504 and an unreachable model server a 502;
+a whole answer that is not JSON (or JSON cut short) is a 502 too. Once a stream has begun,
+a failure (the model server's own error event, an event that is not ``data:`` JSON, a
+stream cut short, the deadline) ends it with an OpenAI error event; every one of them is
+counted (``Errors``, and ``Timeouts`` for the deadline). Closing the upstream connection
+cancels generation there: done when the deadline passes, the answer is blocked, or the
+client leaves, whole answer or stream (a whole answer's response watches the ASGI
+``http.disconnect`` while the model server works).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from weightshift.gateway.moderated import moderate_answer, moderated
 from weightshift.gateway.pipeline import Refusal
+from weightshift.gateway.protocol import error_body
 from weightshift.gateway.relay import relay
-from weightshift.gateway.sse import error_event
+from weightshift.gateway.sse import error_event, malformed_event
 from weightshift.gateway.state import Call, Gateway, Outcome
+
+ENDING_GRACE = 10.0
+"""Seconds a stream past its deadline waits for a slow client to take its error event
+(the upstream is cancelled and the request counted first); then the connection is cut."""
+
+CLIENT_GONE = 499
+"""The status recorded for a request whose client left before its answer (nginx's)."""
 
 
 async def complete(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
-    """A whole answer: the model server's, output-moderated where the bundle says so."""
+    """A whole answer: the model server's, output-moderated where the bundle says so. The
+    slot is handed to the response, which asks the model server while watching the client:
+    a client that leaves cancels the request upstream and frees the slot."""
+    call.slot.handed_to_stream = True
+    return _Whole(gateway, call, payload)
+
+
+class _Whole(Response):
+    """A whole answer, computed when the response is sent (so the ASGI ``receive`` is at
+    hand to see the client leave)."""
+
+    def __init__(self, gateway: Gateway, call: Call, payload: dict[str, Any]) -> None:
+        self.gateway, self.call, self.payload = gateway, call, payload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway, call = self.gateway, self.call
+        work = asyncio.ensure_future(_answer(gateway, call, self.payload))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()  # the client left (or this task was): cancel upstream
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                call.outcome.status = CLIENT_GONE
+                gateway.finish(call.outcome)
+                call.done()
+            call.slot.release()
+        if not work.cancelled():
+            await work.result()(scope, receive, send)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone (the body was read already, so the next message is
+    ``http.disconnect``, sent when the connection closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _answer(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
+    """The whole answer's response, recorded (metrics, mirror): the model's, or an error."""
+    try:
+        return await _ask(gateway, call, payload)
+    except Refusal as refusal:
+        outcome = call.outcome
+        if outcome.outcome == "ok":
+            outcome.outcome = "refused"
+        outcome.status = refusal.status
+        gateway.finish(outcome)
+        call.done()
+        return JSONResponse(
+            refusal.body,
+            status_code=refusal.status,
+            headers={**gateway.headers(outcome), **refusal.headers},
+        )
+
+
+async def _ask(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
     parsed, outcome = call.parsed, call.outcome
     assert gateway.client is not None
     timeout = gateway.bundle.routing.request_timeout_seconds
@@ -40,22 +115,32 @@ async def complete(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Res
         raise _timed_out(outcome, f"did not answer within {timeout} s") from None
     except aiohttp.ClientError as error:
         raise _unreachable(outcome, error) from None
-    outcome.status = status
-    if status >= 500:
-        outcome.outcome = "error"
     try:
         data = json.loads(body)
     except ValueError:
         data = None
-    if status != 200 or not isinstance(data, dict):
-        return _passed_on(gateway, call, body, status)
+    if status == 200 and not isinstance(data, dict):
+        outcome.outcome = "error"
+        raise Refusal(
+            502,
+            "The model server answered with a body that is not a JSON object "
+            f"({body[:80].decode('utf-8', 'replace')!r}).",
+            "upstream_malformed",
+            kind="server_error",
+        )
+    outcome.status = status
+    if status != 200:
+        if status >= 500:
+            outcome.outcome = "error"
+        return _passed_on(gateway, call, body if isinstance(data, dict) else None, status)
+    assert isinstance(data, dict)
     usage = data.get("usage") or {}
     outcome.tokens_in = usage.get("prompt_tokens") or outcome.tokens_in
     outcome.tokens_out = usage.get("completion_tokens")
     choice = (data.get("choices") or [{}])[0]
     chat = call.chat
     text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
-    if gateway.bundle.safety.output_moderation and text:
+    if gateway.bundle.safety.output_moderation:  # tool-call arguments too, text or not
         text = await moderate_answer(gateway, outcome, choice, chat, text)
     if call.observer is not None:
         outcome.text = [text]
@@ -82,64 +167,117 @@ async def stream(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Respo
     except aiohttp.ClientError as error:
         raise _unreachable(outcome, error) from None
     if response.status != 200:
-        body = await response.read()
+        body: bytes | None = await response.read()
         response.release()
         outcome.outcome = "error" if response.status >= 500 else "refused"
+        try:
+            json.loads(body or b"")
+        except ValueError:
+            body = None
         return _passed_on(gateway, call, body, response.status)
     call.slot.handed_to_stream = True
-    return StreamingResponse(
-        _events(gateway, call, response, deadline, timeout),
-        media_type="text/event-stream",
-        headers=gateway.headers(outcome),
-    )
+    return _Stream(gateway, call, response, deadline, timeout)
 
 
-async def _events(
-    gateway: Gateway,
-    call: Call,
-    response: aiohttp.ClientResponse,
-    deadline: float,
-    timeout: int,
-) -> AsyncIterator[bytes]:
-    """The stream's events, relayed or moderated, until ``deadline``; then the request is
-    finished (its slot released, its metrics recorded, the mirror told)."""
-    outcome, chat = call.outcome, call.chat
-    wants_usage = bool((call.parsed.stream_options or {}).get("include_usage"))
-    try:
-        async with asyncio.timeout_at(deadline):
-            events = (
-                moderated(gateway, response, outcome, chat, wants_usage)
-                if gateway.bundle.safety.output_moderation
-                else relay(response, outcome, wants_usage, call.observer is not None, chat)
-            )
-            async for chunk in events:
-                yield chunk
-    except TimeoutError:
-        outcome.outcome = "timeout"
-        yield error_event(
-            f"The model did not finish within {timeout} s "
-            "(config/routing.json request_timeout_seconds); the answer was cut off.",
-            "timeout",
+class _Stream(StreamingResponse):
+    """The stream's events, relayed or moderated, until the deadline, which bounds the
+    writes to the client too (a slow reader): past it the upstream is cancelled, the
+    request counted as a timeout and an error event ends the stream. However it ends
+    (done, failed, client gone) the request is then finished: its upstream closed, its
+    slot released, its metrics recorded, the mirror told."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        deadline: float,
+        timeout: int,
+    ) -> None:
+        super().__init__(
+            _events(gateway, call, response),
+            media_type="text/event-stream",
+            headers=gateway.headers(call.outcome),
         )
-    except aiohttp.ClientError as error:
-        outcome.outcome = "error"
-        yield error_event(f"The model server failed mid-answer ({error}).", "upstream")
-    except Refusal as refusal:
-        yield error_event(str(refusal), str(refusal.body["error"]["code"]))
-    finally:
-        # Closing the connection cancels generation upstream (client gone, timeout,
-        # or blocked output).
-        response.close()
+        self.gateway, self.call, self.upstream = gateway, call, response
+        self.deadline, self.timeout = deadline, timeout
+        self.ended = False
+
+    async def stream_response(self, send: Send) -> None:
+        outcome = self.call.outcome
+        ending = b""
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    async for chunk in self.body_iterator:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                outcome.outcome = "timeout"
+                ending = error_event(
+                    f"The model did not finish within {self.timeout} s "
+                    "(config/routing.json request_timeout_seconds); the answer was cut off.",
+                    "timeout",
+                )
+            self._end()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ENDING_GRACE):
+                    await send({"type": "http.response.body", "body": ending, "more_body": False})
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Finish the request, once: closing the connection cancels generation upstream
+        (client gone, deadline, blocked output)."""
+        if self.ended:
+            return
+        self.ended = True
+        call = self.call
+        self.upstream.close()
         call.slot.release()
-        gateway.finish(outcome)
+        self.gateway.finish(call.outcome)
         call.done()
 
 
-def _passed_on(gateway: Gateway, call: Call, body: bytes, status: int) -> Response:
-    """The model server's own answer (an error, or not JSON), passed on as it is."""
+async def _events(
+    gateway: Gateway, call: Call, response: aiohttp.ClientResponse
+) -> AsyncIterator[bytes]:
+    """The stream's events, relayed or moderated; a failure mid-answer ends them with an
+    error event (outcome ``error``)."""
+    outcome, chat = call.outcome, call.chat
+    wants_usage = bool((call.parsed.stream_options or {}).get("include_usage"))
+    events = (
+        moderated(gateway, response, outcome, chat, wants_usage)
+        if gateway.bundle.safety.output_moderation
+        else relay(response, outcome, wants_usage, call.observer is not None, chat)
+    )
+    try:
+        async for chunk in events:
+            yield chunk
+    except aiohttp.ClientError as error:
+        outcome.outcome = "error"
+        yield error_event(f"The model server failed mid-answer ({error}).", "upstream")
+    except ValueError as error:  # an event that is not JSON (the moderated path parses)
+        outcome.outcome = "error"
+        yield malformed_event(str(error).encode())
+    except Refusal as refusal:
+        yield error_event(str(refusal), str(refusal.body["error"]["code"]))
+
+
+def _passed_on(gateway: Gateway, call: Call, body: bytes | None, status: int) -> Response:
+    """The model server's own error answer passed on as it is; one that is not JSON (a
+    proxy's page) becomes an OpenAI error of the same status."""
     call.outcome.status = status
     gateway.finish(call.outcome)
     call.done()
+    if body is None:
+        body = json.dumps(
+            error_body(
+                f"The model server answered {status} without an OpenAI error.",
+                "server_error" if status >= 500 else "invalid_request_error",
+                "upstream_error",
+            )
+        ).encode()
     return Response(
         body,
         status_code=status,
