@@ -52,16 +52,6 @@ def build_app(
     item = listed["data"][0]
     served_names = gateway.bundle.served_names or {gateway.bundle.model, gateway.bundle.version}
 
-    def error(request: Request, status: int, body: dict[str, Any], **extra: str) -> Response:
-        headers = {
-            **gateway.common_headers,
-            "x-request-id": request.headers.get("x-request-id")
-            or f"ws-{gateway.colour}-{uuid.uuid4().hex}",
-            "x-weightshift-outcome": "refused" if status < 500 else "error",
-            **extra,
-        }
-        return JSONResponse(body, status_code=status, headers=headers)
-
     async def chat(request: Request) -> Response:
         return await handle(gateway, request, "chat", observer)
 
@@ -78,44 +68,10 @@ def build_app(
         name = request.path_params["model"]
         if name in served_names:
             return JSONResponse(item, headers=gateway.common_headers)
-        return error(
-            request,
-            404,
-            error_body(
-                f"The model {name!r} does not exist here: this gateway serves "
-                f"{gateway.bundle.model!r} ({gateway.bundle.version}).",
-                "invalid_request_error",
-                "model_not_found",
-                "model",
-            ),
-        )
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind, code = _KINDS.get(
-            exc.status_code,
-            ("invalid_request_error" if exc.status_code < 500 else "server_error", "error"),
-        )
-        message = exc.detail
-        if exc.status_code == 404:
-            message = f"No such endpoint: {request.method} {request.url.path}."
-        elif exc.status_code == 405:
-            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
-            message = f"{request.method} is not allowed on {request.url.path}" + (
-                f": use {allowed}." if allowed else "."
-            )
-        return error(
-            request, exc.status_code, error_body(message, kind, code), **(exc.headers or {})
-        )
-
-    async def server_error(request: Request, _: Exception) -> Response:
-        return error(
-            request,
-            500,
-            error_body(
-                "The gateway failed to answer (see its log).", "server_error", "internal_error"
-            ),
-        )
+        # vLLM's words for a model it does not serve, as the completions endpoints say them
+        message = f"The model `{name}` does not exist."
+        body = error_body(message, "invalid_request_error", "model_not_found", "model")
+        return _error(gateway, request, 404, body)
 
     async def health(_: Request) -> Response:
         ready = not gateway.draining and await gateway.upstream_ready()
@@ -137,8 +93,51 @@ def build_app(
             Route("/health", health, methods=["GET"]),
             Route("/livez", live, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers=_exception_handlers(gateway),
     )
+
+
+def _error(
+    gateway: Gateway, request: Request, status: int, body: dict[str, Any], **extra: str
+) -> Response:
+    """An OpenAI-shaped error with the gateway's usual headers."""
+    headers = {
+        **gateway.common_headers,
+        "x-request-id": request.headers.get("x-request-id")
+        or f"ws-{gateway.colour}-{uuid.uuid4().hex}",
+        "x-weightshift-outcome": "refused" if status < 500 else "error",
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _exception_handlers(gateway: Gateway) -> dict[Any, Any]:
+    """Starlette's own 404 and 405, and anything unexpected, as OpenAI-shaped errors."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind, code = _KINDS.get(
+            exc.status_code,
+            ("invalid_request_error" if exc.status_code < 500 else "server_error", "error"),
+        )
+        message = exc.detail
+        if exc.status_code == 404:
+            message = f"No such endpoint: {request.method} {request.url.path}."
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+            message = f"{request.method} is not allowed on {request.url.path}" + (
+                f": use {allowed}." if allowed else "."
+            )
+        body = error_body(message, kind, code)
+        return _error(gateway, request, exc.status_code, body, **(exc.headers or {}))
+
+    async def server_error(request: Request, _: Exception) -> Response:
+        body = error_body(
+            "The gateway failed to answer (see its log).", "server_error", "internal_error"
+        )
+        return _error(gateway, request, 500, body)
+
+    return {HTTPException: http_error, Exception: server_error}
 
 
 def _models(gateway: Gateway, created: int) -> dict[str, Any]:
