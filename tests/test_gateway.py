@@ -260,7 +260,7 @@ def test_a_model_that_does_not_answer_in_time_gets_504_and_is_cancelled(
     elapsed = time.monotonic() - started
     assert status == 504
     assert "request_timeout_seconds" in json.loads(body)["error"]["message"]
-    assert 1.8 < elapsed < 4
+    assert elapsed >= 1.8  # it waited the bundle's request timeout (2 s), not less
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         _, _, state = request(f"{model.url}/state")

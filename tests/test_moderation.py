@@ -5,7 +5,6 @@ whose requests and responses botocore validates against the service model."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,24 +148,26 @@ def test_without_pii_redaction_personal_data_passes() -> None:
     assert check(moderator, "a@example.com") == Verdict(False, "a@example.com", ())
 
 
-def test_ten_thousand_sentence_checks_take_well_under_a_second() -> None:
-    sentence = (
-        "On 2024-03-15 our support team (build 12345, release 2.4) answered 1,234 questions "
-        "about invoices, refunds and shipping within 99.9% of the promised time; customers "
-        "rated it 4.8 of 5 and asked for faster replies on weekends, holidays and nights, "
-        "and for a public status page at www.status.example.io."
-    )
-    assert len(sentence) == 300
+SENTENCE = (
+    "On 2024-03-15 our support team (build 12345, release 2.4) answered 1,234 questions "
+    "about invoices, refunds and shipping within 99.9% of the promised time; customers "
+    "rated it 4.8 of 5 and asked for faster replies on weekends, holidays and nights, "
+    "and for a public status page at www.status.example.io."
+)
+
+
+def test_a_long_sentence_against_two_hundred_terms_is_decided_by_whole_words() -> None:
+    """The case `scripts/bench_moderation.py` times (its speed is no test's business)."""
     terms = [f"secret{n}" for n in range(200)] + ["forbidden phrase"]
     moderator = LocalModerator(safety(blocked_terms=terms))
 
-    async def run() -> None:
-        for _ in range(10_000):
-            await moderator.check(sentence, "OUTPUT")
+    async def run() -> list[bool]:
+        clean = await moderator.check(SENTENCE, "OUTPUT")
+        dirty = await moderator.check(SENTENCE + " Also secret42.", "OUTPUT")
+        near = await moderator.check(SENTENCE + " Also secret4200x.", "OUTPUT")
+        return [clean.blocked, dirty.blocked, near.blocked]
 
-    started = time.perf_counter()
-    asyncio.run(run())
-    assert time.perf_counter() - started < 2.0  # about 0.5 s here; generous for CI noise
+    assert asyncio.run(run()) == [False, True, False]
 
 
 # --- Bedrock --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -320,31 +321,32 @@ def test_event_loop_keeps_serving_while_s3_is_slow(
     bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = bucket.put_object
+    in_flight, release = threading.Event(), threading.Event()
 
     def slow(**kwargs: Any) -> Any:
-        time.sleep(0.5)
+        in_flight.set()
+        release.wait(10)  # held until the test has seen the loop and record() go on
         return real(**kwargs)
 
     monkeypatch.setattr(bucket, "put_object", slow)
 
-    async def scenario() -> tuple[int, float]:
+    async def scenario() -> tuple[int, bool]:
         shadow = recorder(bucket, max_records=1)
         shadow.start()
         shadow.record(pair(1))
         ticks = 0
-        started = time.monotonic()
-        while time.monotonic() - started < 0.4:  # the put is in flight all along
+        while not in_flight.is_set() or ticks < 20:  # the loop turns while the put waits
             await asyncio.sleep(0.01)
             ticks += 1
-        began = time.monotonic()
         shadow.record(pair(2))
-        record_seconds = time.monotonic() - began
+        still_held = not release.is_set()  # record() came back without waiting for S3
+        release.set()
         await shadow.stop()
-        return ticks, record_seconds
+        return ticks, still_held
 
-    ticks, record_seconds = asyncio.run(scenario())
-    assert ticks > 10, "the event loop was blocked by the put"
-    assert record_seconds < 0.05
+    ticks, still_held = asyncio.run(scenario())
+    assert ticks >= 20, "the event loop was blocked by the put"
+    assert still_held, "record() waited for the put"
 
 
 def test_stop_flushes_what_is_left(bucket: Any) -> None:
