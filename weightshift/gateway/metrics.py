@@ -215,18 +215,7 @@ class Metrics:
             for dimensions in both
             for name in COUNTERS
         ]
-        datums += [
-            {
-                "Timestamp": datetime.fromtimestamp(start, UTC),
-                "StorageResolution": 1,
-                "MetricName": "Heartbeat",
-                "Dimensions": dimensions,
-                "Value": 1.0,
-                "Unit": "Count",
-            }
-            for start in skipped
-            for dimensions in both
-        ]
+        datums += _late_heartbeats(skipped, both)
         sets = [
             (name, dimensions, values) for dimensions in both for name, values in samples.items()
         ]
@@ -235,19 +224,7 @@ class Metrics:
             for colour, values in quality.items()
         ]
         for name, dims, values in sets:
-            pairs = compact(values)
-            for start in range(0, len(pairs), MAX_VALUES_PER_DATUM):
-                chunk = pairs[start : start + MAX_VALUES_PER_DATUM]
-                datums.append(
-                    {
-                        **base,
-                        "MetricName": name,
-                        "Dimensions": dims,
-                        "Values": [value for value, _ in chunk],
-                        "Counts": [float(count) for _, count in chunk],
-                        "Unit": UNITS[name],
-                    }
-                )
+            datums += _distribution(base, name, dims, values)
         return datums
 
     def close_interval(self) -> None:
@@ -400,3 +377,42 @@ def cloudwatch_sink(client: Any) -> Sink:
         await done
 
     return send
+
+
+def _late_heartbeats(
+    starts: list[float], dimension_sets: tuple[list[dict[str, str]], ...]
+) -> list[dict[str, Any]]:
+    """A Heartbeat for each interval a late timer skipped, stamped with its own start."""
+    return [
+        {
+            "Timestamp": datetime.fromtimestamp(start, UTC),
+            "StorageResolution": 1,
+            "MetricName": "Heartbeat",
+            "Dimensions": dimensions,
+            "Value": 1.0,
+            "Unit": "Count",
+        }
+        for start in starts
+        for dimensions in dimension_sets
+    ]
+
+
+def _distribution(
+    base: dict[str, Any], name: str, dimensions: list[dict[str, str]], values: Counter[float]
+) -> list[dict[str, Any]]:
+    """A distribution as value/count sets, at most ``MAX_VALUES_PER_DATUM`` per datum."""
+    pairs = compact(values)
+    return [
+        {
+            **base,
+            "MetricName": name,
+            "Dimensions": dimensions,
+            "Values": [value for value, _ in chunk],
+            "Counts": [float(count) for _, count in chunk],
+            "Unit": UNITS[name],
+        }
+        for chunk in (
+            pairs[start : start + MAX_VALUES_PER_DATUM]
+            for start in range(0, len(pairs), MAX_VALUES_PER_DATUM)
+        )
+    ]

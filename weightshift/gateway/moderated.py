@@ -219,6 +219,60 @@ class _Stream:
         self.logprobs: list[dict[str, Any]] = []
         self.calls: dict[int, dict[str, Any]] = {}
 
+    async def on_chunk(
+        self, data: dict[str, Any], buffer: SentenceBuffer
+    ) -> tuple[list[bytes], bool]:
+        """What one chunk of the model's releases, in order, and whether the answer ends."""
+        out: list[bytes] = []
+        chat = self.chat
+        choice = (data.get("choices") or [{}])[0]
+        self.template = data
+        delta = (choice.get("delta") or {}) if chat else {}
+        piece = delta.get("content") if chat else choice.get("text")
+        logprobs = choice.get("logprobs")
+        if piece:
+            if self.calls:  # text after tool calls: the calls go first
+                chunk, stop = await self.tool_calls()
+                out.append(chunk)
+                if stop:
+                    return out, True
+            if logprobs:
+                self.logprobs.append(logprobs)
+            ready = buffer.feed(piece)
+            if ready is not None:
+                chunk, stop = await self.text(ready)
+                out.append(chunk)
+                if stop:
+                    return out, True
+        calls = delta.get("tool_calls")
+        if calls:
+            chunk, stop = await self.text(buffer.flush())  # the text before them goes first
+            out.append(chunk)
+            if stop:
+                return out, True
+            if logprobs and not piece:
+                self.logprobs.append(logprobs)
+            self.gather(calls)
+        elif logprobs and not piece:
+            self.logprobs.append(logprobs)
+        if choice.get("finish_reason"):
+            chunk, stop = await self.finish(buffer)
+            out.append(chunk)
+            if not stop:
+                out.append(_bare(data, chat))
+            return out, stop
+        if not piece and not calls and chat and delta.get("role"):
+            out.append(_bare(data, chat))
+        return out, False
+
+    async def finish(self, buffer: SentenceBuffer) -> tuple[bytes, bool]:
+        """What is held back, released at the answer's end: the text, then the tool calls."""
+        chunk, stop = await self.text(buffer.flush())
+        if not stop:
+            more, stop = await self.tool_calls()
+            chunk += more
+        return chunk, stop
+
     async def text(self, text: str) -> tuple[bytes, bool]:
         """The chunk releasing ``text`` once moderated with the text released before it, and
         whether it ends the answer (blocked: the refusal message instead)."""
@@ -337,73 +391,41 @@ async def moderated(
     state = _Stream(gateway, outcome, chat)
     async for event in sse_events(response):
         if event == b"[DONE]":
-            chunk, stop = await state.text(buffer.flush())
-            if not stop:
-                more, stop = await state.tool_calls()
-                chunk += more
+            chunk, stop = await state.finish(buffer)
             yield chunk if stop else chunk + DONE
             return
-        try:
-            error = upstream_error(event)
-            data = json.loads(event) if error is None else None
-        except ValueError:
-            outcome.outcome = "error"
-            yield malformed_event(event)
-            return
-        if error is not None or not isinstance(data, dict):
-            # Held-back text is dropped: it was never moderated, and the answer failed.
-            outcome.outcome = "error"
-            yield upstream_error_event(error or {"message": repr(data)})
+        data = _decode(event, outcome)
+        if isinstance(data, bytes):
+            yield data
             return
         if _usage_only(data, outcome):
             if wants_usage:
                 yield b"data: " + event + b"\n\n"
             continue
-        choice = (data.get("choices") or [{}])[0]
-        state.template = data
-        delta = (choice.get("delta") or {}) if chat else {}
-        piece = delta.get("content") if chat else choice.get("text")
-        logprobs = choice.get("logprobs")
-        if piece:
-            if state.calls:  # text after tool calls: the calls go first
-                chunk, stop = await state.tool_calls()
-                yield chunk
-                if stop:
-                    return
-            if logprobs:
-                state.logprobs.append(logprobs)
-            ready = buffer.feed(piece)
-            if ready is not None:
-                chunk, stop = await state.text(ready)
-                yield chunk
-                if stop:
-                    return
-        calls = delta.get("tool_calls")
-        if calls:
-            chunk, stop = await state.text(buffer.flush())  # the text before them goes first
+        chunks, stop = await state.on_chunk(data, buffer)
+        for chunk in chunks:
             yield chunk
-            if stop:
-                return
-            if logprobs and not piece:
-                state.logprobs.append(logprobs)
-            state.gather(calls)
-        elif logprobs and not piece:
-            state.logprobs.append(logprobs)
-        finish = choice.get("finish_reason")
-        if finish:
-            chunk, stop = await state.text(buffer.flush())
-            if not stop:
-                more, stop = await state.tool_calls()
-                chunk += more
-            yield chunk
-            if stop:
-                return
-            yield _bare(data, chat)
-        elif not piece and not calls and chat and delta.get("role"):
-            yield _bare(data, chat)
+        if stop:
+            return
     # The model server closed the stream without [DONE]: the answer is incomplete.
     outcome.outcome = "error"
     yield malformed_event(b"(the stream ended before [DONE])")
+
+
+def _decode(event: bytes, outcome: Outcome) -> dict[str, Any] | bytes:
+    """The model server's chunk, or the error event that ends the stream: its own error
+    event, or a chunk that is not JSON. Held-back text is then dropped: it was never
+    moderated, and the answer failed."""
+    try:
+        error = upstream_error(event)
+        data = json.loads(event) if error is None else None
+    except ValueError:
+        outcome.outcome = "error"
+        return malformed_event(event)
+    if error is not None or not isinstance(data, dict):
+        outcome.outcome = "error"
+        return upstream_error_event(error or {"message": repr(data)})
+    return data
 
 
 def _bare(data: dict[str, Any], chat: bool) -> bytes:
