@@ -14,6 +14,7 @@ from moto import mock_aws
 
 from tests.alb_world import World, alb_world
 from tests.emulator import make_artifact_bucket
+from tests.gateway_harness import Upstream, aws_emulator, upstream
 from weightshift.preview.synth import Graph, apply_overrides, stack_config, synthesize
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -104,3 +105,17 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     """The emulated ALB, SSM, incident bucket and on-call topic of tests/alb_world.py."""
     with alb_world(monkeypatch) as found:
         yield found
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[Upstream]:
+    """A fake model server process, one per test module that asks for it."""
+    with upstream() as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def cloudwatch() -> Iterator[str]:
+    """The AWS emulator as a server (CloudWatch, S3, KMS), one per test module."""
+    with aws_emulator() as endpoint:
+        yield endpoint

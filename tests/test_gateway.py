@@ -25,12 +25,10 @@ from tests.gateway_harness import (
     PROJECT,
     Gateway,
     Upstream,
-    aws_emulator,
     folder_id,
     gateway,
     request,
     sse,
-    upstream,
 )
 
 EXAMPLE = PROJECT / "bundles/support-assistant/v1.5.0"
@@ -62,18 +60,6 @@ def tuned_bundle(root: Path) -> Path:
     safety["blocked_terms"] = ["forbidden phrase"]
     (target / "config/safety.json").write_text(json.dumps(safety))
     return target
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Upstream]:
-    with upstream() as found:
-        yield found
-
-
-@pytest.fixture(scope="module")
-def cloudwatch() -> Iterator[str]:
-    with aws_emulator() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(scope="module")

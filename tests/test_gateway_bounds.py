@@ -21,7 +21,7 @@ import pytest
 from starlette.testclient import TestClient
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from tests.gateway_harness import PROJECT, Gateway, Upstream, folder_id, gateway, request, upstream
+from tests.gateway_harness import PROJECT, Gateway, Upstream, folder_id, gateway, request
 from weightshift.gateway import pipeline
 from weightshift.gateway.app import build_app
 from weightshift.gateway.feedback import MAX_AGE_SECONDS, FeedbackError, FeedbackTokens
@@ -52,12 +52,6 @@ def _bundle(root: Path, name: str, **routing: Any) -> Path:
     # No output moderation: its stream is the plain relay, event by event.
     path.write_text(json.dumps({**json.loads(path.read_text()), "output_moderation": False}))
     return target
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Upstream]:
-    with upstream() as found:
-        yield found
 
 
 @pytest.fixture(scope="module")

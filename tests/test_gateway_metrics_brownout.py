@@ -28,7 +28,6 @@ from tests.gateway_harness import (
     free_port,
     request,
     stop,
-    upstream,
     wait_for,
 )
 
@@ -138,12 +137,6 @@ def launched(
         finally:
             if process.poll() is None:
                 stop(process)
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Upstream]:
-    with upstream() as found:
-        yield found
 
 
 @pytest.fixture(autouse=True)

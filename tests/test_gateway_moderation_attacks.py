@@ -29,12 +29,10 @@ from tests.gateway_harness import (
     PROJECT,
     Gateway,
     Upstream,
-    aws_emulator,
     folder_id,
     gateway,
     request,
     sse,
-    upstream,
 )
 from weightshift.bundles.schemas import Safety
 from weightshift.gateway import state
@@ -73,18 +71,6 @@ def guarded_bundle(root: Path) -> Path:
     safety.update(input_moderation=True, output_moderation=True)
     (target / "config/safety.json").write_text(json.dumps(safety))
     return target
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Upstream]:
-    with upstream() as found:
-        yield found
-
-
-@pytest.fixture(scope="module")
-def cloudwatch() -> Iterator[str]:
-    with aws_emulator() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from tests.gateway_harness import (
     free_port,
     gateway,
     request,
-    upstream,
 )
 
 EXAMPLE = PROJECT / "bundles/support-assistant/v1.5.0"
@@ -47,12 +46,6 @@ def sdk_bundle(root: Path) -> tuple[Path, str]:
     safety["blocked_categories"] = []
     (target / "config/safety.json").write_text(json.dumps(safety))
     return target, folder_id(target, MODEL)
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Upstream]:
-    with upstream() as found:
-        yield found
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.emulator import Emulator, artifact_bucket
-from tests.gateway_harness import PROJECT, Upstream, gateway, request, upstream
+from tests.gateway_harness import PROJECT, Upstream, gateway, request
 
 EXAMPLE = PROJECT / "bundles/support-assistant/v1.4.2"
 NEW_PROMPT = (
@@ -45,12 +42,6 @@ def cli(emulator: Emulator, *args: str) -> Any:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Upstream]:
-    with upstream() as found:
-        yield found
 
 
 def test_a_prompt_only_release_reaches_the_model_through_the_gateway(

@@ -30,22 +30,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from weightshift.gateway.metrics import COUNTERS
+
 REQUEST_LOGGER = "weightshift.gateway.requests"
 requests_log = logging.getLogger(REQUEST_LOGGER)
 
-_COUNTED = (
-    "Requests",
-    "Errors",
-    "Timeouts",
-    "Refusals",
-    "InputBlocks",
-    "OutputBlocks",
-    "ModerationErrors",
-    "TokensIn",
-    "TokensOut",
-    "MirrorSent",
-    "MirrorDropped",
-)
+_COUNTED = tuple(name for name in COUNTERS if name != "Heartbeat")
 """The CloudWatch counters Prometheus also counts (``Heartbeat`` is Prometheus's ``up``)."""
 _TIMED = {"TimeToFirstToken": "time_to_first_token_seconds", "Latency": "latency_seconds"}
 SECONDS_BUCKETS = (
