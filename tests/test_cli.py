@@ -259,3 +259,16 @@ def test_plan_never_forks_beside_a_thread_python_does_not_list(
         assert len(plan.rows) == 6
     finally:
         release.release()
+
+
+@pytest.mark.parametrize("command", ["show", "verify", "pull"])
+def test_a_malformed_id_is_said_before_a_missing_bucket(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cheap check first: `bundle show notanid` with no bucket names the id."""
+    monkeypatch.delenv("WEIGHTSHIFT_BUCKET", raising=False)
+    args = ["bundle", command, "notanid", *(["/tmp/never-written"] if command == "pull" else [])]
+    assert main(args) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "'notanid' is not a bundle id" in error
+    assert "No bucket" not in error

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from weightshift.bundles.diff import Reader
     from weightshift.bundles.manifest import Manifest
     from weightshift.bundles.store import BundleStore, Published
+    from weightshift.bundles.versioning import BundleRef
 
 REF = "name/vX.Y.Z (the published version) or the full id name/vX.Y.Z-hash"
 
@@ -110,12 +111,17 @@ def _store(args: argparse.Namespace) -> BundleStore:
     return BundleStore(bucket, workers=args.workers)
 
 
-def _published(store: BundleStore, text: str) -> Published:
-    """The published bundle ``text`` names: an id, or ``name/vX.Y.Z`` (then the full id goes
-    to stderr, so what was resolved is on record)."""
+def _ref(text: str) -> BundleRef:
+    """``text`` as a bundle reference, parsed before anything reaches for the bucket: a
+    malformed id is said as such, not as a missing bucket."""
     from weightshift.bundles.versioning import BundleRef
 
-    ref = BundleRef.parse(text)
+    return BundleRef.parse(text)
+
+
+def _published(store: BundleStore, ref: BundleRef) -> Published:
+    """The published bundle ``ref`` names: an id, or ``name/vX.Y.Z`` (then the full id goes
+    to stderr, so what was resolved is on record)."""
     published = store.resolve_ref(ref)
     if ref.digest is None:
         print(f"{ref} is {published.manifest.id}", file=sys.stderr)
@@ -134,7 +140,7 @@ def _bundle_side(text: str, args: argparse.Namespace) -> tuple[Manifest, Reader]
         local = load_local(folder, progress=Progress)
         return local.manifest(Version(0, 0, 0)), lambda rel: (folder / rel).read_bytes()
     try:
-        BundleRef.parse(text)
+        ref = BundleRef.parse(text)
     except VersionError:
         what = "is a file, not a bundle folder" if folder.exists() else "is not a folder"
         raise CommandError(
@@ -142,7 +148,7 @@ def _bundle_side(text: str, args: argparse.Namespace) -> tuple[Manifest, Reader]
             "name/vX.Y.Z or name/vX.Y.Z-hash."
         ) from None
     store = _store(args)
-    published = _published(store, text)
+    published = _published(store, ref)
     return published.manifest, lambda rel: store.read_file(published, rel)
 
 
@@ -303,7 +309,8 @@ def cmd_bundle_list(args: argparse.Namespace) -> int:
 def cmd_bundle_show(args: argparse.Namespace) -> int:
     from weightshift.console import table
 
-    published = _published(_store(args), args.id)
+    ref = _ref(args.id)
+    published = _published(_store(args), ref)
     manifest = published.manifest
     document = {
         "id": str(manifest.id),
@@ -336,8 +343,9 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    ref = _ref(args.id)
     store = _store(args)
-    bundle = _published(store, args.id).manifest.id
+    bundle = _published(store, ref).manifest.id
     problems = store.verify(bundle)
     if args.json:
         document = {"id": str(bundle), "ok": not problems, "problems": problems}
@@ -352,10 +360,11 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 def cmd_bundle_pull(args: argparse.Namespace) -> int:
     from weightshift.bundles.store import Interrupted
 
+    ref = _ref(args.id)
     store = _store(args)
     dest = Path(args.dest)
     try:
-        bundle = _published(store, args.id).manifest.id
+        bundle = _published(store, ref).manifest.id
         result = store.pull(bundle, dest, serving_layout=args.serving_layout)
     except Interrupted as stopped:
         print(stopped, file=sys.stderr)
