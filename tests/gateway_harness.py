@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,33 @@ def sse(body: bytes) -> list[Any]:
                 payload = line[5:].strip()
                 found.append(payload if payload == "[DONE]" else json.loads(payload))
     return found
+
+
+def datapoints(
+    endpoint: str,
+    name: str,
+    dimensions: dict[str, str],
+    stat: str = "Sum",
+) -> list[float]:
+    """What the gateways sent of ``name`` in the last ten minutes, one value per 1-second
+    datapoint, as the emulated CloudWatch at ``endpoint`` answers for ``dimensions``."""
+    import boto3
+
+    client = boto3.client(
+        "cloudwatch",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    now = datetime.now(UTC)
+    found = client.get_metric_statistics(
+        Namespace="weightshift",
+        MetricName=name,
+        Dimensions=[{"Name": key, "Value": value} for key, value in dimensions.items()],
+        StartTime=now - timedelta(minutes=10),
+        EndTime=now + timedelta(minutes=1),
+        Period=1,
+        Statistics=[stat],  # type: ignore[list-item]
+    )["Datapoints"]
+    return [float(point[stat]) for point in found]  # type: ignore[literal-required]

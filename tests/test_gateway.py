@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.gateway_harness import (
     PROJECT,
     Gateway,
     Upstream,
+    datapoints,
     folder_id,
     gateway,
     request,
@@ -393,29 +393,9 @@ def test_a_gateway_that_cannot_derive_the_feedback_key_does_not_start(
     assert "The pod's role needs kms:GenerateMac on that HMAC_256 key" in said
 
 
-def _datapoints(endpoint: str, name: str, stat: Any = "Sum") -> list[float]:
-    client = boto3.client(
-        "cloudwatch",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    now = datetime.now(UTC)
-    found = client.get_metric_statistics(
-        Namespace="weightshift",
-        MetricName=name,
-        Dimensions=[
-            {"Name": "Model", "Value": "support-assistant"},
-            {"Name": "Version", "Value": BUNDLE_ID},
-            {"Name": "Colour", "Value": "green"},
-        ],
-        StartTime=now - timedelta(minutes=10),
-        EndTime=now + timedelta(minutes=1),
-        Period=1,
-        Statistics=[stat],
-    )["Datapoints"]
-    return [float(point[stat]) for point in found]  # type: ignore[literal-required]
+def _datapoints(endpoint: str, name: str, stat: str = "Sum") -> list[float]:
+    dimensions = {"Model": "support-assistant", "Version": BUNDLE_ID, "Colour": "green"}
+    return datapoints(endpoint, name, dimensions, stat)
 
 
 def test_metrics_arrive_every_interval_with_explicit_zeros(

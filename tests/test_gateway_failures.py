@@ -11,11 +11,9 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import openai
 import pytest
 
@@ -24,6 +22,7 @@ from tests.gateway_harness import (
     PROJECT,
     Gateway,
     Upstream,
+    datapoints,
     folder_id,
     gateway,
     request,
@@ -86,28 +85,8 @@ def chat(url: str, **fields: Any) -> tuple[int, dict[str, str], bytes]:
 
 def total(cloudwatch: str, name: str) -> float:
     """The sum of ``name`` the gateway has sent so far."""
-    client = boto3.client(
-        "cloudwatch",
-        endpoint_url=cloudwatch,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    now = datetime.now(UTC)
-    found = client.get_metric_statistics(
-        Namespace="weightshift",
-        MetricName=name,
-        Dimensions=[
-            {"Name": "Model", "Value": "support-assistant"},
-            {"Name": "Version", "Value": SERVED["id"]},
-            {"Name": "Colour", "Value": "green"},
-        ],
-        StartTime=now - timedelta(minutes=10),
-        EndTime=now + timedelta(minutes=1),
-        Period=1,
-        Statistics=["Sum"],
-    )["Datapoints"]
-    return sum(float(point["Sum"]) for point in found)
+    dimensions = {"Model": "support-assistant", "Version": SERVED["id"], "Colour": "green"}
+    return sum(datapoints(cloudwatch, name, dimensions))
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:

@@ -13,7 +13,6 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -29,6 +28,7 @@ from tests.gateway_harness import (
     PROJECT,
     Gateway,
     Upstream,
+    datapoints,
     folder_id,
     gateway,
     request,
@@ -515,27 +515,7 @@ def test_a_whole_answers_tool_call_arguments_are_moderated() -> None:
 
 
 def _errors(endpoint: str) -> float:
-    client = boto3.client(
-        "cloudwatch",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    now = datetime.now(UTC)
-    found = client.get_metric_statistics(
-        Namespace="weightshift",
-        MetricName="Errors",
-        Dimensions=[
-            {"Name": "Model", "Value": "support-assistant"},
-            {"Name": "Colour", "Value": "blue"},
-        ],
-        StartTime=now - timedelta(minutes=10),
-        EndTime=now + timedelta(minutes=1),
-        Period=1,
-        Statistics=["Sum"],
-    )["Datapoints"]
-    return sum(float(point["Sum"]) for point in found)
+    return sum(datapoints(endpoint, "Errors", {"Model": "support-assistant", "Colour": "blue"}))
 
 
 def test_a_midstream_error_under_moderation_reaches_the_client_and_is_counted(
