@@ -247,10 +247,33 @@ stacks = {
     )
     for colour, bundle in sorted(bundles.items(), key=lambda item: item[0].value)
 }
+
+
+def no_rollback_since_start() -> None:
+    """Read the record again once the candidate's pods are ready, just before weight moves to
+    them: the wait can take hours, and a rollback (the function's, or `rollout abort`) during
+    it must not be undone by the weights this run computed when it started."""
+    try:
+        found = read_record(record_parameter, region=config.region)
+    except RecordError as error:
+        raise pulumi.RunError(str(error)) from None
+    if found is not None and found.candidate == candidate_version:
+        raise pulumi.RunError(
+            f"{found.summary()}. The record ({record_parameter}) was written while this update "
+            f"waited for {rollout.candidate.value}'s pods, so the listener keeps the weights the "
+            "rollback left (the stable colour serves 100 %) and this update stops here. Review "
+            "the incident (`weightshift rollout status`), then `weightshift rollout ack` before "
+            "promoting again."
+        )
+
+
 if listener is None:
     candidate_stack = stacks.get(rollout.candidate)
     # The Deployment and its TargetGroupBindings: pods ready and registered.
-    listener = traffic.listen(after=candidate_stack.serving if candidate_stack else [])
+    listener = traffic.listen(
+        after=candidate_stack.serving if candidate_stack else [],
+        check=no_rollback_since_start,
+    )
 if capacity.held(config) and rollout.hold is not None and not rollout.hold.released:
     pulumi.log.info(
         f"{rollout.candidate.value} ({rollout.hold.version}) is held warm after rollout finish; "

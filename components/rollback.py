@@ -78,6 +78,11 @@ def function_policy(
     )
 
 
+def rollback_log_group(model: str, stack: str) -> str:
+    """Where every rollback function of a stack logs (blue's and green's alike)."""
+    return f"/weightshift/{model}/{stack}/rollback"
+
+
 def topic_key_policy(account: str, partition: str) -> str:
     """The on-call topic's key: administered by the account; CloudWatch may use it to
     publish alarm notifications from this account only."""
@@ -190,7 +195,10 @@ class Rollback(pulumi.ComponentResource):
         super().__init__("weightshift:index:Rollback", name, None, opts)
         prefix = f"{args.model}-{args.stack}-{args.candidate.value}"
         alarms = CandidateAlarms(name, args, parent=self).create()
-        key, topic = self._on_call(name, prefix, args)
+        # Per stack, not per colour: `rollout finish` flips the candidate colour, and a topic
+        # named after it would be replaced with its subscriptions (an email subscription
+        # stays pending until confirmed again: nobody paged during the hold).
+        key, topic = self._on_call(name, f"{args.model}-{args.stack}", args)
         composite_name = composite_alarm_name(args.model, args.stack, args.candidate.value)
         incident_prefix = f"incidents/{args.model}/{args.stack}"
         variables = function_variables(
@@ -277,9 +285,11 @@ class Rollback(pulumi.ComponentResource):
         """The rollback function, its log group, and its role with exactly what it does."""
         child = pulumi.ResourceOptions(parent=self)
         function_name = f"{prefix}-rollback"[:64]
+        # One log group per stack, whichever colour's function writes to it: a group named
+        # after the function would go (with its logs) when `rollout finish` flips the colour.
         logs = aws.cloudwatch.LogGroup(
             f"{name}-function",
-            name=f"/aws/lambda/{function_name}",
+            name=rollback_log_group(args.model, args.stack),
             retention_in_days=args.settings.log_retention_days,
             opts=child,
         )

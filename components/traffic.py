@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -31,6 +31,24 @@ class TrafficArgs:
     subnet_ids: pulumi.Input[Sequence[str]]
     region: str
     partition: str
+
+
+def _checked_weights(
+    weights: dict[str, int], after: Sequence[pulumi.Resource], check: Callable[[], None] | None
+) -> dict[str, pulumi.Input[int]]:
+    """The weights, released to the engine only after ``after`` is done and ``check``
+    passed (an output of each resource in ``after`` resolves only when the engine has
+    created or updated it: for a Deployment, when its pods are ready)."""
+    if check is None:
+        return dict(weights)
+    done = [r.id for r in after if isinstance(r, pulumi.CustomResource)]
+
+    def run_check(_: object) -> dict[str, int]:
+        check()
+        return dict(weights)
+
+    checked = pulumi.Output.all(*done).apply(run_check)
+    return {target: checked[target] for target in weights}
 
 
 def test_route_sources(
@@ -118,10 +136,19 @@ class Traffic(pulumi.ComponentResource):
         self._args, self._name, self._alb, self._groups = args, name, alb, groups
         self._targets, self._weight = targets, weight
 
-    def listen(self, after: Sequence[pulumi.Resource] = ()) -> aws.lb.Listener:
+    def listen(
+        self,
+        after: Sequence[pulumi.Resource] = (),
+        check: Callable[[], None] | None = None,
+    ) -> aws.lb.Listener:
         """The HTTPS listener with the stage's weights and the test routes; the listener
-        waits for ``after`` (what must be ready before weight moves)."""
-        https = self._https_listener(after)
+        waits for ``after`` (what must be ready before weight moves).
+
+        ``check`` runs once everything in ``after`` is created or updated, before the weights
+        reach the engine: it raises to leave the listener as it is. A wait for the candidate's
+        pods can take hours, and what was true when the program started (no rollback record)
+        may not be true when the weights are applied."""
+        https = self._https_listener(after, check)
         self._test_routes(https)
         self.listener_arn = https.arn
         self.register_outputs(
@@ -167,10 +194,13 @@ class Traffic(pulumi.ComponentResource):
         )
         return alb, security_group
 
-    def _https_listener(self, after: Sequence[pulumi.Resource]) -> aws.lb.Listener:
+    def _https_listener(
+        self, after: Sequence[pulumi.Resource], check: Callable[[], None] | None
+    ) -> aws.lb.Listener:
         """HTTPS only, forwarding to the target groups by the stage's weights."""
         args, name, alb, groups = self._args, self._name, self._alb, self._groups
-        targets, weight, settings = self._targets, self._weight, args.settings
+        targets, settings = self._targets, args.settings
+        weight = _checked_weights(self._weight, after, check)
         return aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=alb.arn,

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pulumi_policy import (
@@ -44,6 +45,7 @@ EKS_CLUSTER = "aws:eks/cluster:Cluster"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 TOPIC = "aws:sns/topic:Topic"
 SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
 TARGET_GROUP_BINDING = "kubernetes:elbv2.k8s.aws/v1beta1:TargetGroupBinding"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 IMAGE_BY_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -412,6 +414,63 @@ def _stack_policy(
         enforcement_level=EnforcementLevel.MANDATORY,
     )
 
+
+REPLACED_BY: Mapping[str, tuple[str, ...]] = {
+    TOPIC: ("name", "namePrefix", "fifoTopic"),
+    SUBSCRIPTION: ("topic", "protocol", "endpoint"),
+    LOG_GROUP: ("name", "namePrefix"),
+}
+"""The inputs whose change replaces the resource (``forceNew`` in the AWS provider:
+registry.terraform.io/providers/hashicorp/aws, resources ``aws_sns_topic``,
+``aws_sns_topic_subscription`` and ``aws_cloudwatch_log_group``; pulumi-aws wraps them)."""
+
+
+@dataclass(frozen=True)
+class TransitionPolicy:
+    """A rule over two states of one stack: what a stage change (or ``rollout finish``)
+    would do, which no policy over one state can see. ``weightshift policy check`` runs it
+    between consecutive stages of every strategy and from the last stage to the state after
+    ``rollout finish``."""
+
+    name: str
+    validate: Callable[[StackValidationArgs, StackValidationArgs, ReportViolation], None]
+    enforcement_level: EnforcementLevel = EnforcementLevel.MANDATORY
+
+    @property
+    def description(self) -> str:
+        return (self.validate.__doc__ or self.name).strip()
+
+
+def _paging_survives(
+    before: StackValidationArgs, after: StackValidationArgs, report: ReportViolation
+) -> None:
+    """No stage change and no ``rollout finish`` replaces or deletes the on-call topic, its
+    subscriptions or a log group: a replaced email subscription stays pending until someone
+    confirms it again (the next rollback pages nobody), and a replaced log group loses its
+    logs."""
+    kept = {r.urn: r for r in after.resources}
+    for old in before.resources:
+        keys = REPLACED_BY.get(old.resource_type)
+        if keys is None:
+            continue
+        new = kept.get(old.urn)
+        kind = old.resource_type.rsplit(":", 1)[-1]
+        if new is None:
+            report(f"{kind} {old.name} would be deleted.", old.urn)
+            continue
+        changed = [k for k in keys if old.props.get(k) != new.props.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {old.props.get(k)!r} -> {new.props.get(k)!r}" for k in changed)
+            report(
+                f"{kind} {old.name} would be replaced ({what}): name it after the stack, not "
+                "after anything a stage or `rollout finish` changes.",
+                old.urn,
+            )
+
+
+TRANSITION_POLICIES: tuple[TransitionPolicy, ...] = (
+    TransitionPolicy("paging-and-logs-survive-stage-changes", _paging_survives),
+)
 
 MANDATORY = EnforcementLevel.MANDATORY
 POLICIES: tuple[ResourceValidationPolicy | StackValidationPolicy, ...] = (

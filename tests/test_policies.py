@@ -197,11 +197,11 @@ def without(graph: Graph, *names: str, kind: str | None = None) -> Graph:
     return Graph(graph.stack, graph.config, kept, graph.outputs)
 
 
-def edited(graph: Graph, name: str, kind: str, **inputs: Any) -> Graph:
+def edited(graph: Graph, resource: str, kind: str, **inputs: Any) -> Graph:
     """``graph`` with inputs of one resource replaced (outputs follow, as a provider's would)."""
     changed = [
         replace(r, inputs={**r.inputs, **inputs}, outputs={**r.outputs, **inputs})
-        if r.name == name and r.type.endswith(f":{kind}")
+        if r.name == resource and r.type.endswith(f":{kind}")
         else r
         for r in graph.resources
     ]
@@ -331,3 +331,66 @@ def test_the_same_security_group_rule_declared_twice_is_a_violation() -> None:
     other = replace(other, outputs={**other.outputs, "fromPort": 9000, "toPort": 9000})
     moved = Graph(graph.stack, graph.config, [*graph.resources, other], graph.outputs)
     assert stack_violations("sg-rules-unique", moved) == []
+
+
+FINISHED = (
+    "rollout.candidate=blue",
+    "rollout.stage=0",
+    'rollout.hold={"version": "support-assistant/v1.4.2-424ef6470390", '
+    '"until": "2026-12-08T00:00:00+00:00"}',
+)
+"""The prod stack after `rollout finish` of canary: green stable, blue held at stage 0."""
+
+
+def transition_violations(before: Graph, after: Graph) -> list[str]:
+    from policies.rules import TRANSITION_POLICIES
+    from weightshift.preview.policy import check_transition
+
+    return [str(v) for v in check_transition(before, after, TRANSITION_POLICIES, "finish")]
+
+
+def test_finish_keeps_the_on_call_topic_its_subscriptions_and_the_rollback_logs() -> None:
+    last, finished = synth("rollout.stage=5"), synth(*FINISHED)
+    assert transition_violations(last, finished) == []
+    # A topic named after the candidate colour (as it was) is replaced at finish.
+    renamed = edited(
+        finished, "rollback-on-call", "Topic", name="support-assistant-prod-blue-on-call"
+    )
+    (found,) = transition_violations(last, renamed)
+    assert "paging-and-logs-survive-stage-changes" in found
+    assert "would be replaced" in found
+    assert "'support-assistant-prod-on-call' -> 'support-assistant-prod-blue-on-call'" in found
+    moved = edited(finished, "rollback-function", "LogGroup", name="/aws/lambda/x-blue-rollback")
+    assert any(
+        "LogGroup rollback-function would be replaced" in v
+        for v in transition_violations(last, moved)
+    )
+    gone = Graph(
+        finished.stack,
+        finished.config,
+        [r for r in finished.resources if r.name != "rollback-on-call-0"],
+        finished.outputs,
+    )
+    assert any(
+        "TopicSubscription rollback-on-call-0 would be deleted" in v
+        for v in transition_violations(last, gone)
+    )
+
+
+def test_policy_check_runs_the_transition_rules_up_to_finish() -> None:
+    from policies.rules import TRANSITION_POLICIES, TransitionPolicy
+
+    def spy(before: Any, after: Any, report: Any) -> None:
+        report("planted")
+
+    results = check_every_stage(
+        PROJECT,
+        "prod",
+        [],
+        transitions=[*TRANSITION_POLICIES, TransitionPolicy("spy", spy)],
+    )
+    steps = [v.message for r in results for v in r.violations if v.policy == "spy"]
+    # Canary: 5 stage changes and a finish; blue-green: 1 and a finish; shadow: 1, no finish.
+    assert len(steps) == 5 + 1 + 1 + 1 + 1
+    assert sum("(at rollout finish)" in s for s in steps) == 2
+    assert [v for r in results for v in r.violations if v.policy != "spy"] == []

@@ -545,3 +545,84 @@ def test_a_stage_that_would_enable_an_alarm_already_in_alarm_is_refused() -> Non
     stubber.assert_no_pending_responses()
     # Offline (weightshift synth) nothing is read: synthesis never calls CloudWatch.
     assert synth("rollout.stage=1").outputs["rollback"]["actionsEnabled"] is True
+
+
+class RollbackDuringTheWait:
+    """A rollback that lands while `pulumi up` waits for the candidate's pods: the record
+    appears in SSM exactly when the engine answers the candidate Deployment's registration
+    (with pulumi-kubernetes, once its pods are ready), and every event is logged in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, writes: RollbackRecord | None) -> None:
+        from weightshift.preview import synth as synth_module
+        from weightshift.rollout import record as record_module
+
+        self.events: list[str] = []
+        self.stored: RollbackRecord | None = None
+        new_resource = synth_module.OfflineMocks.new_resource
+
+        def register(mocks: Any, args: Any) -> tuple[str, dict[str, Any]]:
+            self.events.append(
+                f"register {args.name}"
+                + (" Deployment" if args.typ.endswith(":Deployment") else "")
+            )
+            if args.typ == "kubernetes:apps/v1:Deployment" and args.name == "green":
+                self.stored = writes
+                self.events.append("record written")
+            return new_resource(mocks, args)
+
+        def read(parameter: str, client: Any = None, region: str | None = None) -> Any:
+            self.events.append("record read")
+            return self.stored
+
+        monkeypatch.setattr(synth_module.OfflineMocks, "new_resource", register)
+        monkeypatch.setattr(record_module, "read", read)
+
+    def index(self, event: str) -> int:
+        return self.events.index(event)
+
+
+def test_a_rollback_during_the_wait_for_the_candidates_pods_stops_the_listener_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from weightshift.preview.synth import SynthError
+
+    world = RollbackDuringTheWait(monkeypatch, writes=record())
+    with pytest.raises(SynthError) as failure:
+        synth("rollout.stage=3")
+    message = str(failure.value)
+    assert "was written while this update waited for green's pods" in message
+    assert CANDIDATE in message
+    assert "incident 4f1c0a9e3b2d7c65" in message
+    assert "\n" not in message.strip()  # one paragraph
+    # The record was read at start (nothing), written during the wait, read again after it,
+    # and the listener, which would have moved weight to the candidate, never reached the
+    # engine.
+    assert world.events[0] == "record read"
+    assert world.index("register green Deployment") < world.index("record written")
+    assert world.events.count("record read") == 2
+    assert world.events.index("record read", 1) > world.index("record written")
+    assert "register traffic-https" not in world.events
+
+
+def test_without_a_rollback_the_listener_is_updated_after_the_record_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = RollbackDuringTheWait(monkeypatch, writes=None)
+    graph = synth("rollout.stage=3")
+    assert listener_weights(graph)["green"] > 0
+    second_read = world.events.index("record read", 1)
+    assert world.index("register green Deployment") < second_read
+    assert second_read < world.index("register traffic-https")
+
+
+def test_an_abort_during_the_wait_stops_the_listener_update_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`rollout abort` writes the same record, by the rollback function's own code."""
+    from weightshift.preview.synth import SynthError
+
+    aborted = record().model_copy(update={"alarm": "manual-abort:oncall", "reason": "manual"})
+    world = RollbackDuringTheWait(monkeypatch, writes=aborted)
+    with pytest.raises(SynthError, match="manual-abort:oncall"):
+        synth("rollout.stage=1")
+    assert "register traffic-https" not in world.events

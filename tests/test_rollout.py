@@ -144,10 +144,9 @@ def test_status_says_which_alarms_have_no_data_to_judge(
     assert f"note: {note}" in " ".join(status.render().split())
 
 
-def test_promote_refuses_while_nobody_would_be_paged(
-    rollout: Rollout, backend: FakeBackend
-) -> None:
-    """An email subscription pages nobody until its owner confirms it."""
+def unconfirmed(backend: FakeBackend, calls: int) -> Rollout:
+    """A rollout whose on-call topic has only a pending email subscription: it pages nobody
+    until its owner confirms it."""
     from botocore.stub import Stubber
 
     sns = boto3.client("sns", region_name=REGION)
@@ -160,16 +159,39 @@ def test_promote_refuses_while_nobody_would_be_paged(
         "Endpoint": "ml-platform-oncall@example.com",
         "TopicArn": topic,
     }
-    for _ in range(2):
+    for _ in range(calls):
         stubber.add_response(
             "list_subscriptions_by_topic", {"Subscriptions": [pending]}, {"TopicArn": topic}
         )
     stubber.activate()
-    unconfirmed = Rollout("prod", backend, AwsView(sns=sns), now=lambda: NOW)
-    assert unconfirmed.status().on_call == 0
+    return Rollout("prod", backend, AwsView(sns=sns), now=lambda: NOW)
+
+
+def test_promote_refuses_while_nobody_would_be_paged(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    paged_by_nobody = unconfirmed(backend, calls=2)
+    assert paged_by_nobody.status().on_call == 0
     with pytest.raises(RolloutError, match="nobody would be paged: the on-call topic"):
-        unconfirmed.promote()
+        paged_by_nobody.promote()
     assert backend.ups == []
+
+
+def test_finish_and_release_refuse_while_nobody_would_be_paged(
+    rollout: Rollout, backend: FakeBackend
+) -> None:
+    """After finish the rollback still acts (a late regression during the hold): it must
+    page someone, so neither finish nor release goes ahead without a confirmed subscription."""
+    set_stage(backend, 5)
+    with pytest.raises(RolloutError, match="not finishing: nobody would be paged"):
+        unconfirmed(backend, calls=1).finish()
+    assert backend.values["weightshift:rollout"]["candidate"] == "green"
+    rollout.finish()
+    ups = list(backend.ups)
+    with pytest.raises(RolloutError, match="not releasing: nobody would be paged"):
+        unconfirmed(backend, calls=1).release(early=True)
+    assert backend.ups == ups
+    assert backend.values["weightshift:rollout"]["hold"].get("released") is not True
 
 
 def test_promote_moves_exactly_one_stage_and_deploys(

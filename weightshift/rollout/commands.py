@@ -372,6 +372,13 @@ class Status:
         return "\n".join(lines)
 
 
+def _unpaged(topic: str) -> str:
+    return (
+        f"nobody would be paged: the on-call topic {topic} has no confirmed subscription "
+        "(confirm the subscription email, or set weightshift:rollback.onCall)"
+    )
+
+
 def _duration(value: timedelta | None) -> str:
     if value is None:
         return "unknown"
@@ -437,10 +444,7 @@ class Rollout:
             on_call=self.aws.confirmed_subscriptions(topic) if topic else None,
         )
         if status.on_call == 0:
-            status.blockers.append(
-                f"nobody would be paged: the on-call topic {topic} has no confirmed "
-                "subscription (confirm the subscription email, or set weightshift:rollback.onCall)"
-            )
+            status.blockers.append(_unpaged(topic))
         if record is not None:
             status.blockers.append(
                 "a rollback record exists: review the incident, then `weightshift rollout ack`"
@@ -559,6 +563,7 @@ class Rollout:
             )
         if hold.released:
             raise RolloutError(f"{hold.version} is already released.")
+        self._refuse_unpaged("not releasing")
         if self.now() < hold.until and not early:
             raise RolloutError(
                 f"{hold.version} is held until {hold.until:%Y-%m-%d %H:%M} UTC, the window in "
@@ -570,6 +575,14 @@ class Rollout:
         )
         summary = self.backend.up(f"weightshift rollout release: {hold.version} scaled to 0")
         return f"released {hold.version} ({config.rollout.candidate.value}): {summary}"
+
+    def _refuse_unpaged(self, doing: str) -> None:
+        """Refuse while the on-call topic has no confirmed subscription: after a release (or
+        a finish) the rollback still acts, and a rollback nobody hears about is never
+        investigated."""
+        topic = str((self.backend.outputs().get("rollback") or {}).get("onCallTopic") or "")
+        if topic and self.aws.confirmed_subscriptions(topic) == 0:
+            raise RolloutError(f"{doing}: {_unpaged(topic)}.")
 
     def finish(self) -> str:
         """The candidate (at 100 %) becomes the stable colour; the old stable stays warm."""
