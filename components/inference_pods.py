@@ -18,6 +18,7 @@ import pulumi
 
 from components.gpu_nodes import GPU_TOLERATION, required_node_affinity
 from weightshift.bundles.catalog import ResolvedBundle
+from weightshift.bundles.schemas import Generation
 from weightshift.config import ServingConfig
 from weightshift.stages import Colour
 
@@ -86,18 +87,10 @@ class InferenceStackArgs:
 
 
 def server_args(args: InferenceStackArgs) -> list[str]:
-    """The OpenAI-compatible server's arguments: the bundle's generation parameters included,
-    so a change to them shows in review as a change to the Deployment."""
-    generation = args.bundle.generation
-    defaults: dict[str, Any] = {
-        "temperature": generation.temperature,
-        "top_p": generation.top_p,
-        "top_k": generation.top_k,
-        "max_new_tokens": generation.max_tokens,
-        "repetition_penalty": generation.repetition_penalty,
-        "presence_penalty": generation.presence_penalty,
-        "frequency_penalty": generation.frequency_penalty,
-    }
+    """The OpenAI-compatible server's arguments: the bundle's generation parameters that vLLM
+    honours as defaults (``server_generation_defaults``) included, so a change to them shows
+    in review as a change to the Deployment."""
+    defaults = server_generation_defaults(args.bundle.generation)
     result = [
         "--model",
         f"{BUNDLE_ROOT}/{SERVING_LAYOUT}",
@@ -119,6 +112,19 @@ def server_args(args: InferenceStackArgs) -> list[str]:
     if args.serving.max_model_len is not None:
         result += ["--max-model-len", str(args.serving.max_model_len)]
     return result + list(args.serving.extra_args)
+
+
+def server_generation_defaults(generation: Generation) -> dict[str, Any]:
+    """What ``--override-generation-config`` carries: only the keys vLLM applies
+    (``VLLM_GENERATION_CONFIG_KEYS``). The gateway sets every sampling parameter on every
+    request anyway; these are the defaults for a request that reaches vLLM without it."""
+    return {
+        "temperature": generation.temperature,
+        "top_p": generation.top_p,
+        "top_k": generation.top_k,
+        "max_new_tokens": generation.max_tokens,
+        "repetition_penalty": generation.repetition_penalty,
+    }
 
 
 SHADOW_PREFIX = "shadow"

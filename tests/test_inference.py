@@ -750,3 +750,26 @@ def test_local_moderation_is_refused_for_a_bundle_that_needs_a_classifier(
     policy = json.loads(graph.named("green-gateway", "RolePolicy").inputs["policy"])
     assert "ApplyBundleGuardrail" not in {s["Sid"] for s in policy["Statement"]}
     assert not [r for r in graph.resources if r.name == "green-guardrail"]
+
+
+def test_vllm_receives_only_the_generation_defaults_it_honours(graph: Graph) -> None:
+    from weightshift.facts import VLLM_GENERATION_CONFIG_KEYS
+    from weightshift.preview.plan import ROLLS_PODS, SERVER_GENERATION_KEYS
+
+    server = graph.named("green", "Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    overrides = json.loads(server["args"][server["args"].index("--override-generation-config") + 1])
+    # vLLM drops every other key silently (vllm/config/model.py, get_diff_sampling_param).
+    assert set(overrides) <= set(VLLM_GENERATION_CONFIG_KEYS)
+    assert "presence_penalty" not in overrides
+    assert "frequency_penalty" not in overrides
+    generation = json.loads(
+        (PROJECT / "bundles/support-assistant/v1.5.0/config/generation.json").read_text()
+    )
+    named = {"max_new_tokens": "max_tokens"}
+    assert {named.get(k, k): v for k, v in overrides.items()} == {
+        k: generation.get(k, v)
+        for k, v in {named.get(k, k): v for k, v in overrides.items()}.items()
+    }
+    # What the plan tells a reviewer is what the server is given.
+    assert sorted(named.get(k, k) for k in overrides) == sorted(SERVER_GENERATION_KEYS)
+    assert ", ".join(SERVER_GENERATION_KEYS) in ROLLS_PODS

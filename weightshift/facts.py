@@ -42,6 +42,21 @@ CLOUDWATCH_LOG_RETENTION_DAYS = (
 "Possible values are: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
 1827, 2192, 2557, 2922, 3288, and 3653")."""
 
+VLLM_GENERATION_CONFIG_KEYS = (
+    "repetition_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "max_new_tokens",
+)
+"""The only keys of ``--override-generation-config`` vLLM applies as request defaults: its
+``ModelConfig.get_diff_sampling_param`` keeps these (``available_params``) and drops the
+rest silently (vllm-project/vllm, ``vllm/config/model.py``). A bundle parameter outside
+this list (presence and frequency penalties, stop, seed) is the gateway's alone: it sets
+it on every request, so passing it to vLLM would change the Deployment (and roll every GPU
+pod) for an argument with no effect."""
+
 IAM_ROLE_INLINE_POLICY_CHARACTERS = 10_240
 """IAM quota: "Role policy size cannot exceed 10,240 characters" for all of a role's inline
 policies together; whitespace is not counted (IAM user guide, "IAM and AWS STS quotas").
