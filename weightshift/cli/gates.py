@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from weightshift.cli.common import CommandError
+from weightshift.cli.common import CommandError, project_arg
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,34 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     size.add_argument("--share", type=float, help="the candidate's share of them, e.g. 0.05")
     size.add_argument("--json", action="store_true", help="print JSON")
     size.set_defaults(func=cmd_gates_sample_size)
+    stage = steps.add_parser(
+        "stage",
+        help="may the rollout leave its stage? the candidate against stable, from CloudWatch",
+        description=(
+            "The configured stage's gate: bake time, the candidate's requests, and its error, "
+            "refusal, safety-block and slow-first-token rates and feedback quality against the "
+            "stable colour's over the same window, read from the gateways' metrics in "
+            "CloudWatch and decided by anytime-valid tests (docs/gates.md). Exit 0 pass, 1 "
+            "fail, 3 inconclusive."
+        ),
+    )
+    stage.add_argument("--stack", default="prod", help="stack name (default: prod)")
+    stage.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
+    stage.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, keys relative to weightshift: (rollout.stage=3); repeatable",
+    )
+    stage.add_argument(
+        "--since",
+        metavar="TIME",
+        help="when the stage started (ISO 8601, e.g. 2026-12-07T09:00:00Z); default: the "
+        "stack's last update (needs the Pulumi CLI)",
+    )
+    stage.add_argument("--json", action="store_true", help="print JSON")
+    stage.set_defaults(func=cmd_gates_stage)
 
 
 def cmd_gates_sample_size(args: argparse.Namespace) -> int:
@@ -96,3 +125,86 @@ def _duration(seconds: float) -> str:
     if minutes < 90:
         return f"{minutes:.0f} min"
     return f"{minutes / 60:.1f} h"
+
+
+EXIT_INCONCLUSIVE = 3
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def cmd_gates_stage(args: argparse.Namespace) -> int:
+    import boto3
+
+    from weightshift.config import load
+    from weightshift.evidence.sequential import Decision
+    from weightshift.gates.stage import decide, read_counts
+    from weightshift.preview.synth import apply_overrides, stack_config
+
+    project = project_arg(args)
+    values = apply_overrides(stack_config(project, args.stack), args.set)
+    config = load(values, source=f"config of stack {args.stack}")
+    now = _now()
+    since = _since(args, project, now)
+    cloudwatch = boto3.client("cloudwatch", region_name=config.region)
+    counts = read_counts(
+        cloudwatch, config.model, config.rollout.thresholds.latency_p99_seconds, since, now
+    )
+    gate = decide(config, counts, since=since, until=now)
+    if args.json:
+        print(json.dumps(gate.to_json(), indent=2))
+    else:
+        print(_gate_text(gate))
+    return {Decision.PASS: 0, Decision.FAIL: 1}.get(gate.decision, EXIT_INCONCLUSIVE)
+
+
+def _since(args: argparse.Namespace, project: Any, now: Any) -> Any:
+    from datetime import UTC, datetime
+
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            raise CommandError(
+                f"--since {args.since!r} is not a time: give ISO 8601, e.g. 2026-12-07T09:00:00Z."
+            ) from None
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        if since >= now:
+            raise CommandError(f"--since {args.since} is not in the past.")
+        return since
+    from weightshift.rollout.commands import AutomationBackend
+
+    try:
+        last = AutomationBackend(project, args.stack).last_update()
+    except Exception as error:  # noqa: BLE001 (the engine's own errors vary)
+        raise CommandError(
+            f"cannot read the stack's last update ({error}): pass --since with the stage's "
+            "start instead."
+        ) from None
+    if last is None:
+        raise CommandError("the stack has no update yet: pass --since with the stage's start.")
+    return last
+
+
+def _gate_text(gate: Any) -> str:
+    lines = [
+        f"stage {gate.stage} gate: {gate.decision.value.upper()} (window "
+        f"{gate.since:%Y-%m-%d %H:%M} to {gate.until:%H:%M} UTC)"
+    ]
+    for criterion in gate.criteria:
+        verdict = criterion.verdict
+        parts = [f"{criterion.name}: {verdict.decision.value}"]
+        if criterion.candidate is not None and criterion.stable is not None:
+            parts.append(f"candidate {criterion.candidate:.4g}, stable {criterion.stable:.4g}")
+        if verdict.estimate is not None:
+            lower, upper = verdict.interval
+            parts.append(f"estimate {verdict.estimate:.3g} in [{lower:.3g}, {upper:.3g}]")
+        if verdict.needed is not None:
+            parts.append(f"about {verdict.needed:,} more to decide")
+        if criterion.note:
+            parts.append(criterion.note)
+        lines.append("  " + "; ".join(parts))
+    return "\n".join(lines)
