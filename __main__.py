@@ -9,6 +9,8 @@ rollout stage is one ``pulumi up`` that changes only the listener.
 Config is read and validated here, once, and passed down as models.
 """
 
+from collections.abc import Mapping
+
 import pulumi
 import pulumi_aws as aws
 
@@ -22,7 +24,7 @@ from components.serving_edge import ServingEdge, ServingEdgeArgs
 from components.traffic import Traffic, TrafficArgs
 from weightshift.bundles.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
-from weightshift.rollout import capacity
+from weightshift.rollout import capacity, guard
 from weightshift.rollout.record import (
     RecordError,
     composite_alarm_name,
@@ -249,22 +251,30 @@ stacks = {
 }
 
 
-def no_rollback_since_start() -> None:
-    """Read the record again once the candidate's pods are ready, just before weight moves to
-    them: the wait can take hours, and a rollback (the function's, or `rollout abort`) during
-    it must not be undone by the weights this run computed when it started."""
+def before_weight_moves(target_groups: Mapping[str, str]) -> None:
+    """Once the candidate's pods are ready, just before weight moves to them: the wait can
+    take hours (weightshift/rollout/guard.py says what is checked again, and why)."""
     try:
-        found = read_record(record_parameter, region=config.region)
-    except RecordError as error:
-        raise pulumi.RunError(str(error)) from None
-    if found is not None and found.candidate == candidate_version:
-        raise pulumi.RunError(
-            f"{found.summary()}. The record ({record_parameter}) was written while this update "
-            f"waited for {rollout.candidate.value}'s pods, so the listener keeps the weights the "
-            "rollback left (the stable colour serves 100 %) and this update stops here. Review "
-            "the incident (`weightshift rollout status`), then `weightshift rollout ack` before "
-            "promoting again."
+        guard.before_weight_moves(
+            parameter=record_parameter,
+            candidate_version=str(candidate_version),
+            colour=rollout.candidate.value,
+            alarm_name=composite_alarm_name(
+                config.model, pulumi.get_stack(), rollout.candidate.value
+            ),
+            target_group_arn=target_groups[rollout.candidate.value],
+            region=config.region,
+            dry_run=pulumi.runtime.is_dry_run(),
         )
+    except guard.GuardError as error:
+        raise pulumi.RunError(str(error)) from None
+
+
+def after_weight_moved(_: object) -> None:
+    try:
+        guard.after_weight_moved(record_parameter, str(candidate_version), config.region)
+    except guard.GuardError as error:
+        raise pulumi.RunError(str(error)) from None
 
 
 if listener is None:
@@ -272,8 +282,10 @@ if listener is None:
     # The Deployment and its TargetGroupBindings: pods ready and registered.
     listener = traffic.listen(
         after=candidate_stack.serving if candidate_stack else [],
-        check=no_rollback_since_start,
+        check=before_weight_moves,
     )
+    if not pulumi.runtime.is_dry_run():
+        listener.arn.apply(after_weight_moved)
 if capacity.held(config) and rollout.hold is not None and not rollout.hold.released:
     pulumi.log.info(
         f"{rollout.candidate.value} ({rollout.hold.version}) is held warm after rollout finish; "

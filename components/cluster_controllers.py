@@ -156,6 +156,11 @@ def load_balancer_controller_values(
         "enableWafv2": False,
         "enableBackendSecurityGroup": False,
         "controllerConfig": {"featureGates": {"EnableServiceController": False}},
+        # The readiness gate is injected only when a pod is created; with the chart's
+        # default (Ignore, since controller v2.11) a pod created while the controller is down
+        # gets no gate and counts as ready before its target is healthy. The webhook only
+        # sees namespaces labelled for injection: ours.
+        "podMutatorWebhookConfig": {"failurePolicy": "Fail"},
         "nodeSelector": SYSTEM_NODES,
     }
 

@@ -190,11 +190,23 @@ class InferenceStack(pulumi.ComponentResource):
             guardrail=_guardrail_arg(guardrail),
             per_pod_seconds=self.budget.per_pod_seconds,
         )
+        service = self._service(name, args, labels, in_namespace)
+        # Bindings before pods: the load balancer controller injects its readiness gate
+        # (healthy in the target group) only into pods created while a TargetGroupBinding
+        # names their Service; a pod created first counts as ready on its probe alone.
+        bindings = self._bindings(name, args, labels, in_namespace, after=[service])
         deployment = self._deployment(
             name,
             pod,
             in_namespace,
-            depends_on=[service_account, identity, *grants, *args.deployment_after],
+            depends_on=[
+                service_account,
+                identity,
+                *grants,
+                service,
+                *bindings,
+                *args.deployment_after,
+            ],
         )
         k8s.policy.v1.PodDisruptionBudget(
             name,
@@ -202,8 +214,6 @@ class InferenceStack(pulumi.ComponentResource):
             spec=manifest({"maxUnavailable": 1, "selector": {"matchLabels": labels}}),
             opts=in_namespace,
         )
-        service = self._service(name, args, labels, in_namespace)
-        bindings = self._bindings(name, args, labels, in_namespace, after=[service, deployment])
         self._network_policy(name, args, in_namespace)
         self.namespace = namespace.metadata.apply(lambda meta: str(meta.name))
         self.role_arn = role.arn

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -34,20 +35,25 @@ class TrafficArgs:
 
 
 def _checked_weights(
-    weights: dict[str, int], after: Sequence[pulumi.Resource], check: Callable[[], None] | None
+    weights: dict[str, int],
+    after: Sequence[pulumi.Resource],
+    check: Callable[[Mapping[str, str]], None] | None,
+    groups: Mapping[str, aws.lb.TargetGroup],
 ) -> dict[str, pulumi.Input[int]]:
     """The weights, released to the engine only after ``after`` is done and ``check``
     passed (an output of each resource in ``after`` resolves only when the engine has
-    created or updated it: for a Deployment, when its pods are ready)."""
+    created or updated it: for a Deployment, when its pods are ready). ``check`` receives
+    the target groups' ARNs by target."""
     if check is None:
         return dict(weights)
     done = [r.id for r in after if isinstance(r, pulumi.CustomResource)]
+    arns = pulumi.Output.all(**{target: group.arn for target, group in groups.items()})
 
-    def run_check(_: object) -> dict[str, int]:
-        check()
+    def run_check(values: list[Any]) -> dict[str, int]:
+        check(values[-1])
         return dict(weights)
 
-    checked = pulumi.Output.all(*done).apply(run_check)
+    checked = pulumi.Output.all(*done, arns).apply(run_check)
     return {target: checked[target] for target in weights}
 
 
@@ -139,13 +145,14 @@ class Traffic(pulumi.ComponentResource):
     def listen(
         self,
         after: Sequence[pulumi.Resource] = (),
-        check: Callable[[], None] | None = None,
+        check: Callable[[Mapping[str, str]], None] | None = None,
     ) -> aws.lb.Listener:
         """The HTTPS listener with the stage's weights and the test routes; the listener
         waits for ``after`` (what must be ready before weight moves).
 
         ``check`` runs once everything in ``after`` is created or updated, before the weights
-        reach the engine: it raises to leave the listener as it is. A wait for the candidate's
+        reach the engine, with the target groups' ARNs: it raises to leave the listener as
+        it is. A wait for the candidate's
         pods can take hours, and what was true when the program started (no rollback record)
         may not be true when the weights are applied."""
         https = self._https_listener(after, check)
@@ -195,12 +202,12 @@ class Traffic(pulumi.ComponentResource):
         return alb, security_group
 
     def _https_listener(
-        self, after: Sequence[pulumi.Resource], check: Callable[[], None] | None
+        self, after: Sequence[pulumi.Resource], check: Callable[[Mapping[str, str]], None] | None
     ) -> aws.lb.Listener:
         """HTTPS only, forwarding to the target groups by the stage's weights."""
         args, name, alb, groups = self._args, self._name, self._alb, self._groups
         targets, settings = self._targets, args.settings
-        weight = _checked_weights(self._weight, after, check)
+        weight = _checked_weights(self._weight, after, check, groups)
         return aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=alb.arn,

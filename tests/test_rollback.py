@@ -626,3 +626,27 @@ def test_an_abort_during_the_wait_stops_the_listener_update_too(
     with pytest.raises(SynthError, match="manual-abort:oncall"):
         synth("rollout.stage=1")
     assert "register traffic-https" not in world.events
+
+
+def test_a_rollback_while_the_listener_is_updated_fails_the_update_saying_how_to_restore(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rollback lands after the check and before the engine applies the listener: the
+    update's weights overwrote it; the program reads the record once more and says so."""
+    from weightshift.preview import synth as synth_module
+    from weightshift.preview.synth import SynthError
+    from weightshift.rollout import record as record_module
+
+    state: dict[str, Any] = {"record": None}
+    new_resource = synth_module.OfflineMocks.new_resource
+
+    def register(mocks: Any, args: Any) -> tuple[str, dict[str, Any]]:
+        if args.typ == "aws:lb/listener:Listener" and args.name == "traffic-https":
+            state["record"] = record()
+        return new_resource(mocks, args)
+
+    monkeypatch.setattr(synth_module.OfflineMocks, "new_resource", register)
+    monkeypatch.setattr(record_module, "read", lambda *args, **kwargs: state["record"])
+    with pytest.raises(SynthError, match="weightshift rollout abort --reason") as failure:
+        synth("rollout.stage=3")
+    assert "landed while this update changed the listener" in str(failure.value)

@@ -50,9 +50,11 @@ VLLM_GENERATION_CONFIG_KEYS = (
     "min_p",
     "max_new_tokens",
 )
-"""The only keys of ``--override-generation-config`` vLLM applies as request defaults: its
+"""The only keys of ``--override-generation-config`` vLLM applies: its
 ``ModelConfig.get_diff_sampling_param`` keeps these (``available_params``) and drops the
-rest silently (vllm-project/vllm, ``vllm/config/model.py``). A bundle parameter outside
+rest silently (vllm-project/vllm, ``vllm/config/model.py``). They are request defaults,
+except ``max_new_tokens``, which the serving layer also applies as a ceiling on every
+request (``override_max_tokens``; the gateway's own cap is the same bundle value). A bundle parameter outside
 this list (presence and frequency penalties, stop, seed) is the gateway's alone: it sets
 it on every request, so passing it to vLLM would change the Deployment (and roll every GPU
 pod) for an argument with no effect."""
