@@ -547,49 +547,29 @@ def test_a_stage_that_would_enable_an_alarm_already_in_alarm_is_refused() -> Non
     assert synth("rollout.stage=1").outputs["rollback"]["actionsEnabled"] is True
 
 
-class RollbackDuringTheWait:
-    """A rollback that lands while `pulumi up` waits for the candidate's pods: the record
-    appears in SSM exactly when the engine answers the candidate Deployment's registration
-    (with pulumi-kubernetes, once its pods are ready), and every event is logged in order."""
+def race(scenario: str) -> dict[str, Any]:
+    """Run a rollback race (tests/rollback_race.py) in a process of its own: a synthesis that
+    fails inside an ``apply`` leaves Pulumi's runtime state behind, which would hang the next
+    mocked program in this process."""
+    import subprocess
+    import sys
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, writes: RollbackRecord | None) -> None:
-        from weightshift.preview import synth as synth_module
-        from weightshift.rollout import record as record_module
-
-        self.events: list[str] = []
-        self.stored: RollbackRecord | None = None
-        new_resource = synth_module.OfflineMocks.new_resource
-
-        def register(mocks: Any, args: Any) -> tuple[str, dict[str, Any]]:
-            self.events.append(
-                f"register {args.name}"
-                + (" Deployment" if args.typ.endswith(":Deployment") else "")
-            )
-            if args.typ == "kubernetes:apps/v1:Deployment" and args.name == "green":
-                self.stored = writes
-                self.events.append("record written")
-            return new_resource(mocks, args)
-
-        def read(parameter: str, client: Any = None, region: str | None = None) -> Any:
-            self.events.append("record read")
-            return self.stored
-
-        monkeypatch.setattr(synth_module.OfflineMocks, "new_resource", register)
-        monkeypatch.setattr(record_module, "read", read)
-
-    def index(self, event: str) -> int:
-        return self.events.index(event)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.rollback_race", scenario],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
-def test_a_rollback_during_the_wait_for_the_candidates_pods_stops_the_listener_update(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from weightshift.preview.synth import SynthError
-
-    world = RollbackDuringTheWait(monkeypatch, writes=record())
-    with pytest.raises(SynthError) as failure:
-        synth("rollout.stage=3")
-    message = str(failure.value)
+def test_a_rollback_during_the_wait_for_the_candidates_pods_stops_the_listener_update() -> None:
+    found = race("during-the-wait")
+    events, message = found["events"], found["error"]
     assert "was written while this update waited for green's pods" in message
     assert CANDIDATE in message
     assert "incident 4f1c0a9e3b2d7c65" in message
@@ -597,56 +577,33 @@ def test_a_rollback_during_the_wait_for_the_candidates_pods_stops_the_listener_u
     # The record was read at start (nothing), written during the wait, read again after it,
     # and the listener, which would have moved weight to the candidate, never reached the
     # engine.
-    assert world.events[0] == "record read"
-    assert world.index("register green Deployment") < world.index("record written")
-    assert world.events.count("record read") == 2
-    assert world.events.index("record read", 1) > world.index("record written")
-    assert "register traffic-https" not in world.events
+    assert events[0] == "record read"
+    assert events.index("register green Deployment") < events.index("record written")
+    assert events.count("record read") == 2
+    assert events.index("record read", 1) > events.index("record written")
+    assert "register traffic-https" not in events
 
 
-def test_without_a_rollback_the_listener_is_updated_after_the_record_is_read_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    world = RollbackDuringTheWait(monkeypatch, writes=None)
-    graph = synth("rollout.stage=3")
-    assert listener_weights(graph)["green"] > 0
-    second_read = world.events.index("record read", 1)
-    assert world.index("register green Deployment") < second_read
-    assert second_read < world.index("register traffic-https")
+def test_without_a_rollback_the_listener_is_updated_after_the_record_is_read_again() -> None:
+    found = race("no-rollback")
+    events = found["events"]
+    assert found["error"] is None
+    assert found["weights"]["green"] > 0
+    second_read = events.index("record read", 1)
+    assert events.index("register green Deployment") < second_read
+    assert second_read < events.index("register traffic-https")
 
 
-def test_an_abort_during_the_wait_stops_the_listener_update_too(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_abort_during_the_wait_stops_the_listener_update_too() -> None:
     """`rollout abort` writes the same record, by the rollback function's own code."""
-    from weightshift.preview.synth import SynthError
-
-    aborted = record().model_copy(update={"alarm": "manual-abort:oncall", "reason": "manual"})
-    world = RollbackDuringTheWait(monkeypatch, writes=aborted)
-    with pytest.raises(SynthError, match="manual-abort:oncall"):
-        synth("rollout.stage=1")
-    assert "register traffic-https" not in world.events
+    found = race("abort-during-the-wait")
+    assert "manual-abort:oncall" in found["error"]
+    assert "register traffic-https" not in found["events"]
 
 
-def test_a_rollback_while_the_listener_is_updated_fails_the_update_saying_how_to_restore(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_rollback_while_the_listener_is_updated_fails_the_update_saying_how_to_restore() -> None:
     """The rollback lands after the check and before the engine applies the listener: the
     update's weights overwrote it; the program reads the record once more and says so."""
-    from weightshift.preview import synth as synth_module
-    from weightshift.preview.synth import SynthError
-    from weightshift.rollout import record as record_module
-
-    state: dict[str, Any] = {"record": None}
-    new_resource = synth_module.OfflineMocks.new_resource
-
-    def register(mocks: Any, args: Any) -> tuple[str, dict[str, Any]]:
-        if args.typ == "aws:lb/listener:Listener" and args.name == "traffic-https":
-            state["record"] = record()
-        return new_resource(mocks, args)
-
-    monkeypatch.setattr(synth_module.OfflineMocks, "new_resource", register)
-    monkeypatch.setattr(record_module, "read", lambda *args, **kwargs: state["record"])
-    with pytest.raises(SynthError, match="weightshift rollout abort --reason") as failure:
-        synth("rollout.stage=3")
-    assert "landed while this update changed the listener" in str(failure.value)
+    found = race("while-the-listener-updates")
+    assert "weightshift rollout abort --reason" in found["error"]
+    assert "landed while this update changed the listener" in found["error"]
