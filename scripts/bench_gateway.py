@@ -47,9 +47,13 @@ concurrency; its completed requests/s within 5 % of direct's; with ``--baseline`
 per request at most half the baseline's; mirroring changes (b)'s figures by no more than
 noise (half the range of (b)'s per-round values, or a sign that flips between rounds).
 
+Cores: every process (this client, the model servers, the proxies) runs on ``--cores``
+CPUs (default 2): the script pins itself before it starts anything, and what it starts
+inherits the affinity, so the figures are "on 2 cores" on a larger machine too.
+
 Usage: python scripts/bench_gateway.py [--rounds 5] [--concurrency 64 256]
     [--requests-per-round N] [--tokens 30] [--token-delay 0.05] [--litellm PATH]
-    [--profile SECONDS] [--baseline REV] [--json]
+    [--profile SECONDS] [--baseline REV] [--cores 2] [--variants VARIANT ...] [--json]
 """
 
 from __future__ import annotations
@@ -116,6 +120,25 @@ LABELS = {
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cores() -> int:
+    """The CPUs this process (and so every process it starts) may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def pin_cores(count: int) -> str | None:
+    """Run this process and every process it starts (they inherit it) on the first
+    ``count`` CPUs it may use: the figures are then "on ``count`` cores" whatever the
+    machine has. The problem, if ``count`` cannot be had."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= count <= len(allowed):
+        return (
+            f"--cores {count}: this process may run on {len(allowed)} CPUs "
+            f"({', '.join(map(str, allowed))}); give a number from 1 to {len(allowed)}."
+        )
+    os.sched_setaffinity(0, allowed[:count])
+    return None
 
 
 # --- processes --------------------------------------------------------------------------
@@ -492,7 +515,7 @@ async def measure(
                     machine_busy=busy,
                     ours_busy=sum(after[n] - before[n] for n in ("client", "upstream", "proxy"))
                     / run.wall
-                    / (os.cpu_count() or 1),
+                    / cores(),
                     mirrored=mirrored,
                     sent=run.sent,
                     wall=run.wall,
@@ -925,12 +948,111 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="also measure the gateway of this git revision (before/after in the same run)",
     )
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=2,
+        help="pin this process and every process it starts (client, model servers, proxies) "
+        "to this many CPUs (default 2; 0: leave the affinity as it is)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        metavar="VARIANT",
+        help=f"the variants to measure (default all: {', '.join(VARIANTS)}; direct always)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON results")
     return parser.parse_args()
 
 
-def main() -> int:
-    args = parse_args()
+VARIANTS = tuple(LABELS)
+
+
+def start_targets(
+    stack: contextlib.ExitStack, args: argparse.Namespace, litellm: Path | None, workdir: Path
+) -> Setup:
+    """The fake model servers and the proxies of the variants asked for, started in
+    ``stack`` (which stops them): each variant in front of the same model server."""
+    wanted = set(args.variants) | {"direct"}
+    text = answer_text(args.tokens)
+    proxy_bundle = bundle_copy(workdir, "proxy", proxy_only=True)
+    shipped_bundle = bundle_copy(workdir, "shipped", proxy_only=False)
+    # each copy's own id: the gateway refuses an id that does not name its folder
+    proxy_id, shipped_id = folder_id(proxy_bundle), folder_id(shipped_bundle)
+    log("starting processes")
+    model = stack.enter_context(upstream())
+    cand_model = stack.enter_context(upstream()) if "mirror" in wanted else None
+    for server in (model, cand_model):
+        if server is not None:
+            server.control(
+                mode="ok",
+                text=text,
+                token_delay=args.token_delay,
+                first_token_delay=args.first_token_delay,
+            )
+    common = ["--metrics", "off"]
+    chat = "/v1/chat/completions"
+    targets = {"direct": Target("direct", model.url + chat, [])}
+    gateway_pid = 0
+
+    def serve(key: str, bundle: Path, bundle_id: str, **options: Any) -> None:
+        nonlocal gateway_pid
+        started = stack.enter_context(
+            gateway(bundle, model.url, bundle_id=bundle_id, extra=common, **options)
+        )
+        targets[key] = Target(key, started.url + chat, [started.process.pid])
+        if key == "gateway":
+            gateway_pid = started.process.pid
+
+    if "gateway" in wanted:
+        serve("gateway", proxy_bundle, proxy_id)
+    if args.baseline and "gateway-baseline" in wanted:
+        tree = baseline_tree(args.baseline, workdir)
+        env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+        serve("gateway-baseline", proxy_bundle, proxy_id, env=env)
+    if "gateway-outmod" in wanted:
+        serve("gateway-outmod", shipped_bundle, shipped_id)
+    if litellm is not None and "litellm" in wanted:
+        lite_url, lite_pid = stack.enter_context(litellm_proxy(litellm, model.url, workdir))
+        targets["litellm"] = Target("litellm", lite_url + chat, [lite_pid])
+    candidate_pids: list[int] = []
+    if cand_model is not None:
+        candidate = stack.enter_context(
+            gateway(proxy_bundle, cand_model.url, colour="blue", bundle_id=proxy_id, extra=common)
+        )
+        workers = ["--mirror-workers", str(args.mirror_workers)] if args.mirror_workers else []
+        mirrored = stack.enter_context(
+            gateway(
+                proxy_bundle,
+                model.url,
+                bundle_id=proxy_id,
+                extra=[*common, "--mirror-to", candidate.url, *workers],
+                mirror=True,
+            )
+        )
+        assert mirrored.mirror_url is not None
+        candidate_pids = [candidate.process.pid, cand_model.process.pid]
+        if args.candidate_nice:
+            for pid in candidate_pids:
+                os.setpriority(os.PRIO_PROCESS, pid, args.candidate_nice)
+        targets["mirror"] = Target("mirror", mirrored.mirror_url + chat, [mirrored.process.pid])
+    return Setup(
+        targets=targets,
+        upstream=model,
+        upstream_pid=model.process.pid,
+        candidate=cand_model,
+        candidate_pids=candidate_pids,
+        gateway_pid=gateway_pid,
+        text=text,
+    )
+
+
+def find_litellm(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """The LiteLLM executable (None: that variant is left out), or the problem."""
+    if "litellm" not in args.variants:
+        return None, None
     litellm = args.litellm or (DEFAULT_LITELLM if DEFAULT_LITELLM.exists() else None)
     if litellm is None:
         log(
@@ -940,103 +1062,25 @@ def main() -> int:
             "(or pass --litellm PATH). Running the other variants."
         )
     elif not litellm.exists():
-        log(f"--litellm {litellm}: no such file")
+        return None, f"--litellm {litellm}: no such file; give the litellm executable's path."
+    return litellm, None
+
+
+def main() -> int:
+    args = parse_args()
+    problem = pin_cores(args.cores) if args.cores else None
+    litellm, problem = (None, problem) if problem else find_litellm(args)
+    if problem:
+        log(problem)
         return 2
 
     def on_term(signum: int, _: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
-    text = answer_text(args.tokens)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-")))
-        proxy_bundle = bundle_copy(workdir, "proxy", proxy_only=True)
-        shipped_bundle = bundle_copy(workdir, "shipped", proxy_only=False)
-        # each copy's own id: the gateway refuses an id that does not name its folder
-        proxy_id, shipped_id = folder_id(proxy_bundle), folder_id(shipped_bundle)
-        log("starting processes")
-        model = stack.enter_context(upstream())
-        cand_model = stack.enter_context(upstream())
-        for server in (model, cand_model):
-            server.control(
-                mode="ok",
-                text=text,
-                token_delay=args.token_delay,
-                first_token_delay=args.first_token_delay,
-            )
-        common = ["--metrics", "off"]
-        plain = stack.enter_context(
-            gateway(proxy_bundle, model.url, bundle_id=proxy_id, extra=common)
-        )
-        shipped = stack.enter_context(
-            gateway(shipped_bundle, model.url, bundle_id=shipped_id, extra=common)
-        )
-        candidate = stack.enter_context(
-            gateway(proxy_bundle, cand_model.url, colour="blue", bundle_id=proxy_id, extra=common)
-        )
-        baseline = None
-        if args.baseline:
-            tree = baseline_tree(args.baseline, workdir)
-            baseline = stack.enter_context(
-                gateway(
-                    proxy_bundle,
-                    model.url,
-                    bundle_id=proxy_id,
-                    extra=common,
-                    env={"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"},
-                )
-            )
-        mirrored = stack.enter_context(
-            gateway(
-                proxy_bundle,
-                model.url,
-                bundle_id=proxy_id,
-                extra=[
-                    *common,
-                    "--mirror-to",
-                    candidate.url,
-                    *(
-                        ["--mirror-workers", str(args.mirror_workers)]
-                        if args.mirror_workers
-                        else []
-                    ),
-                ],
-                mirror=True,
-            )
-        )
-        assert mirrored.mirror_url is not None
-        candidate_pids = [candidate.process.pid, cand_model.process.pid]
-        if args.candidate_nice:
-            for pid in candidate_pids:
-                os.setpriority(os.PRIO_PROCESS, pid, args.candidate_nice)
-        chat = "/v1/chat/completions"
-        targets = {
-            "direct": Target("direct", model.url + chat, []),
-            "gateway": Target("gateway", plain.url + chat, [plain.process.pid]),
-            **(
-                {
-                    "gateway-baseline": Target(
-                        "gateway-baseline", baseline.url + chat, [baseline.process.pid]
-                    )
-                }
-                if baseline is not None
-                else {}
-            ),
-            "gateway-outmod": Target("gateway-outmod", shipped.url + chat, [shipped.process.pid]),
-        }
-        if litellm is not None:
-            lite_url, lite_pid = stack.enter_context(litellm_proxy(litellm, model.url, workdir))
-            targets["litellm"] = Target("litellm", lite_url + chat, [lite_pid])
-        targets["mirror"] = Target("mirror", mirrored.mirror_url + chat, [mirrored.process.pid])
-        setup = Setup(
-            targets=targets,
-            upstream=model,
-            upstream_pid=model.process.pid,
-            candidate=cand_model,
-            candidate_pids=candidate_pids,
-            gateway_pid=plain.process.pid,
-            text=text,
-        )
+        setup = start_targets(stack, args, litellm, workdir)
         check_answers(setup)
         results = Results()
         profile: dict[str, Any] | None = None
@@ -1044,43 +1088,15 @@ def main() -> int:
             for concurrency in args.concurrency:
                 log(f"concurrency {concurrency}")
                 runner.run(measure(setup, args, results, concurrency=concurrency))
-            if args.profile > 0:
-                py_spy = find_py_spy(litellm)
-                if py_spy is None:
-                    log("py-spy not found: pip install py-spy (no profile)")
-                else:
-                    log(f"profiling the gateway for {args.profile:.0f} s")
-                    profile = runner.run(
-                        profile_gateway(
-                            setup,
-                            py_spy,
-                            args.profile,
-                            max(args.concurrency),
-                            workdir,
-                            spread=0.0 if args.lockstep else args.tokens * args.token_delay,
-                        )
-                    )
+            if args.profile > 0 and setup.gateway_pid:
+                profile = run_profile(runner, setup, args, litellm)
     summary = {c: summarise(results, c) for c in args.concurrency}
-    config = {
-        "rounds": args.rounds,
-        "concurrency": args.concurrency,
-        "requests_per_round": {c: args.requests_per_round or 4 * c for c in args.concurrency},
-        "tokens": args.tokens,
-        "token_delay": args.token_delay,
-        "first_token_delay": args.first_token_delay,
-        "litellm": str(litellm) if litellm else None,
-        "candidate_nice": args.candidate_nice,
-        "lockstep": args.lockstep,
-        "mirror_workers": args.mirror_workers,
-        "baseline": args.baseline,
-        "cpus": os.cpu_count(),
-    }
     if args.json:
         verdicts = [line for c, rows in summary.items() for line in verdict_lines(c, rows)]
         print(
             json.dumps(
                 {
-                    "config": config,
+                    "config": run_config(args, litellm),
                     "summary": summary,
                     "verdicts": verdicts,
                     "profile": profile,
@@ -1093,12 +1109,55 @@ def main() -> int:
         return 0
     print(
         f"fake model server: {args.tokens} tokens, token_delay {args.token_delay} s; "
-        f"{os.cpu_count()} CPUs shared by client, model server(s) and proxies"
+        f"{cores()} CPUs shared by client, model server(s) and proxies"
     )
     print_table(summary, args)
     if profile is not None:
         print_profile(profile)
     return 0
+
+
+def run_profile(
+    runner: asyncio.Runner, setup: Setup, args: argparse.Namespace, litellm: Path | None
+) -> dict[str, Any] | None:
+    """``--profile``: py-spy's samples of the plain gateway at the highest concurrency."""
+    py_spy = find_py_spy(litellm)
+    if py_spy is None:
+        log("py-spy not found: pip install py-spy (no profile)")
+        return None
+    log(f"profiling the gateway for {args.profile:.0f} s")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-profile-"))
+    try:
+        return runner.run(
+            profile_gateway(
+                setup,
+                py_spy,
+                args.profile,
+                max(args.concurrency),
+                workdir,
+                spread=0.0 if args.lockstep else args.tokens * args.token_delay,
+            )
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_config(args: argparse.Namespace, litellm: Path | None) -> dict[str, Any]:
+    return {
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "requests_per_round": {c: args.requests_per_round or 4 * c for c in args.concurrency},
+        "tokens": args.tokens,
+        "token_delay": args.token_delay,
+        "first_token_delay": args.first_token_delay,
+        "litellm": str(litellm) if litellm else None,
+        "candidate_nice": args.candidate_nice,
+        "lockstep": args.lockstep,
+        "mirror_workers": args.mirror_workers,
+        "baseline": args.baseline,
+        "variants": args.variants,
+        "cpus": cores(),
+    }
 
 
 def print_profile(profile: dict[str, Any]) -> None:

@@ -274,6 +274,15 @@ def test_prometheus_counts_what_cloudwatch_counts_and_each_request_logs_one_json
     assert "do not log me" not in text
 
 
+def test_no_request_log_writes_no_line_for_a_request(model: Upstream, tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    with launched(model.url, log, ["--metrics", "off", "--no-request-log"]) as (url, _):
+        assert _chat(url) == 200
+    text = log.read_text()
+    assert "serving" in text  # the gateway's own log is there
+    assert "weightshift.gateway.requests" not in text
+
+
 def test_every_interval_has_its_own_heartbeat_even_when_the_loop_closes_them_late() -> None:
     from weightshift.gateway.metrics import Metrics
 

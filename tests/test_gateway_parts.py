@@ -1,9 +1,10 @@
 """The gateway's parts that decide without I/O: the sentence buffer of moderated streams,
-the metrics' datums, and feedback tokens."""
+the metrics' datums, feedback tokens, and the request log's writer."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any, cast
 
@@ -188,3 +189,51 @@ def test_the_gateway_serves_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uvloop, "run", fake_run)
     server.run(cast("server.Options", object()))
     assert ran == ["serve"]
+
+
+# --- the request log ---------------------------------------------------------------------
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_request_log_writes_what_queued_in_one_write_in_order_and_all_by_stop() -> None:
+    from weightshift.gateway.observe import RequestLog
+
+    sink = _Sink()
+    writer = RequestLog(sink, pause=0.01)
+    for number in range(3):  # queued before the thread runs: its first batch holds all
+        writer.put({"id": f"r{number}", "status": 200, "ttft_s": None})
+    writer.start()
+    writer.put({"id": "r3", "status": 400, "ttft_s": None})
+    writer.stop()  # returns once what was queued is written
+    assert len(sink.writes) in (1, 2)
+    assert sink.writes[0].count("\n") >= 3
+    lines = [json.loads(line) for text in sink.writes for line in text.splitlines()]
+    assert [line["id"] for line in lines] == ["r0", "r1", "r2", "r3"]
+    assert list(lines[0]) == ["time", "level", "logger", "msg", "id", "status", "ttft_s"]
+    assert (lines[0]["level"], lines[0]["logger"], lines[0]["msg"]) == (
+        "INFO",
+        "weightshift.gateway.requests",
+        "request",
+    )
+
+
+def test_a_request_line_goes_to_the_running_request_log_and_nowhere_once_it_stops() -> None:
+    from weightshift.gateway.observe import log_request, request_log_enabled, start_request_log
+
+    sink = _Sink()
+    writer = start_request_log(sink)
+    assert request_log_enabled()
+    log_request({"id": "a"})
+    writer.stop()
+    log_request({"id": "b"})  # after stop: not queued for a writer that is gone
+    assert [json.loads(line)["id"] for text in sink.writes for line in text.splitlines()] == ["a"]

@@ -23,11 +23,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from weightshift.gateway.protocol import error_body
 from weightshift.gateway.serving_completions import handle
 from weightshift.gateway.serving_feedback import feedback
 from weightshift.gateway.state import Gateway, Observer
+from weightshift.gateway.upstream import RAW_SEND
 
 STARTED = int(time.time())
 """When this process started: ``created`` of ``/v1/models`` when the publish time is unknown."""
@@ -45,9 +47,21 @@ _KINDS = {
 
 def build_app(
     gateway: Gateway, observer: Observer | None = None, *, created: int | None = None
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI application: ``observer`` (the mirror) sees each answered request;
-    ``created`` is the Unix time ``/v1/models`` gives (the bundle's publication)."""
+    ``created`` is the Unix time ``/v1/models`` gives (the bundle's publication). The
+    server's own ``send`` is put in the scope for streams (``upstream.RAW_SEND``)."""
+    routes = _routes(gateway, observer, created)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await routes(scope, receive, send)
+
+    return app
+
+
+def _routes(gateway: Gateway, observer: Observer | None, created: int | None) -> Starlette:
+    """The routes, as a Starlette application."""
     listed = _models(gateway, created or STARTED)
     item = listed["data"][0]
     served_names = gateway.bundle.served_names or {gateway.bundle.model, gateway.bundle.version}

@@ -24,7 +24,6 @@ hand) the key is random per process: tokens then verify only in that process.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
@@ -102,7 +101,7 @@ class FeedbackTokens:
 
     def _mac(self, colour: str, issued: int, answer: str, request_id: str) -> str:
         message = f"{colour}.{issued}.{answer}.{request_id}".encode(errors="surrogatepass")
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:MAC_HEX]
+        return hmac.digest(self._key, message, "sha256").hex()[:MAC_HEX]
 
     def issue(self, colour: str, request_id: str, answer: str | None = None) -> str:
         """The token of the answer ``answer`` (the gateway's id for it; a new one if

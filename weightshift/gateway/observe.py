@@ -1,12 +1,14 @@
 """What an operator sees besides CloudWatch: one JSON log line per request, and the same
 counters and histograms as CloudWatch for a Prometheus that scrapes the pod.
 
-**The request log.** Every answered request writes one line to stderr through ``logging``
-(logger ``weightshift.gateway.requests``), a JSON object: ``time``, ``level``, ``logger``,
-``msg`` (``request``), then ``id``, ``colour``, ``version``, ``endpoint``, ``status``,
-``outcome``, ``tokens_in``, ``tokens_out``, ``ttft_s`` and ``latency_s``. Never the prompt
-or the answer. The line is formatted and written by a logging thread
-(:func:`start_request_log`): the event loop only queues a record.
+**The request log.** Every answered request writes one line to stderr, a JSON object:
+``time``, ``level`` (``INFO``), ``logger`` (``weightshift.gateway.requests``), ``msg``
+(``request``), then ``id``, ``colour``, ``version``, ``endpoint``, ``status``, ``outcome``,
+``tokens_in``, ``tokens_out``, ``ttft_s`` and ``latency_s``. Never the prompt or the answer.
+The event loop only queues the line's fields (no ``logging`` record: that machinery costs
+more than the rest of a request's bookkeeping); a thread of its own
+(:func:`start_request_log`) formats what has queued every ``REQUEST_LOG_SECONDS`` and
+writes it in one write. ``--no-request-log``: no writer, no line.
 
 **Prometheus** (:class:`Prometheus`, ``--prometheus-listen HOST:PORT``): its own registry
 and its own listener (prometheus_client's, in a thread), so a scrape never waits on the
@@ -19,13 +21,14 @@ mirror_sent, mirror_dropped), histograms ``weightshift_time_to_first_token_secon
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import queue
 import re
 import sys
+import threading
+import time
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -33,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from weightshift.gateway.metrics import COUNTERS
 
 REQUEST_LOGGER = "weightshift.gateway.requests"
-requests_log = logging.getLogger(REQUEST_LOGGER)
+"""The ``logger`` of a request's line."""
 
 _COUNTED = tuple(name for name in COUNTERS if name != "Heartbeat")
 """The CloudWatch counters Prometheus also counts (``Heartbeat`` is Prometheus's ``up``)."""
@@ -65,47 +68,96 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record; a record's ``fields`` (a dict) become top-level keys."""
+REQUEST_LOG_SECONDS = 0.1
+"""How long the request log's thread lets lines queue before it writes them, at most: one
+write (and one wake of the thread) per batch instead of per request."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def request_line(created: float, fields: dict[str, Any]) -> str:
+    """One request's line: ``fields`` after the record's own keys, as JSON."""
+    return _encode(
+        {
+            "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "logger": REQUEST_LOGGER,
+            "msg": "request",
+            **fields,
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        return json.dumps(line, separators=(",", ":"))
+    )
 
 
-class _Queued(QueueHandler):
-    """Queues the record as it is: formatting waits for the logging thread."""
+class RequestLog:
+    """The request log's writer: lines queued by the event loop, formatted and written in
+    batches by a thread of its own; :meth:`stop` writes what is queued, then returns."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+    def __init__(self, stream: Any, pause: float = REQUEST_LOG_SECONDS) -> None:
+        self._stream = stream
+        self._pause = pause
+        self._queued: queue.SimpleQueue[tuple[float, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._write, name="weightshift-request-log", daemon=True
+        )
+
+    def start(self) -> RequestLog:
+        self._thread.start()
+        return self
+
+    def put(self, fields: dict[str, Any]) -> None:
+        self._queued.put((time.time(), fields))
+
+    def stop(self) -> None:
+        global _writer  # noqa: PLW0603 (one request log per process)
+        if _writer is self:
+            _writer = None
+        self._queued.put(None)
+        self._thread.join()
+
+    def _write(self) -> None:
+        queued = self._queued
+        while True:
+            first = queued.get()
+            if first is not None:
+                time.sleep(self._pause)  # let the lines of the next moments join this write
+            batch, stopping = [first], first is None
+            while not queued.empty():
+                batch.append(queued.get_nowait())
+            lines = []
+            for item in batch:
+                if item is None:
+                    stopping = True
+                else:
+                    lines.append(request_line(*item) + "\n")
+            if lines:
+                with contextlib.suppress(OSError, ValueError):  # stderr gone: lines lost
+                    self._stream.write("".join(lines))
+                    self._stream.flush()
+            if stopping:
+                return
 
 
-def start_request_log(stream: Any = None) -> QueueListener:
+_writer: RequestLog | None = None
+
+
+def start_request_log(stream: Any = None) -> RequestLog:
     """Send the request log, as JSON lines, to ``stream`` (stderr) from a thread of its own;
-    stop the returned listener at exit (it writes what is queued)."""
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    listener = QueueListener(lines, handler)
-    requests_log.handlers[:] = [_Queued(lines)]
-    requests_log.setLevel(logging.INFO)
-    requests_log.propagate = False
-    listener.start()
-    return listener
+    stop the returned writer at exit (it writes what is queued)."""
+    global _writer  # noqa: PLW0603 (one request log per process)
+    _writer = RequestLog(stream or sys.stderr).start()
+    return _writer
+
+
+def request_log_enabled() -> bool:
+    """Whether a request's line is written (the request log runs)."""
+    return _writer is not None
 
 
 def log_request(fields: dict[str, Any]) -> None:
-    """One request's line (``fields``: see the module docstring); nothing if not enabled."""
-    if requests_log.isEnabledFor(logging.INFO):
-        requests_log.info("request", extra={"fields": fields})
+    """One request's line (``fields``: see the module docstring); nothing where the request
+    log does not run."""
+    if _writer is not None:
+        _writer.put(fields)
 
 
 class Prometheus:

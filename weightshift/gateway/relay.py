@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
+from starlette.types import Send
 
 from weightshift.gateway.sse import (
     DONE,
@@ -46,19 +46,23 @@ def _framed(ready: bytes) -> bool:
 async def relay(
     response: aiohttp.ClientResponse,
     outcome: Outcome,
+    send: Send,
+    *,
     wants_usage: bool,
     keep_text: bool,
     chat: bool,
-) -> AsyncIterator[bytes]:
-    """The stream as the model server sends it, bytes untouched, whole events only; the
-    usage chunk read for the metrics (and dropped for a client that did not ask for it);
-    an upstream error event, a malformed event or a stream cut short ends it with an OpenAI
-    error event (outcome ``error``)."""
-    content = response.content
+) -> bytes:
+    """Pass the stream on to the ASGI ``send`` as the model server sends it, bytes
+    untouched, whole events only; the usage chunk read for the metrics (and dropped for a
+    client that did not ask for it). An upstream error event, a malformed event or a stream
+    cut short ends it: the OpenAI error event that does is returned, not sent (outcome
+    ``error``); else ``b""``. A loop, not a generator: each chunk costs no call but
+    ``send``'s."""
+    readany = response.content.readany
     pending = b""
     ended = False
     while True:
-        chunk = await content.readany()
+        chunk = await readany()
         if not chunk:
             break
         pending = pending + chunk if pending else chunk
@@ -72,14 +76,14 @@ async def relay(
             ready, failure = _inspect(ready, outcome, wants_usage, keep_text, chat)
             if failure is not None:
                 outcome.outcome = "error"
-                yield ready + failure
-                return
+                return ready + failure
         ended = ready.endswith(DONE)
         if ready:
-            yield ready
+            await send({"type": "http.response.body", "body": ready, "more_body": True})
     if not ended:
         outcome.outcome = "error"
-        yield malformed_event(pending.strip() or b"the stream ended before [DONE]")
+        return malformed_event(pending.strip() or b"the stream ended before [DONE]")
+    return b""
 
 
 def _inspect(

@@ -15,14 +15,13 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from logging import INFO
 
 import aiohttp
 
 from weightshift.gateway.feedback import TOKEN_HEADER, FeedbackTokens, random_key
 from weightshift.gateway.metrics import Metrics
 from weightshift.gateway.moderation import Moderator
-from weightshift.gateway.observe import log_request, requests_log
+from weightshift.gateway.observe import log_request, request_log_enabled
 from weightshift.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from weightshift.gateway.served import ServedBundle
 
@@ -156,7 +155,7 @@ class Gateway:
             metrics.add("Timeouts")
         if outcome.outcome == "refused":
             metrics.add("Refusals")
-        if requests_log.isEnabledFor(INFO):
+        if request_log_enabled():
             log_request(
                 {
                     "id": outcome.request_id,

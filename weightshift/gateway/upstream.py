@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from weightshift.gateway.moderated import moderate_answer, moderated
@@ -37,6 +36,11 @@ ENDING_GRACE = 10.0
 
 CLIENT_GONE = 499
 """The status recorded for a request whose client left before its answer (nginx's)."""
+
+RAW_SEND = "weightshift.send"
+"""The scope key of the server's own ASGI ``send`` (``app.py`` puts it there), to which a
+stream writes its body chunks: past Starlette's wrappers, which cost a call each per chunk
+and only watch for the response's start (sent through them)."""
 
 
 async def complete(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
@@ -179,12 +183,21 @@ async def stream(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Respo
     return _Stream(gateway, call, response, deadline, timeout)
 
 
-class _Stream(StreamingResponse):
+class _Stream(Response):
     """The stream's events, relayed or moderated, until the deadline, which bounds the
     writes to the client too (a slow reader): past it the upstream is cancelled, the
     request counted as a timeout and an error event ends the stream. However it ends
-    (done, failed, client gone) the request is then finished: its upstream closed, its
-    slot released, its metrics recorded, the mirror told."""
+    (done, failed, client gone) the request is then finished: its upstream closed, its slot
+    released, its metrics recorded, the mirror told.
+
+    The hot path of a streaming gateway, so a plain ASGI response: the relay runs as a task
+    of its own (each chunk read wakes that task alone, not the server's, middleware's and
+    router's coroutines this response is called from), and writes each chunk straight to
+    the server's ``send`` (``RAW_SEND``: Starlette's wrappers of ``send`` only watch for
+    the response's start, which goes through them). A watch of ``receive`` sees the client
+    leave, which cancels the relay."""
+
+    media_type = "text/event-stream"
 
     def __init__(
         self,
@@ -194,37 +207,53 @@ class _Stream(StreamingResponse):
         deadline: float,
         timeout: int,
     ) -> None:
-        super().__init__(
-            _events(gateway, call, response),
-            media_type="text/event-stream",
-            headers=gateway.headers(call.outcome),
-        )
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            *(
+                (name.encode("latin-1"), value.encode("latin-1"))
+                for name, value in gateway.headers(call.outcome).items()
+            ),
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+        ]
         self.gateway, self.call, self.upstream = gateway, call, response
         self.deadline, self.timeout = deadline, timeout
         self.ended = False
 
-    async def stream_response(self, send: Send) -> None:
-        outcome = self.call.outcome
-        ending = b""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relaying = asyncio.ensure_future(self._relay(send, scope.get(RAW_SEND, send)))
+        watch = asyncio.ensure_future(_disconnected(receive))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            try:
-                async with asyncio.timeout_at(self.deadline):
-                    async for chunk in self.body_iterator:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except TimeoutError:
-                outcome.outcome = "timeout"
-                ending = error_event(
-                    f"The model did not finish within {self.timeout} s "
-                    "(config/routing.json request_timeout_seconds); the answer was cut off.",
-                    "timeout",
-                )
-            self._end()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ENDING_GRACE):
-                    await send({"type": "http.response.body", "body": ending, "more_body": False})
+            await asyncio.wait((relaying, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            watch.cancel()
+            if not relaying.done():
+                relaying.cancel()  # the client left (or this task was cancelled)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relaying
             self._end()
+        if not relaying.cancelled():
+            relaying.result()  # an unexpected error: raised, as Starlette's would be
+
+    async def _relay(self, send: Send, raw: Send) -> None:
+        call = self.call
+        outcome = call.outcome
+        ending = b""
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                ending = await _pass_on(self.gateway, call, self.upstream, raw)
+        except TimeoutError:
+            outcome.outcome = "timeout"
+            ending = error_event(
+                f"The model did not finish within {self.timeout} s "
+                "(config/routing.json request_timeout_seconds); the answer was cut off.",
+                "timeout",
+            )
+        self._end()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ENDING_GRACE):
+                await raw({"type": "http.response.body", "body": ending, "more_body": False})
 
     def _end(self) -> None:
         """Finish the request, once: closing the connection cancels generation upstream
@@ -239,29 +268,30 @@ class _Stream(StreamingResponse):
         call.done()
 
 
-async def _events(
-    gateway: Gateway, call: Call, response: aiohttp.ClientResponse
-) -> AsyncIterator[bytes]:
-    """The stream's events, relayed or moderated; a failure mid-answer ends them with an
-    error event (outcome ``error``)."""
+async def _pass_on(
+    gateway: Gateway, call: Call, response: aiohttp.ClientResponse, send: Send
+) -> bytes:
+    """Send the stream's events, relayed or moderated, as they come; the error event that
+    ends a stream failing mid-answer (outcome ``error``), else nothing."""
     outcome, chat = call.outcome, call.chat
     wants_usage = bool((call.parsed.stream_options or {}).get("include_usage"))
-    events = (
-        moderated(gateway, response, outcome, chat, wants_usage)
-        if gateway.bundle.safety.output_moderation
-        else relay(response, outcome, wants_usage, call.observer is not None, chat)
-    )
     try:
-        async for chunk in events:
-            yield chunk
+        if not gateway.bundle.safety.output_moderation:
+            keep_text = call.observer is not None
+            return await relay(
+                response, outcome, send, wants_usage=wants_usage, keep_text=keep_text, chat=chat
+            )
+        async for chunk in moderated(gateway, response, outcome, chat, wants_usage):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except aiohttp.ClientError as error:
         outcome.outcome = "error"
-        yield error_event(f"The model server failed mid-answer ({error}).", "upstream")
+        return error_event(f"The model server failed mid-answer ({error}).", "upstream")
     except ValueError as error:  # an event that is not JSON (the moderated path parses)
         outcome.outcome = "error"
-        yield malformed_event(str(error).encode())
+        return malformed_event(str(error).encode())
     except Refusal as refusal:
-        yield error_event(str(refusal), str(refusal.body["error"]["code"]))
+        return error_event(str(refusal), str(refusal.body["error"]["code"]))
+    return b""
 
 
 def _passed_on(gateway: Gateway, call: Call, body: bytes | None, status: int) -> Response:
