@@ -359,6 +359,10 @@ def pull_container(pod: PodInputs) -> dict[str, Any]:
             str(args.bundle.id),
             f"{BUNDLE_ROOT}/current",
             "--serving-layout",
+            # Kubernetes re-runs init containers after a sandbox restart and the volume keeps
+            # what the last run left: a complete verified copy is kept, anything else pulled
+            # again (an interrupted pull resumes from its staging folder).
+            "--reuse",
         ],
         "env": [
             {"name": "WEIGHTSHIFT_BUCKET", "value": args.bucket_name},

@@ -89,9 +89,13 @@ def test_the_quickstart_runs_as_written(exports: dict[str, str], tmp_path: Path)
     first, prompt_only = [done for line, done in runs if " bundle publish " in line]
     assert first.stdout.startswith("demo-assistant/v1.0.0-")
     assert prompt_only.stdout.startswith("demo-assistant/v1.1.0-")
+    # The prompt goes up, in plain words; the weights are reused, and no meter shows
+    # "uploading: 0.0 of 0.0 MiB" for 93 bytes.
     assert re.search(
-        r"^uploaded 1 of 10 blobs, \d+ of [\d,]+ bytes; the rest was already in the bucket$",
+        r"^weights, tokenizer, .* reused from demo-assistant/v1\.0\.0-[0-9a-f]{12}: 9 files, "
+        r"8\.0 MiB; uploaded 1 file, 93 bytes \(system-prompt\)$",
         prompt_only.stderr,
         re.MULTILINE,
     ), prompt_only.stderr
+    assert "uploading:" not in prompt_only.stderr
     assert (tmp_path / "pulled/.weightshift/bundle.json").is_file()

@@ -270,6 +270,8 @@ def test_pods_drain_for_the_deregistration_delay(graph: Graph) -> None:
     assert overrides["temperature"] == 0.2
     (init,) = pod["initContainers"]
     assert init["args"][:3] == ["bundle", "pull", graph.config.green.version]
+    # Re-run over the same volume after a sandbox restart: kept when complete and verified.
+    assert "--reuse" in init["args"]
     assert graph.named("green", "PodDisruptionBudget").inputs["spec"]["maxUnavailable"] == 1
 
 

@@ -202,7 +202,11 @@ def test_wrong_and_repeated_versions_are_refused_before_uploading(
     (bundle / "prompt/system.txt").write_text("Changed.\n")
     with pytest.raises(StoreError, match=r"not greater than the latest published"):
         store.publish(load_local(bundle), Version(1, 1, 0))
-    with pytest.raises(StoreError, match="already published; versions are never replaced"):
+    existing = store.resolve_ref(BundleRef.parse(f"{NAME}/v1.2.0")).manifest.id
+    with pytest.raises(
+        StoreError,
+        match=rf"already published, as {re.escape(str(existing))}; versions are never replaced",
+    ):
         store.publish(load_local(bundle), Version(1, 2, 0))
     assert object_versions(s3) == before
 

@@ -10,7 +10,6 @@ credentials. Either way the manifest's digest must match the hash in the configu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import boto3
 from botocore.exceptions import BotoCoreError
 from pydantic import BaseModel
 
+from weightshift.bundles import strict_json
 from weightshift.bundles.manifest import Manifest, load_local
 from weightshift.bundles.schemas import BundleError, Generation, Routing, Safety
 from weightshift.bundles.store import BundleStore, StoreError
@@ -61,7 +61,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 def _part(bundle: BundleId, path: str, data: bytes, model: type[_M]) -> _M:
     try:
-        return model.model_validate(json.loads(data))
+        return model.model_validate(strict_json.loads(data))
     except ValueError as exc:
         raise CatalogError(f"{bundle}: {path} is not valid ({exc}).") from None
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from weightshift.bundles import strict_json
 from weightshift.bundles.hashing import canonical
 from weightshift.bundles.schemas import Metadata, Part
 
@@ -72,7 +73,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
             ]
         raw = handle.read(length)
     try:
-        header = json.loads(raw)
+        header = strict_json.loads(raw)
+    except strict_json.DuplicateKeyError as exc:
+        return None, [f"its safetensors header names {exc.key!r} twice: the file is damaged"]
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None, ["not a safetensors file: its header is not JSON"]
     if not isinstance(header, dict):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from weightshift import jsondiff
+from weightshift.bundles import strict_json
 from weightshift.bundles.manifest import FileEntry, Manifest
 from weightshift.bundles.schemas import PARTS, part_of
 from weightshift.bundles.versioning import Bump
@@ -163,7 +164,7 @@ def _json_values(read: Reader | None, path: str, size: int | None) -> Any:
     if read is None or size is None or size > VALUE_DIFF_LIMIT or path not in VALUE_DIFF_PATHS:
         return ABSENT
     try:
-        return json.loads(read(path))
+        return strict_json.loads(read(path))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return ABSENT
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from weightshift.bundles import strict_json
 from weightshift.bundles.content import content_problems
 from weightshift.bundles.schemas import (
     PARTS,
@@ -24,13 +25,16 @@ from weightshift.bundles.schemas import (
     Safety,
     part_of,
 )
+from weightshift.bundles.versioning import is_model_name
 
 
 def _json(path: Path, problems: list[str], rel: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return strict_json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         problems.append(f"{rel}: not UTF-8 text")
+    except strict_json.DuplicateKeyError as exc:
+        problems.append(f"{rel} {exc}")
     except json.JSONDecodeError as exc:
         problems.append(f"{rel}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
     return None
@@ -148,6 +152,17 @@ def _model_file_problems(root: Path, files: list[str], problems: list[str]) -> N
             served[name] = rel
 
 
+def declared_name(root: Path) -> str | None:
+    """The model name ``root/metadata.json`` gives, read alone (nothing hashed); None when it
+    cannot be read or is not a model name (``validate`` says why)."""
+    try:
+        data = strict_json.loads((root / "metadata.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and is_model_name(name) else None
+
+
 def validate(root: Path) -> tuple[list[str], Metadata | None, list[str]]:
     """Check the layout and every JSON part. Returns (files, metadata, problems)."""
     if not root.is_dir():
@@ -193,7 +208,7 @@ def _few_shot(path: Path, rel: str, problems: list[str]) -> None:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = strict_json.loads(line)
             except json.JSONDecodeError as exc:
                 problems.append(f"{rel}:{number}: not valid JSON ({exc.msg})")
                 continue

@@ -4,10 +4,12 @@ placeholders (a marked checkpoint, an all-zero image digest) that publishing ref
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from weightshift.bundles.content import PLACEHOLDER_MARK, safetensors_bytes
+from weightshift.bundles.folders import check_folder_to_write
 from weightshift.bundles.hashing import canonical
 from weightshift.bundles.schemas import BundleError
 from weightshift.bundles.versioning import is_model_name
@@ -117,16 +119,28 @@ def skeleton(name: str) -> dict[str, bytes]:
 
 
 def init_bundle(dest: Path, name: str) -> list[str]:
-    """Write a skeleton bundle to ``dest`` (new or empty); return what to replace before use."""
+    """Write a skeleton bundle to ``dest`` (new or empty; :func:`check_folder_to_write`);
+    return what to replace before use. A failure part way removes what was written."""
     files = skeleton(name)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    check_folder_to_write(dest, "DIR")
+    created = [folder for folder in (dest, *dest.parents) if not folder.exists()]
+    if not created and any(dest.iterdir()):
         raise BundleError(
             [f"{dest}: exists and is not an empty folder; choose a new one"], "destination"
         )
-    for rel, data in files.items():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    try:
+        for rel, data in files.items():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    except BaseException:
+        # Nothing half-written: what this call wrote goes, and the folders it made.
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        else:
+            for child in dest.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
     return [
         "model/weights/: the placeholder checkpoint (real .safetensors shards)",
         "model/tokenizer/ and model/config.json: the model's own",

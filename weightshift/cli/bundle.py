@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,11 +15,38 @@ from weightshift.cli.common import EXIT_INTERRUPTED, CommandError, bucket_option
 
 if TYPE_CHECKING:
     from weightshift.bundles.diff import Reader
-    from weightshift.bundles.manifest import Manifest
-    from weightshift.bundles.store import BundleStore, Published
+    from weightshift.bundles.manifest import FileEntry, Manifest
+    from weightshift.bundles.store import (
+        BundleStore,
+        Published,
+        PublishPlan,
+        PublishResult,
+        PullResult,
+    )
     from weightshift.bundles.versioning import BundleRef
 
 REF = "name/vX.Y.Z (the published version) or the full id name/vX.Y.Z-hash"
+Command = Callable[[argparse.Namespace], int]
+
+
+def _path_errors(command: Command) -> Command:
+    """``command`` with a path it cannot use (a file for a folder, permission denied, a
+    read-only or kernel file system, a full disk) said as one paragraph, exit status 2."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from weightshift.bundles.folders import FolderError, explain
+
+        try:
+            return command(args)
+        except FolderError as error:
+            raise CommandError(str(error)) from None
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise CommandError(explain(error)) from None
+
+    return run
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,6 +120,12 @@ def _published_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="also link config, weights and tokenizer side by side in DEST/hf for the server",
     )
+    pull.add_argument(
+        "--reuse",
+        action="store_true",
+        help="DEST is this pull's own (an init container's volume): a complete copy of the "
+        "bundle there is verified and kept, anything else removed and pulled again",
+    )
     bucket_options(pull)
     pull.set_defaults(func=cmd_bundle_pull)
     compare = sub.add_parser(
@@ -128,30 +163,68 @@ def _published(store: BundleStore, ref: BundleRef) -> Published:
     return published
 
 
-def _bundle_side(text: str, args: argparse.Namespace) -> tuple[Manifest, Reader]:
-    """One side of ``bundle diff``: a bundle folder, or a published bundle; and a reader of
-    its files."""
-    from weightshift.bundles.manifest import load_local
-    from weightshift.bundles.versioning import BundleRef, Version, VersionError
-    from weightshift.console import Progress
+def _side(text: str) -> Path | BundleRef:
+    """One side of ``bundle diff`` as given: a bundle folder, or a published bundle's ref
+    (parsed here, so a malformed one is said before the bucket or any hashing)."""
+    from weightshift.bundles.versioning import BundleRef, VersionError
 
     folder = Path(text)
     if folder.is_dir():
-        local = load_local(folder, progress=Progress)
-        return local.manifest(Version(0, 0, 0)), lambda rel: (folder / rel).read_bytes()
+        return folder
     try:
-        ref = BundleRef.parse(text)
+        return BundleRef.parse(text)
     except VersionError:
         what = "is a file, not a bundle folder" if folder.exists() else "is not a folder"
         raise CommandError(
             f"{text} {what}, and not a published bundle either: give a bundle folder, "
             "name/vX.Y.Z or name/vX.Y.Z-hash."
         ) from None
-    store = _store(args)
-    published = _published(store, ref)
+
+
+def _bundle_side(side: Path | BundleRef, store: BundleStore | None) -> tuple[Manifest, Reader]:
+    """A side of ``bundle diff`` read: its manifest and a reader of its files."""
+    from weightshift.bundles.manifest import load_local
+    from weightshift.bundles.versioning import Version
+    from weightshift.console import Progress
+
+    if isinstance(side, Path):
+        local = load_local(side, progress=Progress)
+        return local.manifest(Version(0, 0, 0)), lambda rel: (side / rel).read_bytes()
+    assert store is not None
+    published = _published(store, side)
     return published.manifest, lambda rel: store.read_file(published, rel)
 
 
+def _bundle_folder(text: str) -> Path:
+    """``text`` as a bundle folder to read; refused unless it is one."""
+    root = Path(text)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "is not a folder"
+        raise CommandError(
+            f"{root} {what}: give a bundle's folder "
+            "(`weightshift bundle init DIR --name NAME` writes a new one)."
+        )
+    return root
+
+
+def _size(count: int) -> str:
+    """A byte count for people: 93 bytes, 4.1 KiB, 3.1 GiB."""
+    from rich.filesize import pick_unit_and_suffix
+
+    if count < 1024:
+        return f"{count:,} byte{'' if count == 1 else 's'}"
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    unit, suffix = pick_unit_and_suffix(count, units, 1024)
+    return f"{count / unit:,.1f} {suffix}"
+
+
+def _files(entries: Sequence[FileEntry]) -> str:
+    """``12 files, 3.1 GiB``."""
+    count = len(entries)
+    return f"{count} file{'' if count == 1 else 's'}, {_size(sum(e.size for e in entries))}"
+
+
+@_path_errors
 def cmd_bundle_init(args: argparse.Namespace) -> int:
     from weightshift.bundles.skeleton import init_bundle
 
@@ -162,16 +235,12 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     return 0
 
 
+@_path_errors
 def cmd_bundle_validate(args: argparse.Namespace) -> int:
     from weightshift.bundles.content import unpublishable
     from weightshift.bundles.layout import validate
 
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise CommandError(
-            f"{root} is not a folder: give a bundle's folder "
-            "(`weightshift bundle init DIR --name NAME` writes a new one)."
-        )
+    root = _bundle_folder(args.dir)
     files, metadata, invalid = validate(root)
     problems = [("invalid", p) for p in invalid] + [
         ("not publishable", p) for p in unpublishable(root, files, metadata)
@@ -204,7 +273,9 @@ def cmd_bundle_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+@_path_errors
 def cmd_bundle_publish(args: argparse.Namespace) -> int:
+    from weightshift.bundles.layout import declared_name
     from weightshift.bundles.manifest import load_local
     from weightshift.bundles.store import Interrupted
     from weightshift.bundles.versioning import Bump, Version
@@ -215,9 +286,13 @@ def cmd_bundle_publish(args: argparse.Namespace) -> int:
     version = Version.parse(args.version) if args.version else None
     bump = Bump[args.bump.upper()] if args.bump not in (None, "auto") else None
     auto = args.bump == "auto"
+    root = _bundle_folder(args.dir)
     store = _store(args)
+    name = declared_name(root)
+    if version is not None and name is not None:
+        store.check_unpublished(name, version)  # before hashing gigabytes to learn it
     try:
-        local = load_local(Path(args.dir), progress=Progress)
+        local = load_local(root, progress=Progress)
         if args.dry_run:
             plan = store.plan_publish(
                 local, version, auto, bump=bump, allow_placeholders=args.allow_placeholders
@@ -237,31 +312,51 @@ def cmd_bundle_publish(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     if args.dry_run:
-        report = plan.to_json()
-        if args.json:
-            print(json.dumps(report, indent=2))
-            return 0
-        base = f" ({report['requiredBump']} from {report['base']})" if plan.base else ""
-        print(f"would publish {report['id']}{base}{', a hotfix' if plan.hotfix else ''}")
-        for reason in plan.reasons:
-            print(f"  {reason}")
-        print(
-            f"  would upload {report['blobsToUpload']} blob(s), {report['bytesToUpload']:,} "
-            f"bytes; {report['blobsPresent']} already in the bucket, "
-            f"{report['bytesPresent']:,} bytes"
-        )
+        _print_plan(plan, args.json)
         return 0
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     print(result.id)
-    reused = "; the rest was already in the bucket" if result.blobs_skipped else ""
-    print(
-        f"uploaded {result.blobs_uploaded} of {result.blobs_uploaded + result.blobs_skipped} "
-        f"blobs, {result.bytes_uploaded:,} of {result.bytes_total:,} bytes{reused}",
-        file=sys.stderr,
-    )
+    print(_publish_summary(result), file=sys.stderr)
     return 0
+
+
+def _print_plan(plan: PublishPlan, as_json: bool) -> None:
+    """What ``publish --dry-run`` would do."""
+    report = plan.to_json()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    base = f" ({report['requiredBump']} from {report['base']})" if plan.base else ""
+    print(f"would publish {report['id']}{base}{', a hotfix' if plan.hotfix else ''}")
+    for reason in plan.reasons:
+        print(f"  {reason}")
+    print(
+        f"  would upload {report['blobsToUpload']} blob(s), {report['bytesToUpload']:,} "
+        f"bytes; {report['blobsPresent']} already in the bucket, "
+        f"{report['bytesPresent']:,} bytes"
+    )
+
+
+def _publish_summary(result: PublishResult) -> str:
+    """What a publish uploaded and what it reused, in words: ``weights, tokenizer reused
+    from NAME/v1.0.0-HASH (9 files, 8.0 MiB); uploaded 1 file, 93 bytes (system-prompt)``."""
+    from weightshift.bundles.schemas import PARTS, part_of
+
+    def parts(entries: Sequence[FileEntry]) -> str:
+        named = {part.name for entry in entries if (part := part_of(entry.path)) is not None}
+        return ", ".join(part.name for part in PARTS if part.name in named)
+
+    uploaded = (
+        f"uploaded {_files(result.uploaded)} ({parts(result.uploaded)})"
+        if result.uploaded
+        else "uploaded nothing"
+    )
+    if not result.reused:
+        return f"uploaded {_files(result.uploaded)}"
+    source = f"from {result.reused_from}" if result.reused_from else "(already in the bucket)"
+    return f"{parts(result.reused)} reused {source}: {_files(result.reused)}; {uploaded}"
 
 
 def cmd_bundle_list(args: argparse.Namespace) -> int:
@@ -357,15 +452,17 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+@_path_errors
 def cmd_bundle_pull(args: argparse.Namespace) -> int:
-    from weightshift.bundles.store import Interrupted
+    from weightshift.bundles.store import Interrupted, check_destination
 
     ref = _ref(args.id)
-    store = _store(args)
     dest = Path(args.dest)
+    check_destination(dest, args.reuse)  # before the bucket is read
+    store = _store(args)
     try:
         bundle = _published(store, ref).manifest.id
-        result = store.pull(bundle, dest, serving_layout=args.serving_layout)
+        result = store.pull(bundle, dest, serving_layout=args.serving_layout, reuse=args.reuse)
     except Interrupted as stopped:
         print(stopped, file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -379,21 +476,39 @@ def cmd_bundle_pull(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
-    resumed = (
-        f" ({result.bytes_resumed:,} bytes kept from an interrupted pull)"
-        if result.bytes_resumed
-        else ""
-    )
-    manifest = result.manifest
-    print(f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {dest}{resumed}")
+    print(_pull_summary(result))
     return 0
 
 
+def _pull_summary(result: PullResult) -> str:
+    """One line: what the pull did at DEST (pulled, kept or replaced) and what it cleaned."""
+    manifest, dest = result.manifest, result.dest
+    files = _files(manifest.files)
+    if result.outcome == "kept":
+        line = f"kept: verified {files} of {manifest.id} in {dest}; nothing downloaded"
+    else:
+        resumed = (
+            f" ({result.bytes_resumed:,} bytes kept from an interrupted pull)"
+            if result.bytes_resumed
+            else ""
+        )
+        line = f"{manifest.id}: {len(manifest.files)} files, {manifest.size:,} bytes in {dest}"
+        line += resumed
+        if result.outcome == "replaced":
+            line = f"replaced: {dest} held something else ({result.replaced}); pulled {line}"
+    if result.removed_staging:
+        line += "; removed what interrupted pulls left: " + ", ".join(result.removed_staging)
+    return line
+
+
+@_path_errors
 def cmd_bundle_diff(args: argparse.Namespace) -> int:
     from weightshift.bundles.diff import diff
 
-    old, read_old = _bundle_side(args.a, args)
-    new, read_new = _bundle_side(args.b, args)
+    sides = (_side(args.a), _side(args.b))
+    store = None if all(isinstance(side, Path) for side in sides) else _store(args)
+    old, read_old = _bundle_side(sides[0], store)
+    new, read_new = _bundle_side(sides[1], store)
     change = diff(old, new, read_old, read_new)
     if args.json:
         print(json.dumps({"from": args.a, "to": args.b, **change.to_json()}, indent=2))

@@ -15,12 +15,15 @@ Long operations show progress (``weightshift.console.Progress``, on stderr). Ctr
 ``publish`` and ``pull`` within a part or a chunk and raises :class:`Interrupted`, whose
 message says what was kept: blobs and parts already uploaded stay (content addressed, the
 next publish skips them); a pull keeps what it downloaded and checked in its staging folder
-beside the destination, and the next pull of the same bundle resumes from there.
+beside the destination, and the next pull of the same bundle resumes from there. A pull
+with ``reuse`` (an init container run again over its volume) keeps a complete, verified copy
+already at the destination and replaces anything else.
 
 :class:`BundleStore` is the face callers use; each job is a collaborator of its own:
 ``bucket`` (settings, lock policy, encryption, single S3 calls), ``manifests`` (listing,
 resolve, latest), ``reuse`` (confirming blobs already stored), ``upload``, ``publishing``
-(plan and publish), ``verify`` and ``pull``.
+(plan and publish), ``verify``, ``pull`` and ``kept`` (judging a folder an earlier pull
+left).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from weightshift.bundles.store.publishing import (
     release_base,
     release_version,
 )
-from weightshift.bundles.store.pull import Puller, PullResult
+from weightshift.bundles.store.pull import Puller, PullResult, check_destination
 from weightshift.bundles.store.reuse import composite_sha256
 from weightshift.bundles.store.upload import part_size_for
 from weightshift.bundles.store.verify import Verifier
@@ -75,6 +78,7 @@ __all__ = [
     "PullResult",
     "StoreError",
     "blob_key",
+    "check_destination",
     "composite_sha256",
     "default_client",
     "iter_published",
@@ -175,6 +179,10 @@ class BundleStore:
             local, version, auto_bump, bump=bump, allow_placeholders=allow_placeholders
         )
 
+    def check_unpublished(self, name: str, version: Version) -> None:
+        """Refuse ``name`` ``version`` if it is already published (before any hashing)."""
+        self.publisher.check_unpublished(name, version)
+
     def publish(
         self,
         local: LocalBundle,
@@ -201,9 +209,13 @@ class BundleStore:
         """Every problem with a published bundle: hashes, sizes, locks, overwrites (empty: good)."""
         return self.verifier.verify(bundle)
 
-    def pull(self, bundle: BundleId, dest: Path, serving_layout: bool = False) -> PullResult:
-        """Download ``bundle`` to ``dest`` (new, or an empty folder), every hash checked."""
-        return self.puller.pull(bundle, dest, serving_layout)
+    def pull(
+        self, bundle: BundleId, dest: Path, serving_layout: bool = False, *, reuse: bool = False
+    ) -> PullResult:
+        """Download ``bundle`` to ``dest`` (new, or an empty folder), every hash checked;
+        ``reuse``: ``dest`` is the caller's own, a complete copy there is verified and kept,
+        anything else replaced (:meth:`Puller.pull`)."""
+        return self.puller.pull(bundle, dest, serving_layout, reuse=reuse)
 
 
 def iter_published(store: BundleStore, name: str) -> Iterator[Published]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
+from weightshift.bundles import strict_json
 from weightshift.bundles.manifest import Manifest
 from weightshift.bundles.schemas import BundleError
 from weightshift.bundles.store.bucket import Bucket, StoreError, manifest_key
@@ -78,7 +79,7 @@ class Manifests:
         except ClientError as error:
             raise self.bucket.access(error) from None
         try:
-            data = json.loads(body)
+            data = strict_json.loads(body)
             manifest = Manifest.from_core(data["manifest"])
         except (KeyError, json.JSONDecodeError, BundleError) as exc:
             raise StoreError(f"{key} is not a weightshift manifest ({exc}).") from None

@@ -10,8 +10,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from weightshift.bundles.diff import diff
-from weightshift.bundles.hashing import canonical, parallel
-from weightshift.bundles.manifest import LocalBundle, Manifest
+from weightshift.bundles.hashing import Silent, canonical, parallel
+from weightshift.bundles.manifest import FileEntry, LocalBundle, Manifest
 from weightshift.bundles.store.bucket import (
     Bucket,
     Interrupted,
@@ -25,6 +25,9 @@ from weightshift.bundles.store.manifests import Manifests, Published
 from weightshift.bundles.store.reuse import Reuse
 from weightshift.bundles.store.upload import UploadBatch, Uploader
 from weightshift.bundles.versioning import Bump, BundleId, Version
+
+QUIET_BELOW = 1024 * 1024
+"""Uploads smaller than this in all show no progress meter (the summary says what went up)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class PublishResult:
     blobs_uploaded: int
     blobs_skipped: int
     manifest_key: str
+    uploaded: tuple[FileEntry, ...] = ()
+    """The files whose content was uploaded."""
+    reused: tuple[FileEntry, ...] = ()
+    """The files whose content the bucket already held (an earlier version's, mostly)."""
+    reused_from: BundleId | None = None
+    """The published version the bump was measured from, when it holds every reused file's
+    content (a prompt-only release reuses the weights of the one before)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +88,9 @@ class PublishResult:
             "bytesSkipped": self.bytes_skipped,
             "blobsUploaded": self.blobs_uploaded,
             "blobsSkipped": self.blobs_skipped,
+            "filesUploaded": [entry.path for entry in self.uploaded],
+            "filesReused": [entry.path for entry in self.reused],
+            "reusedFrom": str(self.reused_from) if self.reused_from else None,
             "manifest": self.manifest_key,
         }
 
@@ -195,9 +208,7 @@ class Publisher:
         name = local.metadata.name
         listing = self.manifests.listing(name)
         if version is not None and version in listing:
-            raise StoreError(
-                f"{name} v{version} is already published; versions are never replaced."
-            )
+            self.check_unpublished(name, version, listing[version])
         base_version, hotfix = release_base(name, sorted(listing), version)
         base: Published | None = None
         reasons: tuple[str, ...]
@@ -224,6 +235,17 @@ class Publisher:
         return PublishPlan(
             manifest, base_manifest, required, tuple(reasons), missing, present, checksums, hotfix
         )
+
+    def check_unpublished(self, name: str, version: Version, version_id: str | None = None) -> None:
+        """Refuse ``name`` ``version`` if it is published, naming the id it has: one listing
+        and one small read, so a repeated ``--version`` is said before anything is hashed."""
+        found = self.manifests.published(name, version, version_id)
+        if found is not None:
+            raise StoreError(
+                f"{name} v{version} is already published, as {found.manifest.id}; versions are "
+                "never replaced. Bump the version: give a higher --version, or --bump auto for "
+                "the smallest legal one."
+            )
 
     def _missing_and_present(self, blobs: dict[str, int]) -> tuple[dict[str, int], dict[str, str]]:
         """The blobs the bucket lacks (sha256 -> size) and those it has (sha256 -> version id)."""
@@ -270,6 +292,10 @@ class Publisher:
                 "was published, and if not, run the same command again."
             ) from None
         skipped = sum(plan.manifest.blobs()[sha] for sha in plan.present)
+        files = plan.manifest.files
+        reused = tuple(entry for entry in files if entry.sha256 not in plan.missing)
+        base = plan.base
+        from_base = base is not None and all(e.sha256 in base.blobs() for e in reused)
         return PublishResult(
             plan.manifest.id,
             plan.manifest.size,
@@ -278,6 +304,9 @@ class Publisher:
             len(plan.missing),
             len(plan.present),
             key,
+            tuple(entry for entry in files if entry.sha256 in plan.missing),
+            reused,
+            base.id if base is not None and reused and from_base else None,
         )
 
     def _upload_missing(
@@ -288,7 +317,9 @@ class Publisher:
         paths = {entry.sha256: entry.path for entry in plan.manifest.files}
         versions = dict(plan.present)
         checksums = dict(plan.checksums)
-        meter = self.bucket.progress("uploading", sum(plan.missing.values()))
+        total = sum(plan.missing.values())
+        # A few small files go up in a request or two: a meter would only say "0.0 of 0.0 MiB".
+        meter = self.bucket.progress("uploading", total) if total >= QUIET_BELOW else Silent("", 0)
         shared = UploadBatch(lock, encryption, meter)
         uploaded: list[str] = []
 

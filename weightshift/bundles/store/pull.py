@@ -1,5 +1,6 @@
 """Reading published bundles back: one small file, or the whole bundle pulled into a folder
-through a staging folder (resumed after Ctrl-C), every hash checked."""
+through a staging folder (resumed after Ctrl-C), every hash checked; with ``reuse``, a
+complete copy already there verified and kept instead (``kept``)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
+from weightshift.bundles.folders import check_folder_to_write
 from weightshift.bundles.hashing import Cancelled, parallel, sha256_file
 from weightshift.bundles.manifest import SERVING_DIR, Manifest, link_serving_layout
 from weightshift.bundles.store.bucket import PULLED_ID, Bucket, Interrupted, StoreError, blob_key
+from weightshift.bundles.store.kept import clear, copy_problem, stray_staging
 from weightshift.bundles.store.manifests import Manifests, Published
 from weightshift.bundles.versioning import BundleId
 
@@ -29,6 +32,13 @@ class PullResult:
     bytes_downloaded: int
     bytes_resumed: int
     """Already downloaded and checked by an interrupted pull, hashed again and kept."""
+    outcome: Literal["pulled", "kept", "replaced"] = "pulled"
+    """pulled: into a new or empty ``dest``; with ``reuse``, kept: ``dest`` held a complete
+    copy of the bundle, verified, and nothing was downloaded; replaced: it held something
+    else (``replaced`` says what), which was removed before the pull."""
+    replaced: str = ""
+    removed_staging: tuple[str, ...] = ()
+    """Staging folders of other, interrupted pulls to ``dest`` that ``reuse`` removed."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +49,9 @@ class PullResult:
             "bytesDownloaded": self.bytes_downloaded,
             "bytesResumed": self.bytes_resumed,
             "dest": str(self.dest),
+            "outcome": self.outcome,
+            "replaced": self.replaced or None,
+            "removedStaging": list(self.removed_staging),
         }
 
 
@@ -68,7 +81,9 @@ class Puller:
             )
         return b"".join(chunks)
 
-    def pull(self, bundle: BundleId, dest: Path, serving_layout: bool = False) -> PullResult:
+    def pull(
+        self, bundle: BundleId, dest: Path, serving_layout: bool = False, *, reuse: bool = False
+    ) -> PullResult:
         """Download ``bundle`` to ``dest`` (new, or an empty folder), every hash checked.
 
         Files are staged in ``.<dest>.partial-<hash>`` beside a new ``dest``, which then takes
@@ -78,9 +93,48 @@ class Puller:
         last. A failed check removes the staging folder. Ctrl-C keeps it
         (:class:`Interrupted`): the next pull of the bundle to the same place hashes what it
         holds again and downloads only the rest.
+
+        A ``dest`` holding files is refused before the bucket is read, unless ``reuse``: then
+        ``dest`` is the caller's own (an init container's volume), and a complete copy of the
+        bundle there is verified and kept, anything else removed and pulled again
+        (:mod:`weightshift.bundles.store.kept`).
         """
+        check_destination(dest, reuse)
+        if not reuse:
+            _staging(bundle, dest)
         published = self.manifests.resolve(bundle)
+        if reuse:
+            return self._reuse(published, dest, serving_layout)
+        return self._fetch(published, dest, serving_layout)
+
+    def _reuse(self, published: Published, dest: Path, serving_layout: bool) -> PullResult:
+        """``pull`` with ``reuse``: keep a verified complete copy at ``dest``; otherwise clear
+        ``dest`` (but a staging folder of this bundle, to resume from) and pull."""
         manifest = published.manifest
+        own = dest / f".partial-{manifest.id.digest}"
+        replaced = ""
+        if dest.is_dir() and any(child != own for child in dest.iterdir()):
+            meter = self.bucket.progress("verifying", manifest.size)
+            try:
+                problem = copy_problem(published, dest, serving_layout, self.bucket.workers, meter)
+            except BaseException:
+                meter.close(completed=False)
+                raise
+            meter.close()
+            if problem is None:
+                removed = _remove(stray_staging(dest, None))
+                return PullResult(manifest, dest, 0, 0, "kept", "", removed)
+            replaced = problem
+            clear(dest, keep=own)
+        removed = _remove(stray_staging(dest, _staging(manifest.id, dest)))
+        result = self._fetch(published, dest, serving_layout)
+        outcome: Literal["pulled", "replaced"] = "replaced" if replaced else "pulled"
+        return replace(result, outcome=outcome, replaced=replaced, removed_staging=removed)
+
+    def _fetch(self, published: Published, dest: Path, serving_layout: bool) -> PullResult:
+        """Download ``published`` to ``dest`` (new, or empty but for its staging folder)."""
+        manifest = published.manifest
+        bundle = manifest.id
         inside = dest.is_dir()
         staging = _staging(bundle, dest)
         by_blob: dict[str, list[str]] = {}
@@ -171,6 +225,26 @@ class Puller:
             raise
 
 
+def _not_empty(dest: Path) -> StoreError:
+    return StoreError(
+        f"{dest} already exists and is not an empty folder: pull into a new or an empty "
+        "folder (nothing is overwritten). Where DEST is this pull's own, as an init "
+        "container's volume is, pass --reuse: a complete copy of the bundle there is verified "
+        "and kept, anything else removed and pulled again."
+    )
+
+
+def check_destination(dest: Path, reuse: bool) -> None:
+    """Refuse, before the bucket is read, a ``dest`` no pull can fill: a path that cannot be
+    a folder (:func:`check_folder_to_write`), or, without ``reuse``, a folder holding
+    anything but the staging folder of an interrupted pull."""
+    check_folder_to_write(dest, "DEST")
+    if reuse or not dest.is_dir():
+        return
+    if any(not child.name.startswith(".partial-") for child in dest.iterdir()):
+        raise _not_empty(dest)
+
+
 def _staging(bundle: BundleId, dest: Path) -> Path:
     """Where a pull to ``dest`` stages its files; refuses a ``dest`` holding anything else."""
     inside = dest.is_dir()
@@ -180,11 +254,15 @@ def _staging(bundle: BundleId, dest: Path) -> Path:
         else dest.parent / f".{dest.name}.partial-{bundle.digest}"
     )
     if dest.exists() and (not inside or any(p != staging for p in dest.iterdir())):
-        raise StoreError(
-            f"{dest} already exists and is not an empty folder: pull into a new or an empty "
-            "folder (nothing is overwritten)."
-        )
+        raise _not_empty(dest)
     return staging
+
+
+def _remove(folders: list[Path]) -> tuple[str, ...]:
+    """Remove ``folders`` (staging folders of other pulls); their paths."""
+    for folder in folders:
+        shutil.rmtree(folder)
+    return tuple(str(folder) for folder in folders)
 
 
 def _finish_staging(staging: Path, published: Published, serving_layout: bool) -> None:
