@@ -56,7 +56,7 @@ def run(scenario: str) -> dict[str, Any]:
         events.append("record read")
         return stored[0]
 
-    synth_module.OfflineMocks.new_resource = register  # type: ignore[method-assign]
+    synth_module.OfflineMocks.new_resource = register  # type: ignore[method-assign,assignment]
     record_module.read = read
     try:
         graph = synth(f"rollout.stage={stage}")

@@ -89,7 +89,8 @@ def test_objects_may_arrive_as_json_text_as_the_engine_sends_them(
             "weightshift:rollout",
             ["thresholds", "latencyP99"],
             2,
-            "weightshift:rollout.thresholds.latencyP99 = 2: Extra inputs are not permitted",
+            "weightshift:rollout.thresholds.latencyP99 = 2: unknown key; did you mean "
+            "latencyP99Seconds? allowed: latencyP99Seconds, errorRatePercent,",
         ),
         (
             "weightshift:blue",
@@ -142,6 +143,81 @@ def test_unknown_keys_are_refused_with_the_allowed_list(prod_values: dict[str, A
     assert found.startswith("weightshift:rollot")
     for key in CONFIG_KEYS:
         assert key in found
+
+
+def test_a_top_level_typo_gets_the_closest_key(prod_values: dict[str, Any]) -> None:
+    prod_values["weightshift:rollot"] = {"stage": 1}
+    (found,) = problems(prod_values)
+    assert found.startswith('weightshift:rollot = {"stage": 1}: unknown key; did you mean rollout?')
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "meant"),
+    [
+        ("weightshift:rollout", ["stickinesSeconds"], "stickinessSeconds"),
+        ("weightshift:rollout", ["capacity", "holdHour"], "holdHours"),
+        ("weightshift:rollout", ["thresholds", "errorRatePercnt"], "errorRatePercent"),
+        ("weightshift:blue", ["verson"], "version"),
+        ("weightshift:green", ["replica"], "replicas"),
+        ("weightshift:traffic", ["ingresCidrs"], "ingressCidrs"),
+        ("weightshift:network", ["vpcCdr"], "vpcCidr"),
+        ("weightshift:artifacts", ["retentionDay"], "retentionDays"),
+        ("weightshift:cluster", ["endpointPublicAcess"], "endpointPublicAccess"),
+        ("weightshift:cluster", ["gpuNodeGroups", 0, "gpusPerNod"], "gpusPerNode"),
+        ("weightshift:serving", ["gpusPerReplca"], "gpusPerReplica"),
+        ("weightshift:rollback", ["onCal"], "onCall"),
+    ],
+)
+def test_a_nested_typo_gets_its_path_the_keys_allowed_there_and_the_closest(
+    prod_values: dict[str, Any], key: str, path: list[str | int], meant: str
+) -> None:
+    node = prod_values[key]
+    for part in path[:-1]:  # a section the stack file leaves out is added
+        node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
+    node[path[-1]] = 1
+    (found,) = problems(prod_values)
+    dotted = ".".join(str(part) for part in [key, *path])
+    assert found.startswith(f"{dotted} = 1: unknown key; did you mean {meant}? allowed: ")
+    allowed = found.split("allowed: ", 1)[1].split(", ")
+    assert meant in allowed
+    assert path[-1] not in allowed
+
+
+def test_sections_not_in_the_stack_file_get_their_own_keys(prod_values: dict[str, Any]) -> None:
+    rollout = prod_values["weightshift:rollout"]
+    rollout["hold"] = {
+        "version": "support-assistant/v1.4.2-424ef6470390",
+        "until": "2026-11-28T09:00:00+00:00",
+        "relased": True,
+    }
+    (found,) = problems(prod_values)
+    assert found == (
+        "weightshift:rollout.hold.relased = true: unknown key; did you mean released? "
+        "allowed: version, until, released"
+    )
+    prod_values["weightshift:rollout"] = {k: v for k, v in rollout.items() if k != "hold"}
+    prod_values["weightshift:cluster"]["systemNodes"] = {
+        "name": "system",
+        "instanceTypes": ["m7i.large"],
+        "minSiz": 2,
+    }
+    (found,) = problems(prod_values)
+    assert found.startswith(
+        "weightshift:cluster.systemNodes.minSiz = 2: unknown key; did you mean minSize? "
+        "allowed: name, instanceTypes, amiType,"
+    )
+
+
+def test_a_nested_key_with_nothing_close_gets_every_allowed_key(
+    prod_values: dict[str, Any],
+) -> None:
+    prod_values["weightshift:rollout"]["thresholds"]["xyzzy"] = 1
+    (found,) = problems(prod_values)
+    assert found == (
+        "weightshift:rollout.thresholds.xyzzy = 1: unknown key; allowed: latencyP99Seconds, "
+        "errorRatePercent, minQualityScore, maxSafetyViolationPercent, maxToxicity, "
+        "minWinRate, maxLatencyRegressionPercent, minAdversarialPassRate"
+    )
 
 
 def test_missing_keys_are_reported_all_at_once(prod_values: dict[str, Any]) -> None:

@@ -54,10 +54,10 @@ VLLM_GENERATION_CONFIG_KEYS = (
 ``ModelConfig.get_diff_sampling_param`` keeps these (``available_params``) and drops the
 rest silently (vllm-project/vllm, ``vllm/config/model.py``). They are request defaults,
 except ``max_new_tokens``, which the serving layer also applies as a ceiling on every
-request (``override_max_tokens``; the gateway's own cap is the same bundle value). A bundle parameter outside
-this list (presence and frequency penalties, stop, seed) is the gateway's alone: it sets
-it on every request, so passing it to vLLM would change the Deployment (and roll every GPU
-pod) for an argument with no effect."""
+request (``override_max_tokens``; the gateway's own cap is the same bundle value). A
+bundle parameter outside this list (presence and frequency penalties, stop, seed) is the
+gateway's alone: it sets it on every request, so passing it to vLLM would change the
+Deployment (and roll every GPU pod) for an argument with no effect."""
 
 IAM_ROLE_INLINE_POLICY_CHARACTERS = 10_240
 """IAM quota: "Role policy size cannot exceed 10,240 characters" for all of a role's inline

@@ -2,7 +2,7 @@
 """The ``weightshift`` command.
 
 One module per command group: ``preview`` (synth, plan, policy check), ``bundle``,
-``gateway`` and ``rollout``, each with its ``register`` (its subcommands) beside its
+``gateway``, ``rollout`` and ``gates``, each with its ``register`` (its subcommands) beside its
 ``cmd_*`` functions; ``common`` holds what they share. A command's own modules are imported
 when it runs, so ``--help`` and completion stay instant.
 
@@ -17,9 +17,14 @@ from collections.abc import Sequence
 
 import argcomplete
 
-from weightshift.cli import bundle, gateway, preview, rollout
-from weightshift.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, print_error
-from weightshift.config import ConfigError
+from weightshift.cli import bundle, gates, gateway, preview, rollout
+from weightshift.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    interrupted_line,
+    print_error,
+)
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "CommandError", "build_parser", "main"]
 
@@ -40,30 +45,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (preview, bundle, gateway, rollout):
+    for group in (preview, bundle, gateway, rollout, gates):
         group.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        # Here, not in _run: Ctrl-C while its imports load (a second or more) is caught too.
+        print(interrupted_line(args.command), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its errors a user can act on printed as one paragraph (exit 2)."""
     from botocore.exceptions import BotoCoreError
 
     from weightshift.bundles.schemas import BundleError
     from weightshift.bundles.store import StoreError
     from weightshift.bundles.versioning import VersionError
+    from weightshift.config import ConfigError
     from weightshift.gateway.errors import GatewayStartError
     from weightshift.preview.synth import SynthError
     from weightshift.rollout.commands import RolloutError
     from weightshift.rollout.record import RecordError
 
-    parser = build_parser()
-    argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
     try:
         result: int = args.func(args)
-    except KeyboardInterrupt:
-        print(f"weightshift {args.command}: interrupted; nothing more was done.", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BotoCoreError as error:
         message = (
             f"AWS request failed: {str(error).rstrip('.')}. Check credentials, region and "

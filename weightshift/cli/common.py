@@ -1,12 +1,19 @@
 """What the command groups share: the project, catalog and record options, a file to
-write, the options several commands take, exit codes and the one-paragraph error."""
+write, the options several commands take, exit codes, the one-paragraph error and the one
+line Ctrl-C gets."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from weightshift.bundles.catalog import LocalCatalog
@@ -16,6 +23,40 @@ EXIT_USAGE = 2
 
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, as shells report a command stopped by Ctrl-C."""
+
+
+def interrupted_line(command: str) -> str:
+    """What a command stopped by Ctrl-C says, its only line on standard error."""
+    return f"weightshift {command}: interrupted; nothing more was done."
+
+
+@contextmanager
+def ends_at_ctrl_c(command: str) -> Iterator[None]:
+    """Around work that writes nothing and runs Pulumi's runtime in this process (an offline
+    synthesis): Ctrl-C ends the process at once, with :func:`interrupted_line` and exit 130.
+    The runtime pumps its event loop re-entrantly and waits for every registration it
+    started, so a KeyboardInterrupt raised anywhere inside it prints asyncio tracebacks,
+    can be swallowed by a finalizer, or loses a callback and waits forever; and there is
+    nothing to undo. Work that needs KeyboardInterrupt to stop its own (the forked workers of
+    :func:`weightshift.preview.plan.synthesize_many`) puts Python's handler back meanwhile.
+    Nothing changes where SIGINT is not Python's default (ignored, as under ``nohup``)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> NoReturn:
+        # os.write, not print: the handler may run in the middle of another write to stderr.
+        os.write(sys.stderr.fileno(), f"{interrupted_line(command)}\n".encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CommandError(Exception):

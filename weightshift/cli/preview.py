@@ -10,6 +10,7 @@ from typing import Any
 from weightshift.cli.common import (
     CommandError,
     catalog_arg,
+    ends_at_ctrl_c,
     project_arg,
     record_arg,
     stack_options,
@@ -66,9 +67,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     out = writable("--out", args.out)
     project = project_arg(args)
-    graph = synthesize_stack(
-        project, args.stack, args.set, catalog_arg(args, project), record_arg(args)
-    )
+    with ends_at_ctrl_c(args.command):
+        graph = synthesize_stack(
+            project, args.stack, args.set, catalog_arg(args, project), record_arg(args)
+        )
     text = json.dumps(graph.to_json(), indent=2, sort_keys=False)
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")
@@ -89,7 +91,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CommandError(f"--chart {args.chart}: {error}") from None
     project = project_arg(args)
-    plan = build_plan(project, args.stack, args.set, catalog_arg(args, project), record_arg(args))
+    with ends_at_ctrl_c(args.command):
+        plan = build_plan(
+            project, args.stack, args.set, catalog_arg(args, project), record_arg(args)
+        )
     if chart is not None:
         from weightshift.preview.chart import draw
 
@@ -111,14 +116,15 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     project = project_arg(args)
     policies = load_policies(project)
     catalog, record = catalog_arg(args, project), record_arg(args)
-    if args.configured_stage_only:
-        graph = synthesize_stack(project, args.stack, args.set, catalog, record)
-        config = graph.config.rollout
-        checks = [StageCheck(config.strategy.value, config.stage, check(graph, policies))]
-    else:
-        checks = check_every_stage(
-            project, args.stack, policies, args.set, catalog=catalog, record=record
-        )
+    with ends_at_ctrl_c(args.command):
+        if args.configured_stage_only:
+            graph = synthesize_stack(project, args.stack, args.set, catalog, record)
+            config = graph.config.rollout
+            checks = [StageCheck(config.strategy.value, config.stage, check(graph, policies))]
+        else:
+            checks = check_every_stage(
+                project, args.stack, policies, args.set, catalog=catalog, record=record
+            )
     # One violation found at several stages is printed once, with the stages.
     seen: dict[tuple[str, str, str], list[str]] = {}
     first: dict[tuple[str, str, str], Any] = {}

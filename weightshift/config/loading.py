@@ -1,16 +1,19 @@
 """Loading the stack config: :func:`load` validates fully qualified keys (``weightshift:*``,
 ``aws:region``) into a :class:`StackConfig`, or raises one :class:`ConfigError` that lists
-every :class:`Problem` by key, value and what is allowed.
+every :class:`Problem` by key, value and what is allowed; an unknown key, at the top or in
+any section, gets the keys allowed there and the closest one.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Mapping
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from weightshift.config.stack import CONFIG_KEYS, NAMESPACE, StackConfig
 
@@ -83,8 +86,46 @@ def _lookup(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> Any:
 
 
 def _message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        *path, key = error["loc"]
+        section = _section(tuple(path))
+        if section is not None:
+            return unknown_key(str(key), _keys(section))
     msg = str(error["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def unknown_key(key: str, allowed: Sequence[str]) -> str:
+    """What an unknown ``key`` gets: the closest allowed key, if one is close, and all of them."""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    meant = f"did you mean {close[0]}? " if close else ""
+    return f"unknown key; {meant}allowed: {', '.join(allowed)}"
+
+
+def _section(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model of the section at ``loc`` (keys as written, list positions skipped)."""
+    model: type[BaseModel] | None = StackConfig
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        model = _model_in(field.annotation) if field is not None else None
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds: itself, or inside ``X | None`` or ``tuple[X, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
 
 
 def load(values: Mapping[str, Any], source: str = "stack config") -> StackConfig:
@@ -104,9 +145,7 @@ def load(values: Mapping[str, Any], source: str = "stack config") -> StackConfig
         elif namespace != NAMESPACE:
             continue
         elif key not in CONFIG_KEYS:
-            problems.append(
-                Problem(full_key, raw, f"unknown key; allowed: {', '.join(CONFIG_KEYS)}")
-            )
+            problems.append(Problem(full_key, raw, unknown_key(key, CONFIG_KEYS)))
         elif key in _OBJECT_KEYS and isinstance(raw, str):
             try:
                 data[key] = json.loads(raw)

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from weightshift.preview.synth import (
     stack_config,
     synthesize,
 )
-from weightshift.rollout.capacity import GpuHours, extra_gpu_hours, held, hold_size
+from weightshift.rollout.capacity import GpuHours, extra_gpu_hours, finishes, held, hold_size
 from weightshift.rollout.record import RollbackRecord
 from weightshift.stages import Weights, schedule, weights_for
 
@@ -223,9 +224,11 @@ class Plan:
     rollout_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Colour -> how long ``pulumi up`` may wait for its pods to roll (seconds, text)."""
     extra_gpu_hours: GpuHours | None = None
-    hold: dict[str, Any] = field(default_factory=dict)
+    hold: dict[str, Any] | None = None
     """After ``rollout finish``: the old stable colour's hold (colour, replicas, GPUs, hours,
-    and ``until`` where a finish already set it)."""
+    and ``until`` where a finish already set it); None where no finish can follow."""
+    cannot_finish: str | None = None
+    """Why ``rollout finish`` cannot follow this strategy (shadow); None where it can."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -236,6 +239,7 @@ class Plan:
             "rolloutBudgets": self.rollout_budgets,
             "extraGpuHours": self.extra_gpu_hours.to_json() if self.extra_gpu_hours else None,
             "hold": self.hold,
+            "cannotFinish": self.cannot_finish,
         }
 
 
@@ -291,9 +295,48 @@ def synthesize_many(
         or os.environ.get("WEIGHTSHIFT_SERIAL")
     ):
         return [_synthesize_one(job) for job in jobs]
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(_synthesize_one, jobs))
+    return _in_workers(jobs, workers)
+
+
+def _in_workers(
+    jobs: list[tuple[Path, str, dict[str, Any], BundleCatalog, RollbackRecord | None]],
+    workers: int,
+) -> list[Graph | str]:
+    """The jobs in forked workers. Ctrl-C is this process's to handle: the workers ignore
+    SIGINT, and on any exception here (KeyboardInterrupt first) they are terminated, not
+    waited for, so none is left running and none prints anything."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker
+    )
+    # Ctrl-C raises KeyboardInterrupt here, whatever handler the caller has (the command's
+    # ends the process at once, which would leave the workers running); ignored stays ignored.
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        # The workers are forked with SIGINT blocked, so a Ctrl-C pressed meanwhile reaches
+        # this process once they exist (and ignore it), never a half-started worker.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            outcomes = pool.map(_synthesize_one, jobs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return list(outcomes)
+    except BaseException:
+        # Python 3.14 has pool.terminate_workers(); until then, the pool's own processes.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _worker() -> None:
+    """A worker's start: ignore Ctrl-C (the parent stops the workers), then take SIGINT out
+    of the blocked set it was forked with."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def build_plan(
@@ -342,7 +385,16 @@ def build_plan(
     gpu_hours = extra_gpu_hours(
         config, {row.index: row.replicas.get(candidate, 0) for row in rows if not row.blocked}
     )
-    return Plan(stack, rollout.strategy.value, candidate, rows, budgets, gpu_hours, _hold(config))
+    return Plan(
+        stack,
+        rollout.strategy.value,
+        candidate,
+        rows,
+        budgets,
+        gpu_hours,
+        _hold(config),
+        _cannot_finish(config),
+    )
 
 
 def _measure(
@@ -366,11 +418,14 @@ def _measure(
         )
 
 
-def _hold(config: StackConfig) -> dict[str, Any]:
+def _hold(config: StackConfig) -> dict[str, Any] | None:
     """What ``rollout finish`` holds: the stable colour now, once the candidate is stable;
-    or, after a finish (``rollout.hold``), the held candidate colour until its time."""
+    or, after a finish (``rollout.hold``), the held candidate colour until its time. None
+    where neither: no finish can follow the strategy and none left a hold."""
     rollout = config.rollout
     after_finish = held(config)
+    if not after_finish and not finishes(rollout.strategy):
+        return None
     colour = rollout.candidate if after_finish else rollout.stable
     count = hold_size(config, colour)
     return {
@@ -382,6 +437,20 @@ def _hold(config: StackConfig) -> dict[str, Any]:
         "until": rollout.hold.until.isoformat() if after_finish and rollout.hold else None,
         "released": bool(after_finish and rollout.hold and rollout.hold.released),
     }
+
+
+def _cannot_finish(config: StackConfig) -> str | None:
+    """Why ``rollout finish`` refuses this strategy, as the plan says it; None if it can."""
+    strategy = config.rollout.strategy
+    if finishes(strategy):
+        return None
+    last = schedule(strategy, config.rollout.mirror_percent)[-1]
+    return (
+        f"{strategy.value} cannot finish: its last stage serves the candidate "
+        f"{last.served_percent:g} % of requests (it only mirrors {last.mirror_percent:g} %), "
+        "so `weightshift rollout finish` refuses it, and no hold follows. Switch to "
+        "blue-green or canary to ship the candidate."
+    )
 
 
 def _cells(plan: Plan) -> tuple[list[str], list[list[str]]]:
@@ -450,8 +519,24 @@ def _notes(plan: Plan) -> list[str]:
                 f"{colour}: {budget['text']}"
                 for colour, budget in sorted(plan.rollout_budgets.items())
             ),
+            ROLLS_PODS,
         ]
     return notes
+
+
+SERVER_GENERATION_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
+"""The bundle's generation parameters the model server receives
+(``components/inference_pods.py`` ``server_generation_defaults``: those vLLM honours,
+``facts.VLLM_GENERATION_CONFIG_KEYS``)."""
+
+ROLLS_PODS = (
+    "Any new bundle version rolls its colour's GPU pods (each pod pulls its bundle by id; the "
+    "gateway runs beside vLLM). vLLM receives the weights, the tokenizer and the generation "
+    f"defaults {', '.join(SERVER_GENERATION_KEYS)}; the system prompt, few-shot examples, "
+    "safety, routing, stop, seed and the presence and frequency penalties are the gateway's "
+    "alone (vLLM ignores them in --override-generation-config)."
+)
+"""What the plan says of bundle changes: nothing of a bundle changes a running pod in place."""
 
 
 STACKED_BELOW = 120
@@ -510,8 +595,9 @@ def _pair(values: dict[str, int], blocked: str | None) -> str:
 
 
 def _capacity_notes(plan: Plan) -> list[str]:
-    """The hold after finish, and the GPU-hours beyond the stable colour's own."""
-    lines: list[str] = []
+    """The hold after finish (or why no finish can follow), and the GPU-hours beyond the
+    stable colour's own."""
+    lines: list[str] = ["", plan.cannot_finish] if plan.cannot_finish else []
     hold = plan.hold
     if hold and hold.get("released"):
         lines += [
@@ -529,8 +615,9 @@ def _capacity_notes(plan: Plan) -> list[str]:
         ]
     hours = plan.extra_gpu_hours
     if hours is not None and hours.static_pair:
+        counted = "bake times" if plan.cannot_finish else "bake times and hold"
         lines.append(
-            f"GPU-hours beyond the stable colour's own (bake times and hold, {hours.hours:g} h): "
+            f"GPU-hours beyond the stable colour's own ({counted}, {hours.hours:g} h): "
             f"{hours.rollout:,.0f} with capacity following the rollout, "
             f"{hours.static_pair:,.0f} for a static pair ({100 * (hours.ratio or 0):.0f} %)."
         )

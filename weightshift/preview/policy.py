@@ -64,8 +64,11 @@ Policy = ResourceValidationPolicy | StackValidationPolicy
 class TransitionPolicy(Protocol):
     """A rule over two states of one stack (``policies/rules.py`` ``TRANSITION_POLICIES``)."""
 
-    name: str
-    enforcement_level: EnforcementLevel
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def enforcement_level(self) -> EnforcementLevel: ...
 
     def validate(
         self, before: StackValidationArgs, after: StackValidationArgs, report: Callable[..., None]

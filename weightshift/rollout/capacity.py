@@ -13,7 +13,9 @@ Two full inference stacks double the GPU bill for the whole rollout. Instead:
 - **After ``rollout finish``** the old stable colour (now the candidate slot, at stage 0,
   still running its version) is held at ``holdReplicas`` (default: full) until
   ``weightshift rollout release`` (refused before the hold's time is up; a scheduled CI job
-  runs it) scales it to zero, and the Cluster Autoscaler releases its nodes.
+  runs it) scales it to zero, and the Cluster Autoscaler releases its nodes. A strategy
+  whose last stage does not serve the candidate every request (shadow only mirrors) never
+  finishes, so nothing is held after it (:func:`finishes`).
 - **Whole nodes.** A node serves one colour and a colour's pods pack onto shared nodes
   (``colour_packing`` in ``components/inference_stack.py``), so the candidate is sized in
   whole nodes, and the GPU-hours are counted in nodes and never below the node groups'
@@ -86,6 +88,12 @@ def candidate_replicas(
     return min(full, math.ceil(needed / per_node) * per_node)
 
 
+def finishes(strategy: Strategy) -> bool:
+    """Whether ``rollout finish`` can follow ``strategy``'s last stage: only where that stage
+    serves the candidate every request (``rollout finish`` refuses shadow, which mirrors)."""
+    return schedule(strategy)[-1].served_percent >= 100.0
+
+
 def held(config: StackConfig) -> bool:
     """Whether the candidate colour is the old stable one ``rollout finish`` left warm."""
     rollout = config.rollout
@@ -139,7 +147,7 @@ class GpuHours:
     hours: float
     """Bake time of all stages plus the hold (stages without a bake time count 0 hours)."""
     hold: float
-    """Of ``rollout``: the hold after ``finish``."""
+    """Of ``rollout``: the hold after ``finish`` (0 for a strategy that never finishes)."""
 
     @property
     def ratio(self) -> float | None:
@@ -174,9 +182,10 @@ def extra_gpu_hours(config: StackConfig, candidate_by_stage: dict[int, int]) -> 
         spent += extra(candidate_by_stage.get(stage.index, 0)) * bake
         static += extra(full) * bake
     # After finish the candidate (full at the last stage) is stable, and the old stable
-    # colour is the extra: held, then released; a static pair keeps it at full size.
+    # colour is the extra: held, then released; a static pair keeps it at full size. A
+    # strategy that never finishes holds nothing.
     new_stable = pool.count(full)
-    hold_hours = rollout.capacity.hold_hours
+    hold_hours = rollout.capacity.hold_hours if finishes(rollout.strategy) else 0.0
     hold = extra(hold_size(config, rollout.stable), new_stable) * hold_hours
     old_full = config.colour(rollout.stable).replicas
     return GpuHours(
