@@ -14,46 +14,19 @@ Usage: python scripts/gate_simulation.py [--rps 20] [--share 0.01] [--minutes 24
 from __future__ import annotations
 
 import argparse
-import math
 from statistics import NormalDist
 
 import numpy as np
 
-from weightshift.evidence.sequential import log_e_value
+from weightshift.evidence.simulation import Looks, first_failures, simulate_stages
 
 ALPHA = 0.05
 
 
-def simulate(
-    p_candidate: float, p_stable: float, args: argparse.Namespace, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    per_minute = rng.poisson(args.rps * 60, size=(args.runs, args.minutes))
-    candidate = rng.binomial(per_minute, args.share)
-    stable = per_minute - candidate
-    errors_c = rng.binomial(candidate, p_candidate).cumsum(axis=1)
-    errors_s = rng.binomial(stable, p_stable).cumsum(axis=1)
-    return errors_c, errors_s, candidate.cumsum(axis=1), stable.cumsum(axis=1)
-
-
-def anytime_first(errors_c: np.ndarray, errors_s: np.ndarray, share: float) -> list[int | None]:
-    threshold = math.log(1 / ALPHA)
-    firsts: list[int | None] = []
-    for xs, ss in zip(errors_c.tolist(), errors_s.tolist(), strict=True):
-        found = None
-        for minute, (x, s) in enumerate(zip(xs, ss, strict=True)):
-            n = x + s
-            if n and x / n > share and log_e_value(x, n, share) >= threshold:
-                found = minute
-                break
-        firsts.append(found)
-    return firsts
-
-
-def naive_fails(
-    errors_c: np.ndarray, errors_s: np.ndarray, req_c: np.ndarray, req_s: np.ndarray
-) -> float:
+def naive_fails(looks: Looks) -> float:
     """A one-sided two-proportion z-test at 95 %, re-run at every look."""
+    errors_c, errors_s = looks.candidate_errors, looks.stable_errors
+    req_c, req_s = looks.candidate_requests, looks.stable_requests
     with np.errstate(divide="ignore", invalid="ignore"):
         rate_c, rate_s = errors_c / req_c, errors_s / req_s
         pooled = (errors_c + errors_s) / (req_c + req_s)
@@ -74,15 +47,16 @@ def main() -> None:
         f"stage: {args.share:.0%} of {args.rps:g} requests/s for {args.minutes} min, looked at "
         f"every minute; stable error rate {args.baseline:.2%}; {args.runs} stages each"
     )
-    same = simulate(args.baseline, args.baseline, args, seed=1)
-    anytime = np.mean([f is not None for f in anytime_first(same[0], same[1], args.share)])
+    stage = {"runs": args.runs, "minutes": args.minutes, "rps": args.rps, "share": args.share}
+    same = simulate_stages(args.baseline, args.baseline, seed=1, **stage)
+    anytime = np.mean([f is not None for f in first_failures(same, args.share, ALPHA)])
     print(
         f"no difference: stages failed, anytime-valid test {anytime:.1%} (bound {ALPHA:.0%}); "
-        f"z-test at every look {naive_fails(*same):.1%}"
+        f"z-test at every look {naive_fails(same):.1%}"
     )
-    worse = simulate(2 * args.baseline, args.baseline, args, seed=2)
-    firsts = anytime_first(worse[0], worse[1], args.share)
-    caught = [int(worse[2][i, m]) for i, m in enumerate(firsts) if m is not None]
+    worse = simulate_stages(2 * args.baseline, args.baseline, seed=2, **stage)
+    firsts = first_failures(worse, args.share, ALPHA)
+    caught = [int(worse.candidate_requests[i, m]) for i, m in enumerate(firsts) if m is not None]
     if caught:
         median, p80 = np.percentile(caught, [50, 80])
         print(

@@ -26,6 +26,7 @@ from weightshift.evidence.sequential import (
     ratio_of,
     share_interval,
 )
+from weightshift.evidence.simulation import first_failures, simulate_stages
 
 ALPHA = 0.05
 
@@ -97,58 +98,20 @@ def test_no_events_yet_is_inconclusive_with_nothing_to_project() -> None:
     assert verdict.interval == (0.0, math.inf)
 
 
-def _looks(
-    p_candidate: float,
-    p_stable: float,
-    *,
-    runs: int,
-    minutes: int,
-    rps: float,
-    share: float,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per run and per minute, the cumulative candidate errors, stable errors and candidate
-    requests of a stage where the ALB sends each request to the candidate with ``share``."""
-    rng = np.random.default_rng(seed)
-    per_minute = rng.poisson(rps * 60, size=(runs, minutes))
-    candidate = rng.binomial(per_minute, share)
-    stable = per_minute - candidate
-    errors_c = rng.binomial(candidate, p_candidate)
-    errors_s = rng.binomial(stable, p_stable)
-    return errors_c.cumsum(axis=1), errors_s.cumsum(axis=1), candidate.cumsum(axis=1)
-
-
-def _first_fail(errors_c: np.ndarray, errors_s: np.ndarray, share: float) -> list[int | None]:
-    """The first look (minute) at which the stage gate fails, per run; None if never."""
-    threshold = math.log(1 / ALPHA)
-    firsts: list[int | None] = []
-    for xs, ss in zip(errors_c, errors_s, strict=True):
-        found = None
-        for minute, (x, s) in enumerate(zip(xs.tolist(), ss.tolist(), strict=True)):
-            n = x + s
-            if n and x / n > share and log_e_value(x, n, share) >= threshold:
-                found = minute
-                break
-        firsts.append(found)
-    return firsts
-
-
 def test_looking_every_minute_with_no_difference_fails_at_most_alpha_of_stages() -> None:
     """Stage 1 (1 %) for 4 hours at 20 requests/s, 1 % errors on both colours, the gate
     looked at every minute: 240 looks per stage, 400 stages."""
-    errors_c, errors_s, _ = _looks(0.01, 0.01, runs=400, minutes=240, rps=20, share=0.01, seed=11)
-    fails = sum(first is not None for first in _first_fail(errors_c, errors_s, 0.01))
+    looks = simulate_stages(0.01, 0.01, runs=400, minutes=240, rps=20, share=0.01, seed=11)
+    fails = sum(first is not None for first in first_failures(looks, 0.01, ALPHA))
     # At most alpha, with room for the simulation's own noise (3 standard errors).
     assert fails / 400 <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / 400)
 
 
 def test_a_doubled_error_rate_fails_the_stage() -> None:
     """Stage 1 (1 %) at 20 requests/s: 2 % errors on the candidate against 1 %."""
-    errors_c, errors_s, requests = _looks(
-        0.02, 0.01, runs=200, minutes=240, rps=20, share=0.01, seed=12
-    )
-    firsts = _first_fail(errors_c, errors_s, 0.01)
-    caught = [requests[i, m] for i, m in enumerate(firsts) if m is not None]
+    looks = simulate_stages(0.02, 0.01, runs=200, minutes=240, rps=20, share=0.01, seed=12)
+    firsts = first_failures(looks, 0.01, ALPHA)
+    caught = [looks.candidate_requests[i, m] for i, m in enumerate(firsts) if m is not None]
     assert len(caught) >= 0.8 * 200
     # Reported in docs/gates.md (scripts/gate_simulation.py prints the same figures).
     assert np.median(caught) < 240 * 60 * 20 * 0.01

@@ -89,16 +89,17 @@ def cmd_gates_sample_size(args: argparse.Namespace) -> int:
         "requestsPerArm": fixed,
         "sequentialRequestsPerArm": anytime,
     }
+    durations: tuple[float, float] | None = None
     if args.rps is not None:
         try:
-            result["minimumDuration"] = round(
-                minimum_duration(fixed, rps=args.rps, share=args.share), 1
-            )
-            result["sequentialDuration"] = round(
-                minimum_duration(anytime, rps=args.rps, share=args.share), 1
+            durations = (
+                minimum_duration(fixed, rps=args.rps, share=args.share),
+                minimum_duration(anytime, rps=args.rps, share=args.share),
             )
         except ValueError as error:
             raise CommandError(f"{error}.") from None
+        result["minimumDuration"] = round(durations[0], 1)
+        result["sequentialDuration"] = round(durations[1], 1)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -110,12 +111,10 @@ def cmd_gates_sample_size(args: argparse.Namespace) -> int:
         f"anytime-valid (look as often as you like): {anytime:,} requests per arm at the "
         "same power"
     )
-    if args.rps is not None:
+    if durations is not None:
         print(
             f"minimum stage duration at {args.rps:g} requests/s and a {args.share:.0%} share: "
-            f"{_duration(minimum_duration(fixed, rps=args.rps, share=args.share))} (fixed), "
-            f"{_duration(minimum_duration(anytime, rps=args.rps, share=args.share))} "
-            "(anytime-valid)"
+            f"{_duration(durations[0])} (fixed), {_duration(durations[1])} (anytime-valid)"
         )
     return 0
 

@@ -30,7 +30,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from weightshift.rollout import record
-from weightshift.rollout.record import OFFLINE_RECORD, RecordError
+from weightshift.rollout.record import OFFLINE_RECORD, RecordError, RollbackRecord
 
 HEALTHY = "healthy"
 DRAINING = "draining"
@@ -51,9 +51,15 @@ def before_weight_moves(
     dry_run: bool,
 ) -> None:
     """Raise ``GuardError`` when moving weight to the candidate now would be wrong."""
-    _no_record(
-        parameter, candidate_version, region, f"while this update waited for {colour}'s pods"
-    )
+    found = _rollback_of(parameter, candidate_version, region)
+    if found is not None:
+        raise GuardError(
+            f"{found.summary()}. The record ({parameter}) was written while this update waited "
+            f"for {colour}'s pods, so the listener keeps the weights the rollback left (the "
+            "stable colour serves 100 %) and this update stops here. Review the incident "
+            "(`weightshift rollout status`), then `weightshift rollout ack` before promoting "
+            "again."
+        )
     if dry_run or OFFLINE_RECORD.get() is not None:
         return
     try:
@@ -74,11 +80,8 @@ def before_weight_moves(
 
 def after_weight_moved(parameter: str, candidate_version: str, region: str) -> None:
     """Raise ``GuardError`` when a rollback landed while the listener was being updated."""
-    try:
-        found = record.read(parameter, region=region)
-    except RecordError as error:
-        raise GuardError(str(error)) from None
-    if found is not None and found.candidate == candidate_version:
+    found = _rollback_of(parameter, candidate_version, region)
+    if found is not None:
         raise GuardError(
             f"{found.summary()}. The rollback landed while this update changed the listener, "
             "so the listener may now carry this update's weights instead of the rollback's. "
@@ -87,18 +90,13 @@ def after_weight_moved(parameter: str, candidate_version: str, region: str) -> N
         )
 
 
-def _no_record(parameter: str, candidate_version: str, region: str, when: str) -> None:
+def _rollback_of(parameter: str, candidate_version: str, region: str) -> RollbackRecord | None:
+    """The rollback record, if it names this candidate."""
     try:
         found = record.read(parameter, region=region)
     except RecordError as error:
         raise GuardError(str(error)) from None
-    if found is not None and found.candidate == candidate_version:
-        raise GuardError(
-            f"{found.summary()}. The record ({parameter}) was written {when}, so the listener "
-            "keeps the weights the rollback left (the stable colour serves 100 %) and this "
-            "update stops here. Review the incident (`weightshift rollout status`), then "
-            "`weightshift rollout ack` before promoting again."
-        )
+    return found if found is not None and found.candidate == candidate_version else None
 
 
 def unhealthy_targets(
