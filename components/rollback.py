@@ -291,10 +291,7 @@ class Rollback(pulumi.ComponentResource):
             f"{name}-function",
             name=rollback_log_group(args.model, args.stack),
             retention_in_days=args.settings.log_retention_days,
-            # Kept in AWS when Pulumi deletes or replaces it (the first update after the
-            # group moved from /aws/lambda/<function> keeps the old group's logs too): the
-            # rollbacks' logs live out their retention.
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            opts=child,
         )
         role = aws.iam.Role(
             f"{name}-function",
