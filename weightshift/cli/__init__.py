@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import argcomplete
 
-from weightshift.cli import bundle, gates, gateway, preview, rollout
+from weightshift.cli import bundle, evaluate, gates, gateway, preview, rollout, shadow
 from weightshift.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (preview, bundle, gateway, rollout, gates):
+    for group in (preview, bundle, gateway, rollout, gates, evaluate, shadow):
         group.register(commands)
     return parser
 
