@@ -434,7 +434,15 @@ def test_hashing_a_bundle_prints_progress_lines_without_a_terminal(
     lines = stream.getvalue().splitlines()
     assert lines
     assert all(line.startswith("hashing: ") for line in lines)
-    assert lines[-1].startswith("hashing: 3.0 of 3.0 MiB (100 %)")
+    assert lines[-1].startswith("hashing: 3.0 MiB of 3.0 MiB (100 %)")
+
+
+def test_a_progress_line_for_a_few_bytes_says_bytes_not_zero_mebibytes() -> None:
+    stream = io.StringIO()
+    meter = console.Progress("hashing", 93, stream)
+    meter.add(93)
+    meter.close()
+    assert stream.getvalue().startswith("hashing: 93 bytes of 93 bytes (100 %)")
 
 
 # --- diffs show values ------------------------------------------------------------------------

@@ -42,7 +42,8 @@ store.default_client = slow
 from weightshift.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-PROGRESS = re.compile(r"^(hashing|confirming|uploading|pulling): [\d,.]+ of [\d,.]+ MiB")
+_SIZE = r"[\d,.]+ (?:bytes?|KiB|MiB|GiB)"
+PROGRESS = re.compile(rf"^(hashing|confirming|uploading|pulling): {_SIZE} of {_SIZE}")
 
 
 @pytest.fixture(scope="module")

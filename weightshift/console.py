@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from rich.console import Console
+from rich.filesize import pick_unit_and_suffix
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -177,10 +178,10 @@ class Progress:
                 self._line(now)
 
     def _line(self, now: float) -> None:
-        rate = self.done / max(now - self.started, 1e-6) / 2**20
+        rate = self.done / max(now - self.started, 1e-6)
         self.stream.write(
-            f"{self.label}: {self.done / 2**20:,.1f} of {self.total / 2**20:,.1f} MiB "
-            f"({100 * self.done / self.total:.0f} %), {rate:,.0f} MiB/s\n"
+            f"{self.label}: {byte_size(self.done)} of {byte_size(self.total)} "
+            f"({100 * self.done / self.total:.0f} %), {byte_size(int(rate))}/s\n"
         )
         self.stream.flush()
 
@@ -194,6 +195,15 @@ class Progress:
                 self._bar.stop()
             elif completed and self.done:
                 self._line(time.monotonic())
+
+
+def byte_size(count: int) -> str:
+    """A byte count for people: 93 bytes, 4.1 KiB, 3.1 GiB."""
+    if count < 1024:
+        return f"{count:,} byte{'' if count == 1 else 's'}"
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    unit, suffix = pick_unit_and_suffix(count, units, 1024)
+    return f"{count / unit:,.1f} {suffix}"
 
 
 def _isatty(stream: TextIO) -> bool:

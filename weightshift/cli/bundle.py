@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weightshift.cli.common import EXIT_INTERRUPTED, CommandError, bucket_options
+from weightshift.console import byte_size
 
 if TYPE_CHECKING:
     from weightshift.bundles.diff import Reader
@@ -207,21 +208,10 @@ def _bundle_folder(text: str) -> Path:
     return root
 
 
-def _size(count: int) -> str:
-    """A byte count for people: 93 bytes, 4.1 KiB, 3.1 GiB."""
-    from rich.filesize import pick_unit_and_suffix
-
-    if count < 1024:
-        return f"{count:,} byte{'' if count == 1 else 's'}"
-    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    unit, suffix = pick_unit_and_suffix(count, units, 1024)
-    return f"{count / unit:,.1f} {suffix}"
-
-
 def _files(entries: Sequence[FileEntry]) -> str:
     """``12 files, 3.1 GiB``."""
     count = len(entries)
-    return f"{count} file{'' if count == 1 else 's'}, {_size(sum(e.size for e in entries))}"
+    return f"{count} file{'' if count == 1 else 's'}, {byte_size(sum(e.size for e in entries))}"
 
 
 @_path_errors
