@@ -24,6 +24,8 @@ from components.serving_edge import ServingEdge, ServingEdgeArgs
 from components.traffic import Traffic, TrafficArgs
 from weightshift.bundles.catalog import CatalogError, ResolvedBundle, catalog_for
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
+from weightshift.evaluation.store import ReportStoreError
+from weightshift.gates.check import stack_verdict
 from weightshift.rollout import capacity, guard
 from weightshift.rollout.record import (
     RecordError,
@@ -98,6 +100,18 @@ if candidate_active:
     if silent is not None:
         raise pulumi.RunError(silent)
 
+# The candidate's evaluation verdict (its newest passing report for its exact digest),
+# recorded on its target group: the stack policy candidate-evaluated reads it.
+try:
+    verdict = stack_verdict(config, bundles)
+except ReportStoreError as error:
+    if weights.of(rollout.candidate) > 0:
+        raise pulumi.RunError(f"the candidate's evaluation reports: {error}") from None
+    pulumi.log.warn(f"the candidate's evaluation reports cannot be read: {error}")
+    verdict = None
+if verdict is not None and weights.of(rollout.candidate) > 0 and verdict.decision != "pass":
+    pulumi.log.warn(f"{verdict.bundle}: evaluation {verdict.decision}: {verdict.reason}")
+
 # Required tags live here and nowhere else: the provider stamps them on every resource.
 provider = aws.Provider(
     "aws",
@@ -141,6 +155,7 @@ traffic = Traffic(
         else network.public_subnet_ids,
         region=config.region,
         partition=config.partition,
+        target_group_tags={rollout.candidate.value: verdict.tags()} if verdict else {},
     ),
     opts=with_provider,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -32,6 +32,9 @@ class TrafficArgs:
     subnet_ids: pulumi.Input[Sequence[str]]
     region: str
     partition: str
+    target_group_tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Tags per target (``blue``, ``green``): the candidate's evaluation verdict
+    (``weightshift.gates.check.Verdict.tags``), which the stack policy reads."""
 
 
 def _checked_weights(
@@ -119,6 +122,7 @@ class Traffic(pulumi.ComponentResource):
                 f"{name}-{target}",
                 args,
                 args.settings.mirror_port if target == MIRROR else args.settings.serving_port,
+                tags=args.target_group_tags.get(target),
             )
             for target in targets
         }
@@ -333,11 +337,18 @@ class Traffic(pulumi.ComponentResource):
             )
         return group
 
-    def _target_group(self, name: str, args: TrafficArgs, port: int) -> aws.lb.TargetGroup:
+    def _target_group(
+        self,
+        name: str,
+        args: TrafficArgs,
+        port: int,
+        tags: Mapping[str, str] | None = None,
+    ) -> aws.lb.TargetGroup:
         settings = args.settings
         return aws.lb.TargetGroup(
             name,
             port=port,
+            tags=dict(tags) if tags else None,
             protocol="HTTP",
             protocol_version="HTTP1",
             target_type="ip",

@@ -216,7 +216,7 @@ def test_a_nested_key_with_nothing_close_gets_every_allowed_key(
     assert found == (
         "weightshift:rollout.thresholds.xyzzy = 1: unknown key; allowed: latencyP99Seconds, "
         "errorRatePercent, minQualityScore, maxSafetyViolationPercent, maxToxicity, "
-        "minWinRate, maxLatencyRegressionPercent, minAdversarialPassRate"
+        "minWinRate, maxLatencyRegressionPercent, minAdversarialPassRate, gateActions"
     )
 
 

@@ -160,6 +160,16 @@ class Evaluation(_Strict):
     latency_p99_ms: float = Field(gt=0)
     adversarial: Adversarial
     dataset: str | None = None
+    toxicity_flagged: int | None = Field(default=None, ge=0)
+    """Optional counts behind ``toxicity``: answers the moderator flagged..."""
+    toxicity_total: int | None = Field(default=None, ge=1)
+    """...of the answers moderated. With them, the toxicity gate has an interval."""
+    moderator: str | None = None
+    """What flagged them (``bedrock-guardrail:<id>:<version>``, ``local``...)."""
+    wins: int | None = Field(default=None, ge=0)
+    """Optional counts behind ``win_rate`` (a tie is half a win): pairs won..."""
+    losses: int | None = Field(default=None, ge=0)
+    ties: int | None = Field(default=None, ge=0)
 
     @field_validator("baseline")
     @classmethod
@@ -167,6 +177,44 @@ class Evaluation(_Strict):
         if value is not None:
             BundleId.parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> Evaluation:
+        if (self.toxicity_flagged is None) != (self.toxicity_total is None):
+            raise ValueError(
+                "toxicity_flagged and toxicity_total go together: give both, or neither"
+            )
+        if self.toxicity_flagged is not None and self.toxicity_total is not None:
+            if self.toxicity_flagged > self.toxicity_total:
+                raise ValueError(
+                    f"toxicity_flagged ({self.toxicity_flagged}) cannot exceed toxicity_total "
+                    f"({self.toxicity_total})"
+                )
+            share = self.toxicity_flagged / self.toxicity_total
+            if abs(share - self.toxicity) > COUNT_AGREEMENT:
+                raise ValueError(
+                    f"toxicity_flagged / toxicity_total is {share:.4g}, but toxicity says "
+                    f"{self.toxicity:g}: make them agree"
+                )
+        pairs = (self.wins, self.losses, self.ties)
+        if any(n is not None for n in pairs):
+            if any(n is None for n in pairs):
+                raise ValueError("wins, losses and ties go together: give all three, or none")
+            wins, losses, ties = (n or 0 for n in pairs)
+            total = wins + losses + ties
+            if total == 0:
+                raise ValueError("wins, losses and ties: at least one pair")
+            rate = (wins + ties / 2) / total
+            if abs(rate - self.win_rate) > COUNT_AGREEMENT:
+                raise ValueError(
+                    f"(wins + ties / 2) / pairs is {rate:.4g}, but win_rate says "
+                    f"{self.win_rate:g}: make them agree (a tie counts half a win)"
+                )
+        return self
+
+
+COUNT_AGREEMENT = 0.005
+"""How far a point estimate in ``tests/evaluation.json`` may sit from its counts (rounding)."""
 
 
 # --- layout --------------------------------------------------------------------------------

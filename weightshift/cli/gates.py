@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from weightshift.cli.common import CommandError, project_arg
@@ -63,6 +64,42 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     stage.add_argument("--json", action="store_true", help="print JSON")
     stage.set_defaults(func=cmd_gates_stage)
+    _check_parser(steps)
+
+
+def _check_parser(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = steps.add_parser(
+        "check",
+        help="may the candidate get traffic? the seed's four gates over its evaluation report",
+        description=(
+            "The pre-deployment gates (toxicity, win rate, latency p99, adversarial suite) "
+            "over the candidate colour's newest passing evaluation report for its exact "
+            "digest (from the artifact bucket; --local: beside the offline catalog), or "
+            "--report FILE. Each gate is decided on its 95 %% interval, with the stack's "
+            "thresholds and gateActions (docs/evaluation.md). Exit 0 pass (warnings "
+            "allowed), 1 blocked."
+        ),
+    )
+    check.add_argument("--stack", default="prod", help="stack name (default: prod)")
+    check.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
+    check.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, keys relative to weightshift: (rollout.stage=3); repeatable",
+    )
+    check.add_argument("--report", metavar="FILE", help="check this report file instead")
+    check.add_argument(
+        "--local",
+        action="store_true",
+        help="read bundles and reports from the offline catalog (no credentials)",
+    )
+    check.add_argument(
+        "--catalog", metavar="DIR", help="with --local: the bundle folders (default: bundles/)"
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(func=cmd_gates_check)
 
 
 def cmd_gates_sample_size(args: argparse.Namespace) -> int:
@@ -207,3 +244,142 @@ def _gate_text(gate: Any) -> str:
             parts.append(criterion.note)
         lines.append("  " + "; ".join(parts))
     return "\n".join(lines)
+
+
+EXIT_BLOCKED = 1
+
+
+def cmd_gates_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from weightshift.bundles.catalog import CatalogError, LocalCatalog, S3Catalog
+    from weightshift.cli.evaluate import read_report
+    from weightshift.config import load
+    from weightshift.evaluation.store import LocalReports, ReportStore, ReportStoreError
+    from weightshift.gates.check import Check, candidate_verdict, check, expected_from
+    from weightshift.preview.synth import apply_overrides, offline_catalog, stack_config
+
+    project = project_arg(args)
+    values = apply_overrides(stack_config(project, args.stack), args.set)
+    config = load(values, source=f"config of stack {args.stack}")
+    rollout = config.rollout
+    candidate_id = config.colour(rollout.candidate).bundle
+    if candidate_id is None:
+        raise CommandError(
+            f"the candidate colour ({rollout.candidate.value}) runs no version in stack "
+            f"{args.stack}: nothing to check."
+        )
+    stable_id = config.colour(rollout.stable).bundle
+    catalog: LocalCatalog | S3Catalog
+    source: LocalReports | ReportStore
+    if args.local:
+        catalog = offline_catalog(project, Path(args.catalog) if args.catalog else None)
+        source = LocalReports(catalog.root)
+    else:
+        import boto3
+
+        client = boto3.client("s3", region_name=config.region)
+        catalog = S3Catalog(config.artifacts.bucket_name, client)
+        source = ReportStore(catalog.store)
+    try:
+        expected = expected_from(
+            catalog.resolve(candidate_id), catalog.resolve(stable_id) if stable_id else None
+        )
+    except CatalogError as error:
+        raise CommandError(str(error)) from None
+    thresholds = rollout.thresholds
+    result: Check | None
+    reason = None
+    if args.report:
+        result = check(read_report(args.report), thresholds, expected)
+    else:
+        try:
+            verdict, result = candidate_verdict(source, thresholds, expected)
+        except ReportStoreError as error:
+            raise CommandError(str(error)) from None
+        reason = verdict.reason
+    if result is None:
+        document = {
+            "decision": "blocked",
+            "candidate": str(candidate_id),
+            "digest": expected.candidate_digest,
+            "report": None,
+            "problems": [reason],
+            "gates": [],
+        }
+        if args.json:
+            print(json.dumps(document, indent=2))
+        else:
+            print(f"candidate {candidate_id}: BLOCKED\n  {reason}")
+        return EXIT_BLOCKED
+    if args.json:
+        print(json.dumps({"candidate": str(candidate_id), **result.to_json()}, indent=2))
+    else:
+        _check_text(result, str(candidate_id))
+    return EXIT_BLOCKED if result.blocked else 0
+
+
+def _interval(gate: Any) -> str:
+    if gate.interval is None:
+        return "-"
+    low, high = gate.interval
+    return f"[{low:.3g}, {high:.3g}]" if high != float("inf") else f"[{low:.3g}, unbounded]"
+
+
+def _counts(gate: Any) -> str:
+    counts = gate.counts
+    if not counts:
+        return "-"
+    if gate.name == "toxicity":
+        return f"{counts['flagged']:,}/{counts['total']:,}"
+    if gate.name == "win-rate":
+        return f"{counts['wins']:,}W {counts['losses']:,}L {counts['ties']:,}T"
+    if gate.name == "latency":
+        return f"{counts['candidate']:,}/{counts['baseline']:,}"
+    return f"{counts['passed']:,}/{counts['total']:,}"
+
+
+def _check_text(result: Any, candidate: str) -> None:
+    from weightshift.console import table
+
+    report = result.report
+    print(
+        f"candidate {candidate}: {result.decision.upper()} (report {report.sha256[:12]}, "
+        f"{report.source}, {report.dataset}, against "
+        f"{report.baseline.id if report.baseline else 'no baseline'})"
+    )
+    table(
+        [
+            "gate",
+            "decision",
+            "action",
+            "counts",
+            "estimate",
+            "95% CI",
+            "limit",
+            "needed",
+        ],
+        [
+            [
+                gate.name,
+                gate.decision,
+                gate.action,
+                _counts(gate),
+                "-" if gate.estimate is None else f"{gate.estimate:.4g}",
+                _interval(gate),
+                f"{gate.threshold:g}",
+                f"{gate.needed:,} more {gate.unit.split()[0]}"
+                if gate.needed is not None
+                else ("never" if gate.outcome == "inconclusive" else "-"),
+            ]
+            for gate in result.gates
+        ],
+        no_wrap=["gate", "decision", "action", "counts", "estimate", "95% CI", "limit"],
+    )
+    for gate in result.gates:
+        outcome = "" if gate.decision == gate.outcome.value else f"{gate.outcome.value}; "
+        print(f"  {gate.name}: {outcome}{gate.note}")
+    for problem in result.problems:
+        print(f"refused: {problem}")
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)

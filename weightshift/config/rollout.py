@@ -35,6 +35,21 @@ class ColourConfig(Section):
         return BundleId.parse(self.version) if self.version else None
 
 
+GateAction = Literal["block", "warn"]
+"""What a pre-deployment gate that does not pass does: ``block`` (``gates check`` exits 1,
+the candidate gets no traffic) or ``warn`` (printed, nothing stops)."""
+
+
+class GateActions(Section):
+    """The action of each pre-deployment gate (``weightshift gates check``). Defaults follow
+    the seed: toxicity, win rate and the adversarial suite block; latency p99 warns."""
+
+    toxicity: GateAction = "block"
+    win_rate: GateAction = "block"
+    latency: GateAction = "warn"
+    adversarial: GateAction = "block"
+
+
 class Thresholds(Section):
     """Gate and rollback thresholds. Defaults follow the seed's evaluation gates."""
 
@@ -49,6 +64,9 @@ class Thresholds(Section):
     min_win_rate: Float = Field(default=0.5, ge=0, le=1)
     max_latency_regression_percent: Float = Field(default=20.0, ge=0, le=1000)
     min_adversarial_pass_rate: Float = Field(default=1.0, ge=0, le=1)
+    gate_actions: GateActions = GateActions()
+    """``gateActions``: block or warn, per pre-deployment gate (toxicity, winRate, latency,
+    adversarial)."""
 
 
 class CapacityConfig(Section):

@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from weightshift.bundles import strict_json
 from weightshift.bundles.versioning import HASH_LENGTH, BundleId
 
 SCHEMA = 1
+MAX_REPORT_BYTES = 32 * 1024 * 1024
+"""A report larger than this is refused before it is parsed (latency samples of a few
+hundred thousand prompts fit)."""
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 Source = Literal["weightshift-eval", "promptfoo", "lm-eval", "bundle-tests"]
@@ -133,8 +146,8 @@ class Latency(_Part):
     @field_validator("candidate_seconds", "baseline_seconds")
     @classmethod
     def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not (sample >= 0) for sample in value):
-            raise ValueError("latency samples are seconds, 0 or more")
+        if any(not (math.isfinite(sample) and sample >= 0) for sample in value):
+            raise ValueError("latency samples are seconds: finite, 0 or more")
         return value
 
 
@@ -167,3 +180,34 @@ class EvaluationReport(_Part):
 
 def created_now() -> datetime:
     return datetime.now(UTC)
+
+
+class ReportError(ValueError):
+    """A report that cannot be read; the message says which and why."""
+
+
+def parse(data: bytes, where: str) -> EvaluationReport:
+    """A report from its JSON bytes: at most ``MAX_REPORT_BYTES``, strict JSON (no repeated
+    key, no NaN), the schema above; ``where`` names it in the error."""
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportError(
+            f"{where} is {len(data):,} bytes; a report is at most {MAX_REPORT_BYTES:,}."
+        )
+    try:
+        document = strict_json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ReportError(f"{where} is not JSON ({error}).") from None
+    if not isinstance(document, dict):
+        raise ReportError(f"{where} is not an evaluation report (a JSON object).")
+    if document.get("schema") != SCHEMA:
+        raise ReportError(
+            f"{where}: schema {document.get('schema')!r} is not {SCHEMA}: this weightshift reads "
+            "evaluation reports of schema 1 only."
+        )
+    try:
+        return EvaluationReport.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ReportError(f"{where} is not a valid evaluation report: {problems}.") from None
