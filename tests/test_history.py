@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.alb_world import ALARM, BUCKET, CANDIDATE, PARAMETER, World, alarm_event
-from tests.test_rollout import FakeBackend
+from tests.test_rollout import FakeBackend, PassingMetrics
 from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollout.commands import AwsView, Rollout, RolloutError, Update
 from weightshift.rollout.history import COLUMNS, build_history, rows, stack_history, to_json
@@ -66,7 +66,7 @@ def backend(world: World, clock: Clock) -> FakeBackend:
 
 @pytest.fixture
 def rollout(backend: FakeBackend, clock: Clock) -> Rollout:
-    return Rollout("prod", backend, AwsView(), now=clock)
+    return Rollout("prod", backend, AwsView(metrics=PassingMetrics()), now=clock)
 
 
 def deploy_stage_1(world: World) -> None:

@@ -15,10 +15,12 @@ import pytest
 
 from tests.alb_world import PARAMETER, REGION, World, forward
 from tests.conftest import PROJECT
+from tests.test_gates_stage import answers, colour_periods
 from weightshift.cli import main
 from weightshift.preview.plan import diff
 from weightshift.preview.synth import Graph, stack_config, synthesize
 from weightshift.rollout.commands import AutomationBackend, AwsView, Rollout, RolloutError, Update
+from weightshift.stages import Colour
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -75,6 +77,16 @@ class FakeBackend:
         return self.updates[::-1]
 
 
+class PassingMetrics:
+    """GetMetricData for two healthy colours, in the gateways' format: a million requests
+    each over any window, at the same rates, so every stage gate passes."""
+
+    def get_metric_data(self, **request: Any) -> dict[str, Any]:
+        healthy = colour_periods(1, 1_000_000, errors=0.01)
+        pages = answers(request["StartTime"], {Colour.GREEN: healthy, Colour.BLUE: healthy}, 8)
+        return pages[1] if request.get("NextToken") else pages[0]
+
+
 @pytest.fixture
 def backend(world: World) -> FakeBackend:
     return FakeBackend(AwsView(), world)
@@ -96,7 +108,7 @@ def rollout(backend: FakeBackend) -> Rollout:
             ComparisonOperator="LessThanThreshold",
         )
         cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="test")
-    return Rollout("prod", backend, AwsView(), now=lambda: NOW)
+    return Rollout("prod", backend, AwsView(metrics=PassingMetrics()), now=lambda: NOW)
 
 
 def set_stage(backend: FakeBackend, stage: int, **rollout: Any) -> None:

@@ -2,37 +2,57 @@
 
 Each command reads the stack's config and outputs through :class:`StackBackend` (the
 Pulumi Automation API in real use, :class:`AutomationBackend`; a fake in tests) and the
-live state through :class:`AwsView` (CloudWatch alarm states, the rollback record in SSM).
-A command that changes the rollout edits the stack config (``Pulumi.<stack>.yaml``: commit
-it) and runs ``pulumi up``; nothing moves without the checks below.
+live state through :class:`AwsView` (CloudWatch alarm states and the gateways' metrics, the
+rollback record in SSM, the incident and decision records in S3). A command that changes the
+rollout edits the stack config (``Pulumi.<stack>.yaml``: commit it) and runs ``pulumi up``;
+nothing moves without the checks below, and ``promote`` moves only on the stage gate's
+evidence (:mod:`weightshift.gates.stage`), over the window since the stage started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import getpass
 import json
+import math
+import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from weightshift.config import NAMESPACE, StackConfig, load
 from weightshift.console import paragraph, table_text
+from weightshift.evidence.sequential import Decision, Verdict
+from weightshift.gates.stage import Counts, Criterion, StageGate, decide, read_counts
 from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollout import capacity
 from weightshift.rollout.record import RollbackRecord
 from weightshift.rollout.record import read as read_record
-from weightshift.stages import Stage, Weights, next_stages, schedule, stage_of, weights_for
+from weightshift.stages import (
+    Colour,
+    Stage,
+    Weights,
+    next_stages,
+    schedule,
+    stage_of,
+    weights_for,
+)
 
 ROLLOUT_KEY = f"{NAMESPACE}:rollout"
 ACK_SUFFIX = ".ack.json"
 """An acknowledgement's key: its incident record's key with this suffix for ``.json``."""
+DECISIONS = "decisions"
+"""The folder of the stage gate's decision records, under the incident prefix:
+``decisions/<time>-stage<N>-<decision>.json``."""
+_DECISION_TRIES = 20
+"""Names tried for one decision record (``-2``, ``-3``... when the second is taken)."""
 
 
 def incident_prefix(model: str, stack: str) -> str:
@@ -42,6 +62,11 @@ def incident_prefix(model: str, stack: str) -> str:
 
 class RolloutError(Exception):
     """A rollout command refused or failed; the message says why and what to do."""
+
+
+class EvidenceError(RolloutError):
+    """The stage gate's evidence (the gateways' metrics in CloudWatch) cannot be read, or
+    is not what the gateways send: nothing is decided on it."""
 
 
 def incident_location(
@@ -205,12 +230,87 @@ class AwsView:
     """Live state: alarm states, the rollback record, the incident records and their acks."""
 
     def __init__(
-        self, cloudwatch: Any = None, ssm: Any = None, sns: Any = None, s3: Any = None
+        self,
+        cloudwatch: Any = None,
+        ssm: Any = None,
+        sns: Any = None,
+        s3: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.cloudwatch = cloudwatch or boto3.client("cloudwatch")
         self.ssm = ssm or boto3.client("ssm")
         self.sns = sns or boto3.client("sns")
         self.s3 = s3 or boto3.client("s3")
+        self.metrics = metrics or self.cloudwatch
+        """The client the stage gate reads the gateways' metrics with (``GetMetricData``)."""
+
+    def stage_counts(
+        self, config: StackConfig, since: datetime, until: datetime
+    ) -> dict[Colour, Counts]:
+        """Both colours' evidence over [since, until), as :func:`read_counts` reads it,
+        refused unless every answer is complete and every count a plausible one."""
+        checked = _CheckedMetrics(self.metrics)
+        try:
+            counts = read_counts(
+                checked, config.model, config.rollout.thresholds.latency_p99_seconds, since, until
+            )
+        except EvidenceError:
+            raise
+        except (ClientError, BotoCoreError) as error:
+            raise EvidenceError(
+                f"cannot read the gateways' metrics from CloudWatch ({error}): your AWS "
+                "identity needs cloudwatch:GetMetricData in the stack's region."
+            ) from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise EvidenceError(
+                f"CloudWatch's GetMetricData answer is not what it sends ({type(error).__name__}: "
+                f"{error}): nothing is decided on it."
+            ) from None
+        for colour, tally in counts.items():
+            for name, value in vars(tally).items():
+                if not math.isfinite(value) or value < 0:
+                    raise EvidenceError(
+                        f"the {colour.value} colour's {name} over the stage is {value}, which "
+                        "no gateway sends (metrics in the weightshift namespace are written "
+                        "only by the gateways): nothing is decided on it; find who else "
+                        "writes there."
+                    )
+        return counts
+
+    def put_decision(self, bucket: str, stem: str, document: Mapping[str, Any]) -> str:
+        """Create a decision record at ``stem.json`` (``stem-2.json``... when taken, so a
+        record is never overwritten), as :meth:`put_ack` creates acks; its key."""
+        body = json.dumps(document, sort_keys=True, indent=2).encode()
+        for attempt in range(1, _DECISION_TRIES + 1):
+            key = f"{stem}.json" if attempt == 1 else f"{stem}-{attempt}.json"
+            try:
+                self.s3.put_object(
+                    Bucket=bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                    ChecksumAlgorithm="SHA256",
+                )
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    continue
+                raise RolloutError(
+                    f"cannot record the stage gate's decision at s3://{bucket}/{key} ({error}): "
+                    "nothing was changed. Your AWS identity needs s3:PutObject there (and "
+                    "kms:GenerateDataKey on the bucket's key)."
+                ) from None
+            except BotoCoreError as error:
+                raise RolloutError(
+                    f"cannot record the stage gate's decision at s3://{bucket}/{key} ({error}): "
+                    "nothing was changed."
+                ) from None
+            return key
+        raise RolloutError(
+            f"cannot record the stage gate's decision: s3://{bucket}/{stem}.json and "
+            f"{_DECISION_TRIES - 1} numbered names beside it are taken; nothing was changed."
+        )
 
     def confirmed_subscriptions(self, topic_arn: str) -> int:
         """Subscriptions of ``topic_arn`` that receive messages. An email or HTTPS
@@ -289,6 +389,245 @@ class AwsView:
         return found
 
 
+_MAX_METRIC_PAGES = 200
+"""GetMetricData pages read for one gate: a 15-day stage at 60-second periods is four."""
+_READABLE = ("Complete", "PartialData")
+"""A result's StatusCode with values to count (PartialData: the rest is on the next page)."""
+
+
+class _CheckedMetrics:
+    """A CloudWatch client for :func:`read_counts` that refuses what must not be counted: a
+    result CloudWatch could not compute (``InternalError``, ``Forbidden``: its values would
+    count as zero, and a candidate's missing errors look like no errors), and paging without
+    end."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._pages = 0
+
+    def get_metric_data(self, **request: Any) -> Mapping[str, Any]:
+        self._pages += 1
+        if self._pages > _MAX_METRIC_PAGES:
+            raise EvidenceError(
+                f"GetMetricData answered more than {_MAX_METRIC_PAGES} pages for one stage: "
+                "nothing is decided on it."
+            )
+        answer: Mapping[str, Any] = self._client.get_metric_data(**request)
+        for result in answer.get("MetricDataResults", []):
+            status = result.get("StatusCode")
+            if status not in _READABLE:
+                raise EvidenceError(
+                    f"CloudWatch could not compute the gateways' metric {result.get('Id')} "
+                    f"(status {status}): nothing is decided on partial evidence. Run again; if "
+                    "it persists, check the identity's cloudwatch:GetMetricData permission."
+                )
+        return answer
+
+
+def _deployed_key(config: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """What makes a stage the same stage: strategy, stage, candidate colour and version."""
+    rollout = config.get(ROLLOUT_KEY)
+    if not isinstance(rollout, Mapping):
+        return None
+    candidate = str(rollout.get("candidate"))
+    colour = config.get(f"{NAMESPACE}:{candidate}")
+    version = colour.get("version") if isinstance(colour, Mapping) else None
+    return (str(rollout.get("strategy")), str(rollout.get("stage")), candidate, str(version))
+
+
+def stage_start(updates: Sequence[Update], config: StackConfig) -> datetime | None:
+    """When the configured stage started: the end of the oldest of the newest successful
+    updates that all deployed it (same strategy, stage and candidate version), so an
+    unrelated ``pulumi up`` within a stage does not restart it. None when the newest
+    successful update deployed something else (the config is not deployed yet) or there is
+    none. ``updates`` newest first, as :meth:`StackBackend.history` gives them."""
+    rollout = config.rollout
+    wanted = (
+        rollout.strategy.value,
+        str(rollout.stage),
+        rollout.candidate.value,
+        str(config.colour(rollout.candidate).version),
+    )
+    start: datetime | None = None
+    for update in updates:
+        if update.kind != "update" or update.result != "succeeded":
+            continue
+        if _deployed_key(update.config) != wanted:
+            break
+        start = update.end or update.start
+    return start
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.4g}"
+
+
+def describe(criterion: Criterion) -> str:
+    """One criterion with the numbers that decided it."""
+    verdict = criterion.verdict
+    parts = [criterion.name]
+    if criterion.candidate is not None and criterion.stable is not None:
+        parts.append(
+            f"candidate {_number(criterion.candidate)}, stable {_number(criterion.stable)}"
+        )
+    elif criterion.candidate is not None:
+        parts.append(f"candidate {_number(criterion.candidate)}")
+    if verdict.estimate is not None:
+        lower, upper = verdict.interval
+        parts.append(f"estimate {verdict.estimate:.3g} in [{lower:.3g}, {upper:.3g}]")
+    if criterion.note:
+        parts.append(criterion.note)
+    return " ".join([f"{parts[0]}:", ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """How much longer an inconclusive stage needs, at the candidate's present share and
+    rate of requests."""
+
+    requests: int | None
+    """More candidate requests that would decide every undecided criterion at the present
+    rates; None when no number would (no events yet, or an estimate on its margin)."""
+    undecided: tuple[str, ...]
+    share: float | None
+    """The candidate's share of both colours' requests over the window."""
+    rate: float
+    """The candidate's requests per second over the window."""
+    duration: timedelta | None
+    """``requests`` at ``rate`` (None when either is unknown or the rate is zero)."""
+    bake: timedelta | None
+    """The stage's bake time left (None when baked)."""
+
+    def text(self) -> str:
+        parts: list[str] = []
+        if self.undecided:
+            share = f"{self.share:.1%} share, " if self.share is not None else ""
+            at = f"at its present {share}{_number(self.rate * 60)} requests/min"
+            if self.requests is None:
+                parts.append(
+                    f"{', '.join(self.undecided)} undecided, and no count of candidate requests "
+                    "would decide at the present rates (no events yet, or an estimate on its "
+                    "margin): look again later"
+                )
+            elif self.duration is None:
+                parts.append(
+                    f"the candidate needs about {self.requests:,} more requests "
+                    f"({', '.join(self.undecided)}), and served none in the window"
+                )
+            else:
+                parts.append(
+                    f"the candidate needs about {self.requests:,} more requests "
+                    f"({', '.join(self.undecided)}) {at}: about {_span(self.duration)}"
+                )
+        if self.bake is not None:
+            parts.append(f"the stage bakes for {_duration(self.bake)} more")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "undecided": list(self.undecided),
+            "share": self.share,
+            "requestsPerSecond": self.rate,
+            "seconds": int(self.duration.total_seconds()) if self.duration else None,
+            "bakeSeconds": int(self.bake.total_seconds()) if self.bake else None,
+        }
+
+
+@dataclass(frozen=True)
+class GateReading:
+    """The stage gate over the stage's window, with the counts it stands on."""
+
+    gate: StageGate
+    counts: Mapping[Colour, Counts]
+    candidate: Colour
+    stable: Colour
+    bake_left: timedelta | None
+    skipped_bake: bool = False
+
+    @property
+    def decision(self) -> Decision:
+        return self.gate.decision
+
+    def failing(self) -> list[Criterion]:
+        return [c for c in self.gate.criteria if c.verdict.decision is Decision.FAIL]
+
+    def baking(self) -> bool:
+        return any(
+            c.name == "bake" and c.verdict.decision is Decision.INCONCLUSIVE
+            for c in self.gate.criteria
+        )
+
+    def wait(self) -> Wait:
+        candidate, stable = self.counts[self.candidate], self.counts[self.stable]
+        seconds = max((self.gate.until - self.gate.since).total_seconds(), 1.0)
+        rate = candidate.requests / seconds
+        served = candidate.requests + stable.requests
+        undecided = [
+            c
+            for c in self.gate.criteria
+            if c.verdict.decision is Decision.INCONCLUSIVE and c.name != "bake"
+        ]
+        needs: list[int | None] = []
+        for criterion in undecided:
+            needed = criterion.verdict.needed
+            if criterion.name == "quality" and needed is not None:
+                # A quality verdict counts feedback scores: as requests, at the present
+                # share of requests that get one.
+                per_request = candidate.quality_count / candidate.requests if rate else 0.0
+                needed = math.ceil(needed / per_request) if per_request else None
+            needs.append(needed)
+        requests = None if None in needs or not needs else max(n for n in needs if n is not None)
+        return Wait(
+            requests=requests,
+            undecided=tuple(c.name for c in undecided),
+            share=candidate.requests / served if served else None,
+            rate=rate,
+            duration=timedelta(seconds=math.ceil(requests / rate))
+            if requests is not None and rate > 0
+            else None,
+            bake=self.bake_left,
+        )
+
+    def counts_json(self) -> dict[str, Any]:
+        return {
+            "candidate": {"colour": self.candidate.value, **vars(self.counts[self.candidate])},
+            "stable": {"colour": self.stable.value, **vars(self.counts[self.stable])},
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.gate.to_json(),
+            "counts": self.counts_json(),
+            "skippedBake": self.skipped_bake,
+            "wait": self.wait().to_json() if self.decision is Decision.INCONCLUSIVE else None,
+        }
+
+
+_SKIPPED_BAKE = Criterion(
+    "bake", Verdict(Decision.PASS, None, (0.0, 0.0)), note="skipped (--ignore-bake)"
+)
+"""The bake criterion of a promotion that skips the bake time (and nothing else)."""
+
+
+StageChanges = Callable[[Mapping[str, Any], Mapping[str, Any], RollbackRecord | None], list[Any]]
+"""The resources that differ between the stack at one config and at another, with the
+rollback record the program would read (``weightshift plan``'s diff of two syntheses)."""
+
+
+@dataclass
+class PromotionPreview:
+    """What ``promote`` would do, and the stack changes it would deploy: nothing written."""
+
+    status: Status
+    reading: GateReading | None
+    evidence_error: str | None
+    changes: list[Any]
+    """:class:`weightshift.preview.plan.Change` of each resource the next stage changes."""
+    refusal: str | None
+    """Why ``promote`` would refuse; None when it would go ahead."""
+
+
 @dataclass
 class Status:
     stack: str
@@ -302,6 +641,8 @@ class Status:
     next_stage: int | None
     on_call: int | None = None
     """Confirmed subscriptions of the on-call topic (None: the stack has no topic)."""
+    started: datetime | None = None
+    """When the stage started (:func:`stage_start`, else the stack's last update)."""
     blockers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """What the operator should know that does not block promotion."""
@@ -318,6 +659,7 @@ class Status:
             "candidateVersion": self.config.colour(rollout.candidate).version,
             "stableVersion": self.config.colour(rollout.stable).version,
             "weights": self.weights,
+            "stageStartedAt": self.started.isoformat() if self.started else None,
             "inStageSeconds": int(self.in_stage_for.total_seconds())
             if self.in_stage_for is not None
             else None,
@@ -379,6 +721,22 @@ def _unpaged(topic: str) -> str:
     )
 
 
+def _workflow_run() -> str | None:
+    """The GitHub Actions run this command runs in (the scheduled ``advance``), if any."""
+    server, repository, run = (
+        os.environ.get(name) for name in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")
+    )
+    return f"{server}/{repository}/actions/runs/{run}" if server and repository and run else None
+
+
+def _span(value: timedelta) -> str:
+    return "a minute" if value < timedelta(minutes=1) else _duration(value)
+
+
+def _gate_line(reading: GateReading) -> str:
+    return ", ".join(f"{c.name} {c.verdict.decision.value}" for c in reading.gate.criteria)
+
+
 def _duration(value: timedelta | None) -> str:
     if value is None:
         return "unknown"
@@ -429,7 +787,7 @@ class Rollout:
             record = None  # about another candidate: not this rollout's business
         alarms = self.aws.alarm_states(alarm_names)
         following = next_stages(rollout.strategy, rollout.stage)
-        since = self.backend.last_update()
+        since = stage_start(self.backend.history(), config) or self.backend.last_update()
         stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
         status = Status(
             stack=self.stack,
@@ -442,6 +800,7 @@ class Rollout:
             record=record,
             next_stage=following[0] if following else None,
             on_call=self.aws.confirmed_subscriptions(topic) if topic else None,
+            started=since,
         )
         if status.on_call == 0:
             status.blockers.append(_unpaged(topic))
@@ -459,7 +818,13 @@ class Rollout:
         firing = sorted(name for name, state in alarms.items() if state == "ALARM")
         if firing:
             status.blockers.append(f"alarm(s) in ALARM: {', '.join(firing)}")
-        if status.rendered_stage != rollout.stage and record is None:
+        if status.rendered_stage > rollout.stage and record is None:
+            status.blockers.append(
+                f"the deployed stage is {status.rendered_stage}, ahead of the stack file's "
+                f"{rollout.stage}: commit the Pulumi.{self.stack}.yaml that the last promote "
+                "wrote (a `pulumi up` from this one would move traffic back)"
+            )
+        elif status.rendered_stage != rollout.stage and record is None:
             status.blockers.append(
                 f"the deployed stage is {status.rendered_stage}, the config says {rollout.stage}:"
                 " run `pulumi up` first"
@@ -469,25 +834,213 @@ class Rollout:
             status.blockers.append(f"stage {rollout.stage} bakes for {_duration(left)} more")
         return status
 
-    def promote(self, *, ignore_bake: bool = False) -> str:
-        status = self.status()
-        blockers = [b for b in status.blockers if not (ignore_bake and " bakes for " in b)]
-        if status.next_stage is None:
-            raise RolloutError(
-                f"stage {status.config.rollout.stage} is the last stage of "
-                f"{status.config.rollout.strategy.value}: `weightshift rollout finish` makes the "
-                "candidate the stable colour."
+    def read_gate(self, status: Status, *, ignore_bake: bool = False) -> GateReading:
+        """The configured stage's gate over the window since the stage started (raises
+        :class:`EvidenceError` when the evidence cannot be read)."""
+        config = status.config
+        rollout = config.rollout
+        until = self.now()
+        started = min(status.started or until, until)
+        # A stage that starts now (or a clock behind the stack's) has seen nothing yet; the
+        # query still needs a window.
+        since = min(started, until - timedelta(seconds=1))
+        counts = self.aws.stage_counts(config, since, until)
+        gate = decide(config, counts, since=since, until=until)
+        elapsed = until - started
+        bake_left = (
+            status.stage.duration - elapsed
+            if status.stage.duration and elapsed < status.stage.duration
+            else None
+        )
+        if ignore_bake:
+            gate = replace(
+                gate,
+                criteria=[_SKIPPED_BAKE if c.name == "bake" else c for c in gate.criteria],
             )
-        if blockers:
-            raise RolloutError(
-                f"not promoting to stage {status.next_stage}: " + "; ".join(blockers) + "."
-            )
-        self._set_rollout(status.config, stage=status.next_stage)
-        summary = self.backend.up(f"weightshift rollout promote to stage {status.next_stage}")
-        return f"promoted to stage {status.next_stage}: {summary}"
+            bake_left = None
+        return GateReading(
+            gate, counts, rollout.candidate, rollout.stable, bake_left, skipped_bake=ignore_bake
+        )
 
-    def abort(self, reason: str) -> rollback_function.Outcome:
-        """A manual rollback, by the rollback function's own code and settings."""
+    def _refusal(self, status: Status) -> str | None:
+        """Why no promotion may go ahead whatever the evidence says; None if none."""
+        rollout = status.config.rollout
+        if status.next_stage is None:
+            return (
+                f"stage {rollout.stage} is the last stage of {rollout.strategy.value}: "
+                "`weightshift rollout finish` makes the candidate the stable colour."
+            )
+        hard = [b for b in status.blockers if " bakes for " not in b]
+        if hard:
+            return f"not promoting to stage {status.next_stage}: " + "; ".join(hard) + "."
+        return None
+
+    def record_decision(
+        self,
+        status: Status,
+        reading: GateReading | None,
+        *,
+        action: str,
+        command: str,
+        override: str | None = None,
+        error: str | None = None,
+    ) -> str:
+        """Write the gate's decision beside the incident records (never over another);
+        its ``s3://`` location."""
+        config = status.config
+        rollout = config.rollout
+        bucket, prefix = incident_location(config, self.backend.outputs(), self.stack)
+        now = self.now()
+        decision = reading.decision.value if reading is not None else "unread"
+        document: dict[str, Any] = {
+            "kind": "stage-gate",
+            "stack": self.stack,
+            "model": config.model,
+            "strategy": rollout.strategy.value,
+            "stage": rollout.stage,
+            "nextStage": status.next_stage,
+            "candidate": {
+                "colour": rollout.candidate.value,
+                "version": config.colour(rollout.candidate).version,
+            },
+            "stable": {
+                "colour": rollout.stable.value,
+                "version": config.colour(rollout.stable).version,
+            },
+            "decision": decision,
+            "action": action,
+            "command": command,
+            "by": getpass.getuser(),
+            "run": _workflow_run(),
+            "at": now.isoformat(timespec="seconds"),
+            "override": {"reason": override} if override is not None else None,
+            "evidenceError": error,
+        }
+        if reading is not None:
+            gate = reading.to_json()
+            document |= {
+                "window": {
+                    "since": gate["since"],
+                    "until": gate["until"],
+                    "seconds": int((reading.gate.until - reading.gate.since).total_seconds()),
+                },
+                "criteria": gate["criteria"],
+                "counts": gate["counts"],
+                "skippedBake": reading.skipped_bake,
+            }
+        stem = f"{prefix}/{DECISIONS}/{now:%Y%m%dT%H%M%SZ}-stage{rollout.stage}-{decision}"
+        return f"s3://{bucket}/{self.aws.put_decision(bucket, stem, document)}"
+
+    def promote(self, *, ignore_bake: bool = False, ignore_gate: str | None = None) -> str:
+        """The next stage, on the stage gate's evidence: pass (and baked) promotes; fail
+        refuses, records the decision and says to abort; inconclusive refuses and says how
+        much longer. ``ignore_gate`` (a reason) promotes whatever the evidence says, and is
+        recorded; neither option skips the alarms, the record or the on-call check."""
+        if ignore_gate is not None and not ignore_gate.strip():
+            raise RolloutError(
+                "--ignore-gate needs a reason (it is recorded): --ignore-gate 'why'."
+            )
+        status = self.status()
+        refusal = self._refusal(status)
+        if refusal is not None:
+            raise RolloutError(refusal)
+        stage, following = status.config.rollout.stage, status.next_stage
+        try:
+            reading = self.read_gate(status, ignore_bake=ignore_bake)
+        except EvidenceError as error:
+            if ignore_gate is None:
+                raise RolloutError(
+                    f"not promoting to stage {following}: {error} (`--ignore-gate REASON` "
+                    "promotes without the evidence, and records that it did)"
+                ) from None
+            location = self.record_decision(
+                status,
+                None,
+                action="overridden",
+                command="promote",
+                override=ignore_gate,
+                error=str(error),
+            )
+            return self.promote_to(status) + f" (gate unread, overridden: {location})"
+        decision = reading.decision
+        # A failure needs no bake: it is said (and recorded) as soon as it is evident.
+        if decision is Decision.FAIL and ignore_gate is None:
+            location = self.record_decision(status, reading, action="refused", command="promote")
+            failing = "; ".join(describe(c) for c in reading.failing())
+            raise RolloutError(
+                f"not promoting to stage {following}: the stage {stage} gate failed: {failing}. "
+                "Roll back with `weightshift rollout abort --reason 'stage gate failed'`. The "
+                f"decision is recorded at {location}."
+            )
+        if reading.baking():
+            raise RolloutError(
+                f"not promoting to stage {following}: stage {stage} bakes for "
+                f"{_duration(reading.bake_left)} more (`--ignore-bake` skips the bake time, "
+                "not the evidence). Gate so far: " + _gate_line(reading) + "."
+            )
+        if decision is Decision.PASS:
+            return self.promote_to(status)
+        if ignore_gate is not None:
+            location = self.record_decision(
+                status, reading, action="overridden", command="promote", override=ignore_gate
+            )
+            return (
+                self.promote_to(status)
+                + f" (stage {stage} gate {decision.value}, "
+                + (f"overridden: {location})")
+            )
+        raise RolloutError(
+            f"not promoting to stage {following}: the stage {stage} gate is inconclusive: "
+            f"{reading.wait().text()}. Promote again then; `weightshift rollout advance` does "
+            "it on a schedule."
+        )
+
+    def promote_to(self, status: Status) -> str:
+        """Set the next stage and deploy it, checking nothing: the callers decided."""
+        following = status.next_stage
+        self._set_rollout(status.config, stage=following)
+        summary = self.backend.up(f"weightshift rollout promote to stage {following}")
+        return f"promoted to stage {following}: {summary}"
+
+    def preview_promotion(
+        self, changes_of: StageChanges, *, ignore_bake: bool = False
+    ) -> PromotionPreview:
+        """``promote --dry-run``: the gate's decisions and the next stage's changes, by
+        ``changes_of`` (offline synthesis, from the command line); nothing is written or
+        deployed."""
+        status = self.status()
+        refusal = self._refusal(status)
+        reading: GateReading | None = None
+        evidence_error: str | None = None
+        changes: list[Any] = []
+        if status.next_stage is not None:
+            try:
+                reading = self.read_gate(status, ignore_bake=ignore_bake)
+            except EvidenceError as error:
+                evidence_error = str(error)
+            values = self.backend.config()
+            following = copy.deepcopy(values)
+            following[ROLLOUT_KEY] = {
+                **status.config.model_dump(by_alias=True, mode="json")["rollout"],
+                "stage": status.next_stage,
+            }
+            changes = changes_of(values, following, status.record)
+        if refusal is None:
+            if evidence_error is not None:
+                refusal = f"the evidence cannot be read: {evidence_error}"
+            elif reading is not None and reading.decision is Decision.FAIL:
+                refusal = "the gate failed: " + "; ".join(describe(c) for c in reading.failing())
+            elif reading is not None and reading.baking():
+                refusal = f"stage {status.config.rollout.stage} bakes for " + (
+                    f"{_duration(reading.bake_left)} more"
+                )
+            elif reading is not None and reading.decision is Decision.INCONCLUSIVE:
+                refusal = "the gate is inconclusive: " + reading.wait().text()
+        return PromotionPreview(status, reading, evidence_error, changes, refusal)
+
+    def abort(self, reason: str, *, by_advance: bool = False) -> rollback_function.Outcome:
+        """A manual rollback, by the rollback function's own code and settings (``by_advance``:
+        the one ``weightshift rollout advance`` starts on a failed gate, so said)."""
         outputs = self.backend.outputs()
         settings_map = (outputs.get("rollback") or {}).get("settings")
         if not settings_map:
@@ -506,7 +1059,12 @@ class Rollout:
                 "alarmName": settings.alarm_name,
                 "state": {
                     "value": "ALARM",
-                    "reason": f"manual abort by {user}: {reason}",
+                    "reason": (
+                        f"automatic abort by weightshift rollout advance (run by {user}): "
+                        if by_advance
+                        else f"manual abort by {user}: "
+                    )
+                    + reason,
                     "timestamp": now,
                 },
                 "configuration": {"description": f"listener={settings.listener_arn}"},

@@ -8,7 +8,9 @@ Read from the two places that keep it, never from local files:
 - the incident records in the artifact bucket (``incidents/<model>/<stack>/``), written
   under Object Lock by the rollback function: each is an ``incident`` (the alarm going to
   ALARM, or a manual abort) and a ``rollback`` (all traffic to the stable colour); the
-  ``<incident>.ack.json`` beside it, written by ``weightshift rollout ack``, is an ``ack``.
+  ``<incident>.ack.json`` beside it, written by ``weightshift rollout ack``, is an ``ack``;
+  each stage gate decision that ``rollout promote`` refused or overrode, or on which
+  ``rollout advance`` aborted (``decisions/`` under the same prefix), is a ``decision``.
 
 Who ran a ``pulumi up`` is not in its history (the CLI records no user), so stage events
 have no ``by``; a manual abort and an ack name the user who ran them.
@@ -26,6 +28,7 @@ from typing import Any
 from weightshift.config import NAMESPACE, load
 from weightshift.rollout.commands import (
     ACK_SUFFIX,
+    DECISIONS,
     ROLLOUT_KEY,
     AwsView,
     StackBackend,
@@ -43,8 +46,9 @@ MANUAL_SOURCE = "weightshift.rollout.abort"
 
 
 class Kind(enum.StrEnum):
-    # In the order events of the same second happened: the alarm, the rollback it
-    # triggered, the ack, the deploy after it.
+    # In the order events of the same second happened: the gate's decision, the alarm (or
+    # the abort it led to), the rollback it triggered, the ack, the deploy after it.
+    DECISION = "decision"
     INCIDENT = "incident"
     ROLLBACK = "rollback"
     ACK = "ack"
@@ -202,6 +206,44 @@ def _record_events(bucket: str, stored: StoredObject) -> list[Event]:
     ]
 
 
+def _decision_event(bucket: str, stored: StoredObject) -> Event:
+    """A stage gate decision record (``rollout promote`` or ``rollout advance``)."""
+    location = f"s3://{bucket}/{stored.key}"
+    try:
+        document = json.loads(stored.body)
+    except ValueError as error:
+        document = f"not JSON ({error})"
+    if not isinstance(document, dict):
+        detail = f"unreadable decision record {location}: {document}"
+        return Event(stored.modified, Kind.DECISION, detail, facts={"record": location})
+    criteria = document.get("criteria")
+    failing = [
+        str(c.get("name"))
+        for c in (criteria if isinstance(criteria, list) else [])
+        if isinstance(c, dict) and c.get("decision") == "fail"
+    ]
+    override = document.get("override")
+    reason = override.get("reason") if isinstance(override, dict) else None
+    detail = (
+        f"stage {document.get('stage')} gate {document.get('decision')}"
+        + (f" ({', '.join(failing)})" if failing else "")
+        + f": {document.get('command')} {document.get('action')}"
+        + (f" ({reason})" if reason else "")
+    )
+    by = document.get("by")
+    facts = {
+        "record": location,
+        "stage": document.get("stage"),
+        "decision": document.get("decision"),
+        "action": document.get("action"),
+        "candidate": (document.get("candidate") or {}).get("version")
+        if isinstance(document.get("candidate"), dict)
+        else None,
+    }
+    at = _time(document.get("at")) or stored.modified
+    return Event(at, Kind.DECISION, detail, str(by) if by else None, facts)
+
+
 def build_history(
     backend: StackBackend, aws: AwsView, model: str, stack: str, bucket: str
 ) -> list[Event]:
@@ -209,7 +251,9 @@ def build_history(
     acks under ``incidents/<model>/<stack>/`` in ``bucket``."""
     events = [event for update in backend.history() if (event := _stage_event(update))]
     for stored in aws.incident_objects(bucket, incident_prefix(model, stack)):
-        if stored.key.endswith(".json"):
+        if f"/{DECISIONS}/" in stored.key:
+            events.append(_decision_event(bucket, stored))
+        elif stored.key.endswith(".json"):
             events += _record_events(bucket, stored)
     return sorted(events, key=lambda event: (event.time, _ORDER[event.kind]))
 
