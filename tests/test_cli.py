@@ -272,3 +272,23 @@ def test_a_malformed_id_is_said_before_a_missing_bucket(
     error = " ".join(capsys.readouterr().err.split())
     assert "'notanid' is not a bundle id" in error
     assert "No bucket" not in error
+
+
+def test_an_aws_refusal_is_one_paragraph_exit_2_naming_the_call(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from weightshift.cli import gates
+
+    def refused(args: Any) -> int:
+        raise ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "not authorized to GetMetricData."}},
+            "GetMetricData",
+        )
+
+    monkeypatch.setattr(gates, "cmd_gates_stage", refused)
+    assert main(["gates", "stage", "--since", "2026-12-01T00:00:00Z"]) == 2
+    err = capsys.readouterr().err
+    assert "AWS refused GetMetricData: AccessDenied: not authorized to GetMetricData." in err
+    assert "Traceback" not in err

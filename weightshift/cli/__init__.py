@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The command, its errors a user can act on printed as one paragraph (exit 2)."""
-    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from weightshift.bundles.schemas import BundleError
     from weightshift.bundles.store import StoreError
@@ -81,6 +81,16 @@ def _run(args: argparse.Namespace) -> int:
         message = (
             f"AWS request failed: {str(error).rstrip('.')}. Check credentials, region and "
             "AWS_ENDPOINT_URL."
+        )
+        print_error(args.command, message)
+        return EXIT_USAGE
+    except ClientError as error:
+        details = error.response.get("Error", {})
+        operation = getattr(error, "operation_name", "an AWS call")
+        message = (
+            f"AWS refused {operation}: {details.get('Code', 'error')}: "
+            f"{str(details.get('Message', '')).rstrip('.')}. Check the credentials' permissions "
+            "for that call, the region and AWS_ENDPOINT_URL."
         )
         print_error(args.command, message)
         return EXIT_USAGE

@@ -184,7 +184,7 @@ def cmd_gates_stage(args: argparse.Namespace) -> int:
     values = apply_overrides(stack_config(project, args.stack), args.set)
     config = load(values, source=f"config of stack {args.stack}")
     now = _now()
-    since = _since(args, project, now)
+    since = _since(args, project, now, config)
     cloudwatch = boto3.client("cloudwatch", region_name=config.region)
     counts = read_counts(
         cloudwatch, config.model, config.rollout.thresholds.latency_p99_seconds, since, now
@@ -193,11 +193,13 @@ def cmd_gates_stage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(gate.to_json(), indent=2))
     else:
-        print(_gate_text(gate))
+        print(gate_text(gate))
     return {Decision.PASS: 0, Decision.FAIL: 1}.get(gate.decision, EXIT_INCONCLUSIVE)
 
 
-def _since(args: argparse.Namespace, project: Any, now: Any) -> Any:
+def _since(args: argparse.Namespace, project: Any, now: Any, config: Any) -> Any:
+    """The window's start: ``--since``, else when the configured stage started (the window
+    ``rollout promote`` decides on: ``weightshift.rollout.commands.stage_start``)."""
     from datetime import UTC, datetime
 
     if args.since:
@@ -211,21 +213,23 @@ def _since(args: argparse.Namespace, project: Any, now: Any) -> Any:
         if since >= now:
             raise CommandError(f"--since {args.since} is not in the past.")
         return since
-    from weightshift.rollout.commands import AutomationBackend
+    from weightshift.rollout.commands import AutomationBackend, stage_start
 
     try:
-        last = AutomationBackend(project, args.stack).last_update()
+        backend = AutomationBackend(project, args.stack)
+        start = stage_start(backend.history(), config) or backend.last_update()
     except Exception as error:  # noqa: BLE001 (the engine's own errors vary)
         raise CommandError(
-            f"cannot read the stack's last update ({error}): pass --since with the stage's "
+            f"cannot read the stack's update history ({error}): pass --since with the stage's "
             "start instead."
         ) from None
-    if last is None:
+    if start is None:
         raise CommandError("the stack has no update yet: pass --since with the stage's start.")
-    return last
+    return start
 
 
-def _gate_text(gate: Any) -> str:
+def gate_text(gate: Any) -> str:
+    """The stage gate as ``gates stage`` and ``rollout promote --dry-run`` print it."""
     lines = [
         f"stage {gate.stage} gate: {gate.decision.value.upper()} (window "
         f"{gate.since:%Y-%m-%d %H:%M} to {gate.until:%H:%M} UTC)"

@@ -122,13 +122,13 @@ def _stage_changes(args: argparse.Namespace) -> StageChanges:
 
 
 def _preview_text(preview: PromotionPreview) -> str:
-    from weightshift.cli.gates import _gate_text
+    from weightshift.cli.gates import gate_text
 
     status = preview.status
     rollout = status.config.rollout
     lines = []
     if preview.reading is not None:
-        lines.append(_gate_text(preview.reading.gate))
+        lines.append(gate_text(preview.reading.gate))
     elif preview.evidence_error is not None:
         lines.append(f"stage {rollout.stage} gate: not read: {preview.evidence_error}")
     if status.next_stage is None:
