@@ -12,10 +12,11 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pulumi_policy import (
     EnforcementLevel,
+    PolicyConfigSchema,
     PolicyResource,
     ReportViolation,
     ResourceValidationArgs,
@@ -23,11 +24,29 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from weightshift.config import MODERN_TLS_POLICIES
 from weightshift.facts import IAM_ROLE_INLINE_POLICY_CHARACTERS
+from weightshift.lambdas.rollback import page_marker
 from weightshift.rollout.scheduling import Item, placements
-from weightshift.stages import ALB_MAX_TARGET_GROUPS, ALB_WEIGHT_MAX
+from weightshift.stages import (
+    ALB_MAX_TARGET_GROUPS,
+    ALB_WEIGHT_MAX,
+    DEFAULT_MIRROR_PERCENT,
+    Colour,
+    Strategy,
+    Weights,
+    all_stable,
+    is_legal_transition,
+    stage_of,
+    weights_for,
+)
+
+try:
+    from policies.evaluated import candidate_evaluated
+except ImportError:  # the pack runs from policies/ (`pulumi preview --policy-pack policies`)
+    from evaluated import candidate_evaluated  # type: ignore[import-not-found,no-redef]
 
 LISTENER = "aws:lb/listener:Listener"
 LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
@@ -395,6 +414,512 @@ def _pods_schedulable(args: StackValidationArgs, report: ReportViolation) -> Non
             report(f"{placement.workload.name} can land on no node group ({reasons}).", None)
 
 
+# --- traffic, alarms and the rollback function: stack policies over the whole graph ---------
+
+FUNCTION = "aws:lambda/function:Function"
+PERMISSION = "aws:lambda/permission:Permission"
+COMPOSITE_ALARM = "aws:cloudwatch/compositeAlarm:CompositeAlarm"
+METRIC_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+KMS_KEY = "aws:kms/key:Key"
+BUCKET = "aws:s3/bucket:Bucket"
+ARTIFACT_STORE = "weightshift:index:ArtifactStore"
+"""The component that holds published bundles (``components/artifact_store.py``)."""
+ALARM_PRINCIPAL = "lambda.alarms.cloudwatch.amazonaws.com"
+"""The service principal a CloudWatch alarm invokes a Lambda function as (CloudWatch user
+guide, "Using Amazon CloudWatch alarms", Lambda alarm actions)."""
+STAGE_ANNOTATION = "weightshift.io/stage"
+"""The candidate's Deployment carries the configured ``"<strategy> <stage>"`` here
+(``__main__.py``, ``stage_marker``): the stage the program was asked to deploy."""
+COLOUR_LABEL = "weightshift.io/colour"
+BUNDLE_ANNOTATION = "weightshift.io/bundle"
+ROLLBACK_SETTINGS = ("LISTENER_ARN", "STABLE_TARGET_GROUP_ARN", "CANDIDATE_TARGET_GROUP_ARN")
+"""Environment variables that make a Lambda function a rollback function
+(``components/rollback.py``, ``function_variables``)."""
+
+WILDCARD_ONLY_ACTIONS: Mapping[str, str] = {
+    "elasticloadbalancing:DescribeListeners": (
+        "https://docs.aws.amazon.com/service-authorization/latest/reference/"
+        "list_awselasticloadbalancingv2.html (DescribeListeners: no resource type, so the "
+        'Resource element must be "*")'
+    ),
+}
+"""The IAM actions the rollback function may be granted on ``"*"``, each because AWS
+supports no resource-level permission for it, with the page that says so (Service
+Authorization Reference). Any other ``"*"`` in its role is a violation."""
+
+
+@dataclass(frozen=True)
+class RollbackFunction:
+    """A rollback function of the stack, as its environment describes what it protects."""
+
+    resource: PolicyResource
+    settings: Mapping[str, Any]
+
+    @property
+    def listener(self) -> Any:
+        return self.settings.get("LISTENER_ARN")
+
+    @property
+    def stable(self) -> Any:
+        return self.settings.get("STABLE_TARGET_GROUP_ARN")
+
+    @property
+    def guarded(self) -> tuple[Any, ...]:
+        """Target groups whose traffic this function's alarm takes away."""
+        keys = ("CANDIDATE_TARGET_GROUP_ARN", "MIRROR_TARGET_GROUP_ARN")
+        return tuple(self.settings[k] for k in keys if self.settings.get(k))
+
+    @property
+    def candidate(self) -> Colour | None:
+        colour = self.settings.get("CANDIDATE_COLOUR")
+        return Colour(colour) if colour in {c.value for c in Colour} else None
+
+
+def _rollback_functions(args: StackValidationArgs) -> list[RollbackFunction]:
+    found = []
+    for function in _of_type(args, FUNCTION):
+        variables = (function.props.get("environment") or {}).get("variables") or {}
+        if all(variables.get(key) for key in ROLLBACK_SETTINGS):
+            found.append(RollbackFunction(function, variables))
+    return found
+
+
+def _weights_by_arn(listener: PolicyResource) -> dict[Any, Any]:
+    return dict(_forwarded(listener))
+
+
+@dataclass(frozen=True)
+class StageMarker:
+    """What the candidate's Deployment says the program was asked to deploy."""
+
+    strategy: Strategy
+    stage: int
+    candidate: Colour
+    version: str | None
+    urn: str | None = None
+
+
+def _stage_markers(args: StackValidationArgs) -> tuple[list[StageMarker], list[str]]:
+    """Every stage marker of the stack, and why any that cannot be read is unreadable."""
+    markers, problems = [], []
+    for deployment in _of_type(args, DEPLOYMENT):
+        metadata = deployment.props.get("metadata") or {}
+        marker = (metadata.get("annotations") or {}).get(STAGE_ANNOTATION)
+        if marker is None:
+            continue
+        strategy, _, index = str(marker).partition(" ")
+        colour = (metadata.get("labels") or {}).get(COLOUR_LABEL)
+        try:
+            stage_of(Strategy(strategy), int(index))
+            markers.append(
+                StageMarker(
+                    Strategy(strategy),
+                    int(index),
+                    Colour(str(colour)),
+                    (metadata.get("annotations") or {}).get(BUNDLE_ANNOTATION),
+                    deployment.urn,
+                )
+            )
+        except ValueError:
+            problems.append(
+                f"Deployment {deployment.name}: {STAGE_ANNOTATION} {marker!r} with colour "
+                f"{colour!r} is not '<strategy> <stage>' of a known strategy and colour."
+            )
+    return markers, problems
+
+
+def _expected(function: RollbackFunction, weights: Weights) -> dict[Any, int]:
+    candidate = function.candidate or Colour.GREEN
+    expected = {function.stable: weights.of(candidate.other)}
+    expected[function.settings["CANDIDATE_TARGET_GROUP_ARN"]] = weights.of(candidate)
+    mirror = function.settings.get("MIRROR_TARGET_GROUP_ARN")
+    if mirror:
+        expected[mirror] = weights.mirror
+    return expected
+
+
+def _weights_are_a_stage(args: StackValidationArgs, report: ReportViolation) -> None:
+    """The listener's forward weights are exactly a stage of the configured strategy: the
+    stage the candidate's Deployment is marked with, or all to the stable colour (stage 0,
+    where a rollback record holds the stack). No hand-edited split reaches the ALB."""
+    markers, problems = _stage_markers(args)
+    for problem in problems:
+        report(problem, None)
+    functions = _rollback_functions(args)
+    for listener in _of_type(args, LISTENER):
+        actual = {arn: w for arn, w in _weights_by_arn(listener).items() if w}
+        if not actual:
+            continue
+        function = next((f for f in functions if _names(f.listener, listener)), None)
+        if function is None or function.candidate is None:
+            if len(actual) > 1:
+                report(
+                    f"listener {listener.name} splits traffic over {len(actual)} target groups "
+                    "but no rollback function names this listener, so no stage can be checked: "
+                    "a split without a candidate and its rollback is not a stage.",
+                    listener.urn,
+                )
+            continue
+        marker = next((m for m in markers if m.candidate is function.candidate), None)
+        if marker is None:
+            report(
+                f"listener {listener.name}: the candidate ({function.candidate.value}) has no "
+                f"Deployment marked with {STAGE_ANNOTATION}, so its weights cannot be checked "
+                "against a stage.",
+                listener.urn,
+            )
+            continue
+        mirror_weight = actual.get(function.settings.get("MIRROR_TARGET_GROUP_ARN"), 0)
+        mirror_percent = mirror_weight / 10 if mirror_weight else DEFAULT_MIRROR_PERCENT
+        staged = weights_for(marker.strategy, marker.stage, marker.candidate, mirror_percent)
+        allowed = [_expected(function, staged), _expected(function, all_stable(marker.candidate))]
+        if not any({k: v for k, v in e.items() if v} == actual for e in allowed):
+            shown = ", ".join(f"{_label(function, arn)} {w}" for arn, w in actual.items())
+            wanted = ", ".join(f"{_label(function, arn)} {w}" for arn, w in allowed[0].items() if w)
+            report(
+                f"listener {listener.name} forwards {shown}, which is not stage "
+                f"{marker.stage} of {marker.strategy.value} ({wanted}) nor all to the stable "
+                "colour: set weightshift:rollout.stage, never the weights.",
+                listener.urn,
+            )
+
+
+def _label(function: RollbackFunction, arn: Any) -> str:
+    if arn == function.stable:
+        return "stable"
+    if arn == function.settings.get("MIRROR_TARGET_GROUP_ARN"):
+        return "mirror"
+    if arn == function.settings.get("CANDIDATE_TARGET_GROUP_ARN"):
+        return "candidate"
+    return str(arn)
+
+
+def _names(value: Any, target: PolicyResource) -> bool:
+    return value is not None and value == target.props.get("arn")
+
+
+class BaseStage(BaseModel):
+    """The policy config of ``stage-moves-one-step``: the state the change starts from (the
+    base branch's stack config, or the deployed stack's), set by ``weightshift policy check
+    --base-config`` and by the pull-request workflow."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    base_strategy: Literal["canary", "blue-green", "shadow"] = Field(alias="baseStrategy")
+    base_stage: int = Field(alias="baseStage", ge=0)
+    base_candidate: Literal["blue", "green"] = Field(alias="baseCandidate")
+    base_version: str | None = Field(default=None, alias="baseVersion")
+
+
+def _base_stage_schema() -> PolicyConfigSchema:
+    schema = BaseStage.model_json_schema(by_alias=True)
+    properties = {
+        name: {k: v for k, v in prop.items() if k != "title"}
+        for name, prop in schema["properties"].items()
+    }
+    return PolicyConfigSchema(properties, list(schema.get("required", [])))
+
+
+def _one_stage(args: StackValidationArgs, report: ReportViolation) -> None:
+    """A change moves the rollout at most one stage from where it starts (the base branch's
+    config in a pull request, the deployed stack's otherwise): forward one stage, back to
+    stage 0 (abort), or a new candidate (a new version, or ``rollout finish``) at stage 0.
+    Without a base in the pack's config the rule has nothing to compare with and passes."""
+    config = {k: v for k, v in args.get_config().items() if k != "enforcementLevel"}
+    if not config:
+        return
+    try:
+        base = BaseStage.model_validate(config)
+    except ValidationError as error:
+        report(f"the policy config is not a base stage: {_first_error(error)}", None)
+        return
+    markers, _ = _stage_markers(args)
+    if not markers:
+        return  # no candidate deployed: nothing gets traffic beyond the stable colour
+    for marker in markers:
+        where = f"{marker.strategy.value} stage {marker.stage}"
+        start = f"{base.base_strategy} stage {base.base_stage}"
+        new_candidate = marker.candidate.value != base.base_candidate or (
+            base.base_version is not None and marker.version != base.base_version
+        )
+        if new_candidate:
+            if marker.stage != 0:
+                report(
+                    f"a new candidate ({marker.candidate.value} {marker.version}) starts at "
+                    f"{where}; the change starts from {start} with {base.base_candidate} "
+                    f"{base.base_version}: a new candidate starts at stage 0.",
+                    marker.urn,
+                )
+            continue
+        if marker.strategy.value != base.base_strategy:
+            if marker.stage != 0 and not (base.base_stage == 0 and marker.stage == 1):
+                report(
+                    f"the change moves from {start} to {where}: a strategy changes only at "
+                    "stage 0 (then one stage at most).",
+                    marker.urn,
+                )
+            continue
+        if marker.stage != base.base_stage and not is_legal_transition(
+            marker.strategy, base.base_stage, marker.stage
+        ):
+            report(
+                f"the change moves from {start} to {where}: a change may go forward one "
+                "stage or back to stage 0, never further. Promote one stage per change.",
+                marker.urn,
+            )
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg')}"
+
+
+def _alarms_wired(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Every target group that receives traffic, other than the stable colour a rollback
+    falls back to, is guarded by a rollback function whose composite alarm has its actions
+    enabled, names the function and the on-call topic, and may invoke the function."""
+    functions = _rollback_functions(args)
+    composites = _of_type(args, COMPOSITE_ALARM)
+    permissions = _of_type(args, PERMISSION)
+    groups = {g.props.get("arn"): g for g in _of_type(args, TARGET_GROUP)}
+    for listener in _of_type(args, LISTENER):
+        mine = [f for f in functions if _names(f.listener, listener)]
+        live = [arn for arn, weight in _forwarded(listener) if weight]
+        if len(live) < 2 and not mine:
+            continue  # one target group takes everything: nothing to roll back to
+        for arn in live:
+            if any(arn == f.stable for f in mine):
+                continue
+            name = groups[arn].name if arn in groups else str(arn)
+            guard = next((f for f in mine if arn in f.guarded), None)
+            if guard is None:
+                report(
+                    f"listener {listener.name} sends traffic to {name}, which no rollback "
+                    "function guards: its alarms would page nobody and move no weight.",
+                    listener.urn,
+                )
+                continue
+            for problem in _wiring_problems(guard, composites, permissions, args):
+                report(f"{name} receives traffic but {problem}", guard.resource.urn)
+
+
+def _wiring_problems(
+    function: RollbackFunction,
+    composites: list[PolicyResource],
+    permissions: list[PolicyResource],
+    args: StackValidationArgs,
+) -> list[str]:
+    alarm_name = function.settings.get("ALARM_NAME")
+    composite = next((c for c in composites if c.props.get("alarmName") == alarm_name), None)
+    if composite is None:
+        return [f"its rollback alarm {alarm_name} is not in the stack."]
+    problems = []
+    if composite.props.get("actionsEnabled") is False:
+        problems.append(f"alarm {alarm_name} has its actions disabled.")
+    actions = composite.props.get("alarmActions") or []
+    if not any(_refers_to(composite, "alarmActions", a, function.resource) for a in actions):
+        problems.append(f"alarm {alarm_name} does not invoke {function.resource.name}.")
+    topic = function.settings.get("TOPIC_ARN")
+    if not topic or topic not in actions:
+        problems.append(f"alarm {alarm_name} does not notify the on-call topic {topic}.")
+    alarms = {
+        str(a.props.get("name") or a.props.get("alarmName")) for a in _of_type(args, METRIC_ALARM)
+    }
+    named = re.findall(r'ALARM\("([^"]+)"\)', str(composite.props.get("alarmRule") or ""))
+    if not named or not set(named) <= alarms:
+        problems.append(
+            f"alarm {alarm_name}'s rule names no alarm of the stack (or one not in it)."
+        )
+    invokes = any(
+        p.props.get("action") == "lambda:InvokeFunction"
+        and p.props.get("principal") == ALARM_PRINCIPAL
+        and (
+            p.props.get("function")
+            in (function.resource.props.get("name"), function.resource.props.get("arn"))
+            or _refers_to(p, "function", None, function.resource)
+        )
+        and _refers_to(p, "sourceArn", p.props.get("sourceArn"), composite)
+        for p in permissions
+    )
+    if not invokes:
+        problems.append(
+            f"no Lambda permission lets alarm {alarm_name} ({ALARM_PRINCIPAL}) invoke "
+            f"{function.resource.name}: the alarm action would fail."
+        )
+    return problems
+
+
+def _least_privilege(args: StackValidationArgs, report: ReportViolation) -> None:
+    """The rollback function has reserved concurrency (a throttled account cannot starve
+    it) and its role grants only what it does on its own listener, rollback record (and
+    its page markers), topic, incident prefix, their keys and its log group: no managed
+    policies, no wildcard action, no ``"*"`` resource beyond ``WILDCARD_ONLY_ACTIONS``."""
+    roles = _of_type(args, ROLE)
+    keys = {k.props.get("arn") for k in _of_type(args, KMS_KEY)}
+    log_groups = {g.props.get("name"): g.props.get("arn") for g in _of_type(args, LOG_GROUP)}
+    for function in _rollback_functions(args):
+        resource = function.resource
+        reserved = resource.props.get("reservedConcurrentExecutions")
+        if not isinstance(reserved, int) or reserved < 1:
+            report(
+                f"{resource.name} has no reserved concurrency ({reserved}): with the account's "
+                "concurrency used up, the rollback would be throttled exactly when it is needed. "
+                "Set weightshift:rollback.reservedConcurrency (1 or more).",
+                resource.urn,
+            )
+        role = next(
+            (r for r in roles if _refers_to(resource, "role", resource.props.get("role"), r)), None
+        )
+        if role is None:
+            report(
+                f"{resource.name}'s role is not in the stack, so its grants cannot be checked.",
+                resource.urn,
+            )
+            continue
+        if role.props.get("managedPolicyArns") or role.props.get("inlinePolicies"):
+            report(
+                f"role {role.name} of {resource.name} declares policies on the role itself "
+                "(managedPolicyArns, inlinePolicies): grant through one RolePolicy.",
+                role.urn,
+            )
+        for attachment in _of_type(args, ROLE_POLICY_ATTACHMENT):
+            if _refers_to(attachment, "role", None, role) or attachment.props.get("role") in (
+                role.props.get("name"),
+                role.props.get("id"),
+            ):
+                report(
+                    f"managed policy {attachment.props.get('policyArn')} is attached to "
+                    f"{resource.name}'s role: it grants more than the function does.",
+                    attachment.urn,
+                )
+        allowed = _own_resources(function, keys, log_groups, resource)
+        for policy in _of_type(args, ROLE_POLICY):
+            if not _refers_to(policy, "role", None, role) and policy.props.get("role") not in (
+                role.props.get("name"),
+                role.props.get("id"),
+            ):
+                continue
+            for problem in _grant_problems(policy.props.get("policy"), allowed):
+                report(f"{resource.name}'s role policy {policy.name}: {problem}", policy.urn)
+
+
+def _own_resources(
+    function: RollbackFunction,
+    keys: set[Any],
+    log_groups: Mapping[Any, Any],
+    resource: PolicyResource,
+) -> set[str]:
+    """The ARNs the rollback function's role may name: what its environment says it acts
+    on, the stack's KMS keys and its own log group's streams."""
+    settings = function.settings
+    # arn:<partition>:elasticloadbalancing:<region>:<account>:listener/...
+    _, partition, _, region, account = (str(settings["LISTENER_ARN"]).split(":") + [""] * 5)[:5]
+    record = settings.get("RECORD_PARAMETER")
+    parameter = f"arn:{partition}:ssm:{region}:{account}:parameter{record}"
+    own = {
+        str(settings["LISTENER_ARN"]),
+        parameter,
+        page_marker(parameter, "*"),
+        str(settings.get("TOPIC_ARN")),
+        f"arn:{partition}:s3:::{settings.get('INCIDENT_BUCKET')}/{settings.get('INCIDENT_PREFIX')}/*",
+        *(str(k) for k in keys if k),
+    }
+    group = (resource.props.get("loggingConfig") or {}).get("logGroup")
+    if log_groups.get(group):
+        own.add(f"{log_groups[group]}:*")
+    return own
+
+
+def _grant_problems(raw: Any, allowed: set[str]) -> list[str]:
+    try:
+        document = json.loads(raw) if isinstance(raw, str) else raw or {}
+    except json.JSONDecodeError:
+        return ["the policy is not valid JSON."]
+    statements = document.get("Statement") or []
+    problems = []
+    for statement in statements if isinstance(statements, list) else [statements]:
+        if statement.get("Effect") != "Allow":
+            continue
+        sid = statement.get("Sid") or "(no Sid)"
+        if "NotAction" in statement or "NotResource" in statement:
+            problems.append(
+                f"statement {sid} uses NotAction/NotResource: it grants everything else."
+            )
+            continue
+        actions = _as_list(statement.get("Action"))
+        resources = _as_list(statement.get("Resource"))
+        for action in actions:
+            if "*" in action:
+                problems.append(f"statement {sid} grants the wildcard action {action!r}.")
+        for arn in resources:
+            if arn == "*":
+                loose = [a for a in actions if a not in WILDCARD_ONLY_ACTIONS]
+                if loose:
+                    problems.append(
+                        f'statement {sid} grants {", ".join(loose)} on every resource ("*"); '
+                        "only actions AWS authorizes on no resource (WILDCARD_ONLY_ACTIONS) may."
+                    )
+            elif arn not in allowed:
+                problems.append(
+                    f"statement {sid} names {arn}, which is not the function's own listener, "
+                    "rollback record, topic, incident prefix, key or log group."
+                )
+    return problems
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _artifact_bucket_locked(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Every bucket of the artifact store (published bundles, evaluation reports, incident
+    records) is created with Object Lock and has a COMPLIANCE default retention: a bundle
+    that traffic reached can be neither deleted nor overwritten."""
+    locks = _of_type(args, OBJECT_LOCK)
+    for bucket in _of_type(args, BUCKET):
+        if f"{ARTIFACT_STORE}$" not in bucket.urn:
+            continue
+        if bucket.props.get("objectLockEnabled") is not True:
+            report(
+                f"artifact bucket {bucket.name} is created without Object Lock "
+                "(objectLockEnabled): published bundles could be deleted or overwritten, and "
+                "Object Lock cannot be turned on for an existing bucket's old objects.",
+                bucket.urn,
+            )
+        lock = next(
+            (
+                lock
+                for lock in locks
+                if _refers_to(lock, "bucket", None, bucket)
+                or lock.props.get("bucket") == bucket.props.get("bucket")
+            ),
+            None,
+        )
+        if lock is None:
+            report(
+                f"artifact bucket {bucket.name} has no Object Lock configuration: nothing "
+                "retains a published bundle.",
+                bucket.urn,
+            )
+            continue
+        lock_args = ResourceValidationArgs(
+            lock.resource_type, lock.props, lock.urn, lock.name, lock.opts, None
+        )
+        _compliance_lock(lock_args, _prefixed(report, f"artifact bucket {bucket.name}: ", lock.urn))
+
+
+def _prefixed(report: ReportViolation, prefix: str, urn: str) -> ReportViolation:
+    def relay(message: str, _urn: str | None = None) -> None:
+        report(prefix + message, urn)
+
+    return relay
+
+
 def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name,
@@ -405,13 +930,17 @@ def _policy(name: str, validate: Validate, level: EnforcementLevel) -> ResourceV
 
 
 def _stack_policy(
-    name: str, validate: Callable[[StackValidationArgs, ReportViolation], None]
+    name: str,
+    validate: Callable[[StackValidationArgs, ReportViolation], None],
+    level: EnforcementLevel = EnforcementLevel.MANDATORY,
+    config_schema: PolicyConfigSchema | None = None,
 ) -> StackValidationPolicy:
     return StackValidationPolicy(
         name=name,
         description=(validate.__doc__ or name).strip(),
         validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
+        enforcement_level=level,
+        config_schema=config_schema,
     )
 
 
@@ -492,4 +1021,10 @@ POLICIES: tuple[ResourceValidationPolicy | StackValidationPolicy, ...] = (
     _stack_policy("pods-schedulable", _pods_schedulable),
     _stack_policy("iam-inline-policies-fit", _inline_policies_fit),
     _stack_policy("sg-rules-unique", _rules_unique),
+    _stack_policy("listener-weights-are-a-stage", _weights_are_a_stage),
+    _stack_policy("stage-moves-one-step", _one_stage, config_schema=_base_stage_schema()),
+    _stack_policy("traffic-colours-alarmed", _alarms_wired),
+    _stack_policy("rollback-function-least-privilege", _least_privilege),
+    _stack_policy("artifact-bucket-object-lock", _artifact_bucket_locked),
+    _stack_policy("candidate-evaluated", candidate_evaluated),
 )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import runpy
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +15,20 @@ from pulumi_policy import ResourceValidationPolicy
 
 from policies.rules import POLICIES
 from tests.conftest import PROJECT, synth
-from weightshift.preview.policy import check, check_every_stage, load_policies, validation_args
+from weightshift.preview.policy import (
+    BASE_RULE,
+    PACK_CONFIG,
+    PackConfig,
+    PolicyConfigError,
+    base_settings,
+    check,
+    check_every_stage,
+    load_pack_config,
+    load_policies,
+    parse_pack_config,
+    rule_names,
+    validation_args,
+)
 from weightshift.preview.synth import Graph, Resource
 
 BY_NAME = {policy.name: policy for policy in POLICIES}
@@ -394,3 +411,431 @@ def test_policy_check_runs_the_transition_rules_up_to_finish() -> None:
     assert len(steps) == 5 + 1 + 1 + 1 + 1
     assert sum("(at rollout finish)" in s for s in steps) == 2
     assert [v for r in results for v in r.violations if v.policy != "spy"] == []
+
+
+# --- weights are a stage, one stage per change, alarms wired, least privilege, locked ----
+
+HTTPS = "traffic-https"
+
+
+@functools.cache
+def staged(*overrides: str) -> Graph:
+    """``synth`` once per set of overrides for this module (graphs are edited by copy)."""
+    return synth(*overrides)
+
+
+def with_weights(graph: Graph, **by_target: int) -> Graph:
+    """``graph`` with the HTTPS listener's weights set by target (blue, green, mirror)."""
+    arns = graph.outputs["targetGroupArns"]
+    actions = copy.deepcopy(graph.named(HTTPS).inputs["defaultActions"])
+    for group in actions[0]["forward"]["targetGroups"]:
+        for target, weight in by_target.items():
+            if group["arn"] == arns[target]:
+                group["weight"] = weight
+    return edited(graph, HTTPS, "Listener", defaultActions=actions)
+
+
+def test_listener_weights_must_be_the_marked_stage() -> None:
+    rule = "listener-weights-are-a-stage"
+    for overrides in [
+        ("rollout.stage=0",),
+        ("rollout.stage=3",),
+        ("rollout.strategy=shadow", "rollout.stage=1"),
+        ("rollout.strategy=blue-green", "rollout.stage=1"),
+    ]:
+        assert stack_violations(rule, staged(*overrides)) == [], overrides
+    one = staged("rollout.stage=1")
+    # 5 % is a stage of canary, but not the stage the candidate is marked with.
+    (found,) = stack_violations(rule, with_weights(one, blue=950, green=50))
+    assert "forwards stable 950, candidate 50, which is not stage 1 of canary" in found
+    assert "(stable 990, candidate 10)" in found
+    assert stack_violations(rule, with_weights(one, blue=900, green=100))
+    # A rollback record holds the candidate at 0 whatever the marked stage: allowed.
+    assert stack_violations(rule, with_weights(staged("rollout.stage=3"), blue=999, green=0)) == []
+
+
+def test_weights_without_a_readable_stage_marker_are_a_violation() -> None:
+    graph = staged("rollout.stage=1")
+    green = graph.named("green", "Deployment")
+    metadata = copy.deepcopy(green.inputs["metadata"])
+    metadata["annotations"]["weightshift.io/stage"] = "canary eleven"
+    found = stack_violations(
+        "listener-weights-are-a-stage", edited(graph, "green", "Deployment", metadata=metadata)
+    )
+    marker = "'canary eleven' with colour 'green' is not '<strategy> <stage>'"
+    assert any(marker in m for m in found), found
+    assert any("has no Deployment marked with weightshift.io/stage" in m for m in found), found
+
+
+def base(strategy: str = "canary", stage: int = 1, candidate: str = "green") -> PackConfig:
+    version = {"green": "support-assistant/v1.5.0-d80719af096e"}.get(
+        candidate, "support-assistant/v1.4.2-424ef6470390"
+    )
+    return PackConfig().with_settings(
+        BASE_RULE,
+        {
+            "baseStrategy": strategy,
+            "baseStage": stage,
+            "baseCandidate": candidate,
+            "baseVersion": version,
+        },
+    )
+
+
+def one_step(graph: Graph, config: PackConfig) -> list[str]:
+    return [v.message for v in check(graph, [BY_NAME[BASE_RULE]], config)]
+
+
+def test_a_change_moves_at_most_one_stage_from_the_base() -> None:
+    assert one_step(staged("rollout.stage=2"), base(stage=1)) == []  # promote
+    assert one_step(staged("rollout.stage=1"), base(stage=1)) == []  # unchanged
+    assert one_step(staged("rollout.stage=0"), base(stage=3)) == []  # abort
+    (jump,) = one_step(staged("rollout.stage=4"), base(stage=1))
+    assert "moves from canary stage 1 to canary stage 4" in jump
+    assert "forward one stage or back to stage 0" in jump
+    # Down, but not to 0, is no abort the program knows.
+    assert one_step(staged("rollout.stage=2"), base(stage=4))
+    # Without a base the rule has nothing to compare with.
+    assert one_step(staged("rollout.stage=4"), PackConfig()) == []
+
+
+def test_a_new_candidate_starts_at_stage_0_and_finish_is_allowed() -> None:
+    # `rollout finish` after canary 5: blue (the old stable) is the next candidate, at 0.
+    assert one_step(synth(*FINISHED), base(stage=5)) == []
+    # A new version of the candidate colour must start at 0 too.
+    newer = base(stage=0).with_settings(BASE_RULE, {"baseVersion": "support-assistant/v1.4.9"})
+    (found,) = one_step(staged("rollout.stage=1"), newer)
+    assert "a new candidate (green support-assistant/v1.5.0-d80719af096e) starts at" in found
+    assert one_step(staged("rollout.stage=0"), newer) == []
+    # Another strategy: only from stage 0, and at most one stage.
+    assert one_step(staged("rollout.strategy=blue-green", "rollout.stage=1"), base(stage=0)) == []
+    assert one_step(staged("rollout.strategy=blue-green", "rollout.stage=1"), base(stage=2))
+
+
+def test_a_base_config_the_rule_cannot_read_is_a_violation() -> None:
+    broken = PackConfig().with_settings(BASE_RULE, {"baseStrategy": "canary", "baseStage": -1})
+    (found,) = one_step(staged("rollout.stage=1"), broken)
+    assert found.startswith("the policy config is not a base stage: ")
+
+
+def test_the_policy_check_catches_a_jump_from_stage_1_to_stage_4(tmp_path: Path) -> None:
+    """The pull request's check: the base branch at canary 1, the head at canary 4. The rule
+    runs on the configured stage only; every other stage is a later change's."""
+    base_file = tmp_path / "Pulumi.prod.yaml"
+    text = (PROJECT / "Pulumi.prod.yaml").read_text(encoding="utf-8")
+    base_file.write_text(text.replace("    stage: 0\n", "    stage: 1\n"), encoding="utf-8")
+    config = PackConfig().with_settings(BASE_RULE, base_settings(base_file))
+    results = check_every_stage(
+        PROJECT, "prod", load_policies(PROJECT), ["rollout.stage=4"], config=config
+    )
+    found = [(r.strategy, r.stage, v.policy) for r in results for v in r.violations]
+    assert found == [("canary", 4, BASE_RULE)]
+
+
+def test_a_base_config_that_is_not_a_stack_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicyConfigError, match=r"Pulumi.<stack>.yaml"):
+        base_settings(tmp_path / "base.yaml")
+    bad = tmp_path / "Pulumi.prod.yaml"
+    bad.write_text("config:\n  weightshift:rollout: {stage: -3}\n", encoding="utf-8")
+    with pytest.raises(PolicyConfigError, match=r"--base-config .*Pulumi.prod.yaml"):
+        base_settings(bad)
+
+
+def test_every_colour_with_traffic_is_wired_to_its_rollback() -> None:
+    rule = "traffic-colours-alarmed"
+    for overrides in [
+        ("rollout.stage=0",),
+        ("rollout.stage=1",),
+        ("rollout.strategy=shadow", "rollout.stage=1"),
+        ("rollout.strategy=blue-green", "rollout.stage=1"),
+        FINISHED,
+    ]:
+        assert stack_violations(rule, staged(*overrides)) == [], overrides
+    live = staged("rollout.stage=1")
+    composite = live.named("rollback", "CompositeAlarm")
+    topic_only = [a for a in composite.inputs["alarmActions"] if ":sns:" in a]
+    unwired = edited(live, "rollback", "CompositeAlarm", alarmActions=topic_only)
+    unwired = Graph(
+        unwired.stack,
+        unwired.config,
+        [
+            replace(r, property_dependencies={})
+            if r.name == "rollback" and r.type.endswith("CompositeAlarm")
+            else r
+            for r in unwired.resources
+        ],
+        unwired.outputs,
+    )
+    (found,) = stack_violations(rule, unwired)
+    assert found == (
+        "traffic-green receives traffic but alarm support-assistant-prod-green-rollback does "
+        "not invoke rollback-function."
+    )
+    silent = edited(live, "rollback", "CompositeAlarm", actionsEnabled=False)
+    assert any("has its actions disabled" in m for m in stack_violations(rule, silent))
+    nobody = edited(
+        live, "rollback", "CompositeAlarm", alarmActions=composite.inputs["alarmActions"][:1]
+    )
+    assert any("does not notify the on-call topic" in m for m in stack_violations(rule, nobody))
+    denied = without(live, "rollback-function", kind="Permission")
+    assert any("no Lambda permission lets alarm" in m for m in stack_violations(rule, denied))
+    # At stage 0 nothing reaches the candidate: its alarm may stay quiet.
+    idle = staged("rollout.stage=0")
+    assert (
+        stack_violations(rule, edited(idle, "rollback", "CompositeAlarm", actionsEnabled=False))
+        == []
+    )
+
+
+def test_traffic_to_a_target_group_no_rollback_guards_is_a_violation() -> None:
+    live = staged("rollout.stage=1")
+    function = live.named("rollback-function", "Function")
+    variables = dict(function.inputs["environment"]["variables"])
+    variables["CANDIDATE_TARGET_GROUP_ARN"] = "arn:aws:elasticloadbalancing:::targetgroup/other/1"
+    moved = edited(live, "rollback-function", "Function", environment={"variables": variables})
+    (found,) = stack_violations("traffic-colours-alarmed", moved)
+    assert "sends traffic to traffic-green, which no rollback function guards" in found
+
+
+def role_policy(graph: Graph) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(
+        graph.named("rollback-function", "RolePolicy").inputs["policy"]
+    )
+    return document
+
+
+def test_the_rollback_function_has_least_privilege() -> None:
+    rule = "rollback-function-least-privilege"
+    graph = staged("rollout.stage=1")
+    assert stack_violations(rule, graph) == []
+    unreserved = edited(graph, "rollback-function", "Function", reservedConcurrentExecutions=None)
+    (found,) = stack_violations(rule, unreserved)
+    assert "has no reserved concurrency" in found
+
+    def granting(statement: dict[str, Any]) -> Graph:
+        policy = role_policy(graph)
+        policy["Statement"].append(statement)
+        return edited(graph, "rollback-function", "RolePolicy", policy=json.dumps(policy))
+
+    anywhere = {
+        "Sid": "X",
+        "Effect": "Allow",
+        "Action": ["elasticloadbalancing:ModifyListener"],
+        "Resource": "*",
+    }
+    (found,) = stack_violations(rule, granting(anywhere))
+    assert "statement X grants elasticloadbalancing:ModifyListener on every resource" in found
+    other = {
+        **anywhere,
+        "Resource": ["arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/other/1"],
+    }
+    (found,) = stack_violations(rule, granting(other))
+    assert "names arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/other/1" in found
+    every = {
+        "Sid": "Y",
+        "Effect": "Allow",
+        "Action": "ssm:*",
+        "Resource": role_policy(graph)["Statement"][2]["Resource"],
+    }
+    (found,) = stack_violations(rule, granting(every))
+    assert "grants the wildcard action 'ssm:*'" in found
+    others = {
+        "Sid": "Z",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "NotResource": "arn:aws:s3:::x/*",
+    }
+    assert any("NotAction/NotResource" in m for m in stack_violations(rule, granting(others)))
+    role = graph.named("rollback-function", "Role")
+    attachment = Resource(
+        role.urn.replace(
+            "aws:iam/role:Role::rollback-function",
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment::admin",
+        ),
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+        "admin",
+        role.parent,
+        None,
+        True,
+        {"role": role.outputs["name"], "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+        {"role": role.outputs["name"], "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+        property_dependencies={"role": (role.urn,)},
+    )
+    attached = Graph(graph.stack, graph.config, [*graph.resources, attachment], graph.outputs)
+    (found,) = stack_violations(rule, attached)
+    assert "managed policy arn:aws:iam::aws:policy/AdministratorAccess is attached" in found
+
+
+def test_every_wildcard_the_rollback_role_may_hold_names_its_aws_page() -> None:
+    from policies.rules import WILDCARD_ONLY_ACTIONS
+
+    wildcards = [
+        action
+        for statement in role_policy(staged("rollout.stage=1"))["Statement"]
+        if "*" in statement["Resource"]
+        for action in statement["Action"]
+    ]
+    assert wildcards == ["elasticloadbalancing:DescribeListeners"]
+    assert all(
+        WILDCARD_ONLY_ACTIONS[a].startswith("https://docs.aws.amazon.com/") for a in wildcards
+    )
+
+
+def test_the_policy_check_catches_an_artifact_bucket_without_object_lock() -> None:
+    graph = staged("rollout.stage=0")
+    pack = load_policies(PROJECT)
+    unlocked = without(
+        edited(graph, "artifacts", "Bucket", objectLockEnabled=False),
+        "artifacts-object-lock",
+        kind="BucketObjectLockConfiguration",
+    )
+    found = [(v.policy, v.level, v.name) for v in check(unlocked, pack)]
+    assert sorted(found) == [
+        ("artifact-bucket-object-lock", "mandatory", "artifacts"),
+        ("artifact-bucket-object-lock", "mandatory", "artifacts"),
+    ]
+    messages = stack_violations("artifact-bucket-object-lock", unlocked)
+    assert any("created without Object Lock" in m for m in messages)
+    assert any("has no Object Lock configuration" in m for m in messages)
+    weak = edited(
+        graph,
+        "artifacts-object-lock",
+        "BucketObjectLockConfiguration",
+        rule={"defaultRetention": {"mode": "GOVERNANCE", "days": 30}},
+    )
+    (found_weak,) = stack_violations("artifact-bucket-object-lock", weak)
+    assert found_weak.startswith("artifact bucket artifacts: default retention mode is GOVERNANCE")
+    # Log buckets are not the artifact store: no lock asked of them.
+    assert stack_violations("artifact-bucket-object-lock", graph) == []
+
+
+def test_the_policy_check_catches_an_alarm_not_wired_to_the_function() -> None:
+    live = staged("rollout.stage=1")
+    composite = live.named("rollback", "CompositeAlarm")
+    topic_only = [a for a in composite.inputs["alarmActions"] if ":sns:" in a]
+    unwired = edited(live, "rollback", "CompositeAlarm", alarmActions=topic_only)
+    cut = [
+        replace(r, property_dependencies={}) if r.urn == composite.urn else r
+        for r in unwired.resources
+    ]
+    found = check(Graph(live.stack, live.config, cut, live.outputs), load_policies(PROJECT))
+    assert [(v.policy, v.level) for v in found] == [("traffic-colours-alarmed", "mandatory")]
+
+
+# --- enforcement levels from the pack's config -------------------------------------------
+
+
+def rules_of_the_pack() -> dict[str, Any]:
+    from policies.rules import TRANSITION_POLICIES
+
+    return rule_names(load_policies(PROJECT), TRANSITION_POLICIES)
+
+
+def test_the_pack_config_sets_a_level_for_every_rule() -> None:
+    data = json.loads((PROJECT / PACK_CONFIG).read_text(encoding="utf-8"))
+    assert set(data) == set(rules_of_the_pack())
+    config = load_pack_config(PROJECT / PACK_CONFIG, rules_of_the_pack())
+    assert config.level("alb-deletion-protection", None).value == "advisory"
+    assert config.level("traffic-colours-alarmed", None).value == "mandatory"
+
+
+def test_a_rule_s_level_comes_from_its_entry_then_all_then_the_rule() -> None:
+    names = rules_of_the_pack()
+    config = parse_pack_config(
+        {"all": "advisory", "alb-tls-only": {"enforcementLevel": "mandatory"}}, names, "t"
+    )
+    from pulumi_policy import EnforcementLevel
+
+    assert config.level("alb-tls-only", EnforcementLevel.ADVISORY) is EnforcementLevel.MANDATORY
+    assert config.level("s3-tls-only", EnforcementLevel.MANDATORY) is EnforcementLevel.ADVISORY
+    graph = staged("rollout.stage=0")
+    off = parse_pack_config({"on-call-topic-subscribed": "disabled"}, names, "t")
+    silent = synth("rollback.onCall=[]")
+    assert check(silent, load_policies(PROJECT), off) == []
+    assert [v.policy for v in check(silent, load_policies(PROJECT))] == ["on-call-topic-subscribed"]
+    assert check(graph, load_policies(PROJECT), off) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"no-such-rule": "advisory"}, "'no-such-rule' is not a rule of the pack"),
+        ({"alb-tls-only": "strict"}, "alb-tls-only.enforcementLevel 'strict' is not a level"),
+        ({"alb-tls-only": {"maxAge": 3}}, "alb-tls-only has no setting maxAge (it takes none)."),
+        (
+            {BASE_RULE: {"baseStag": 1}},
+            f"{BASE_RULE} has no setting baseStag (it takes baseStrategy",
+        ),
+        (["alb-tls-only"], "the pack config is a list; it must be a JSON object"),
+        ({"alb-tls-only": 3}, "alb-tls-only must be a level or an object with enforcementLevel"),
+    ],
+)
+def test_a_pack_config_that_is_wrong_is_refused_naming_the_field(data: Any, expected: str) -> None:
+    with pytest.raises(PolicyConfigError) as caught:
+        parse_pack_config(data, rules_of_the_pack(), "cfg.json")
+    assert str(caught.value).startswith("cfg.json: ")
+    assert expected in str(caught.value)
+
+
+def test_the_pack_hands_its_config_to_the_policy_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """policies/__main__.py starts the pack with policies/config.json as its initial config
+    (PolicyPack would start a server: it is replaced by a recorder here)."""
+    import pulumi_policy
+    from pulumi_policy import EnforcementLevel
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.syspath_prepend(str(PROJECT / "policies"))
+    runpy.run_path(str(PROJECT / "policies" / "__main__.py"), run_name="__main__")
+    config = seen["initial_config"]
+    assert config["alb-deletion-protection"] is EnforcementLevel.ADVISORY
+    assert config["traffic-colours-alarmed"] is EnforcementLevel.MANDATORY
+    # The stage-change rule runs in `weightshift policy check` only: not the SDK's to know.
+    assert "paging-and-logs-survive-stage-changes" not in config
+    assert {p.name for p in seen["policies"]} <= set(config)
+
+
+def test_an_advisory_violation_passes_the_check_and_a_mandatory_one_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weightshift.cli import main
+
+    weak = ["--set", "traffic.deletionProtection=false", "--configured-stage-only"]
+    command = ["policy", "check", "--project", str(PROJECT), *weak]
+    assert main(command) == 0
+    assert "[advisory] alb-deletion-protection" in capsys.readouterr().out
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"alb-deletion-protection": "mandatory"}), encoding="utf-8")
+    assert main([*command, "--config", str(strict)]) == 1
+    assert "[mandatory] alb-deletion-protection" in capsys.readouterr().out
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text("{not json", encoding="utf-8")
+    assert main([*command, "--config", str(wrong)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_policy_check_with_a_base_config_fails_a_jump_and_writes_the_pack_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weightshift.cli import main
+
+    base_file = tmp_path / "Pulumi.prod.yaml"
+    text = (PROJECT / "Pulumi.prod.yaml").read_text(encoding="utf-8")
+    base_file.write_text(text.replace("    stage: 0\n", "    stage: 1\n"), encoding="utf-8")
+    written = tmp_path / "pack.json"
+    command = ["policy", "check", "--project", str(PROJECT), "--configured-stage-only"]
+    command += ["--base-config", str(base_file), "--write-pack-config", str(written)]
+    assert main([*command, "--set", "rollout.stage=4"]) == 1
+    out = capsys.readouterr().out
+    assert "[mandatory] stage-moves-one-step" in out
+    assert "moves from canary stage 1 to canary stage 4" in out
+    pack = json.loads(written.read_text(encoding="utf-8"))
+    assert pack[BASE_RULE] == {
+        "enforcementLevel": "mandatory",
+        "baseStrategy": "canary",
+        "baseStage": 1,
+        "baseCandidate": "green",
+        "baseVersion": "support-assistant/v1.5.0-d80719af096e",
+    }
+    assert "paging-and-logs-survive-stage-changes" not in pack
+    assert main([*command, "--set", "rollout.stage=2"]) == 0

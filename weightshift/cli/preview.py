@@ -59,6 +59,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="check only the stage and strategy the stack config names",
     )
+    policy_check.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the pack's config (JSON, as pulumi preview --policy-pack-config reads): each "
+        "rule's enforcement level (default: policies/config.json of the project)",
+    )
+    policy_check.add_argument(
+        "--base-config",
+        metavar="FILE",
+        help="the stack file the change starts from (the base branch's Pulumi.<stack>.yaml): "
+        "the configured stage may be at most one stage from its stage",
+    )
+    policy_check.add_argument(
+        "--write-pack-config",
+        metavar="FILE",
+        help="also write the config used (levels, and the base stage) for "
+        "pulumi preview --policy-pack policies --policy-pack-config FILE",
+    )
     policy_check.set_defaults(func=cmd_policy_check)
 
 
@@ -110,20 +128,55 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from weightshift.preview.policy import StageCheck, check, check_every_stage, load_policies
+    from pathlib import Path
+
+    from weightshift.preview.policy import (
+        BASE_RULE,
+        PACK_CONFIG,
+        PackConfig,
+        PolicyConfigError,
+        StageCheck,
+        base_settings,
+        check,
+        check_every_stage,
+        load_pack_config,
+        load_policies,
+        load_transition_policies,
+        rule_names,
+    )
     from weightshift.preview.synth import synthesize_stack
 
+    out = writable("--write-pack-config", args.write_pack_config)
     project = project_arg(args)
     policies = load_policies(project)
+    names = rule_names(policies, load_transition_policies(project))
+    default = project / PACK_CONFIG
+    path = Path(args.config) if args.config else default if default.is_file() else None
+    try:
+        pack = load_pack_config(path, names) if path is not None else None
+        if args.base_config:
+            base = base_settings(Path(args.base_config))
+            pack = (pack or PackConfig()).with_settings(BASE_RULE, base)
+            print(
+                f"{BASE_RULE}: the change starts from {base['baseStrategy']} stage "
+                f"{base['baseStage']} ({args.base_config})",
+                file=sys.stderr,
+            )
+    except PolicyConfigError as error:
+        raise CommandError(str(error)) from None
+    if out is not None:
+        data = (pack or PackConfig()).to_json({policy.name for policy in policies})
+        out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     catalog, record = catalog_arg(args, project), record_arg(args)
     with ends_at_ctrl_c(args.command):
         if args.configured_stage_only:
             graph = synthesize_stack(project, args.stack, args.set, catalog, record)
             config = graph.config.rollout
-            checks = [StageCheck(config.strategy.value, config.stage, check(graph, policies))]
+            found = check(graph, policies, pack)
+            checks = [StageCheck(config.strategy.value, config.stage, found)]
         else:
             checks = check_every_stage(
-                project, args.stack, policies, args.set, catalog=catalog, record=record
+                project, args.stack, policies, args.set, catalog=catalog, record=record, config=pack
             )
     # One violation found at several stages is printed once, with the stages.
     seen: dict[tuple[str, str, str], list[str]] = {}
