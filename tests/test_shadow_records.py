@@ -28,6 +28,7 @@ from weightshift.gateway.shadow import (
     ShadowRecorder,
     ShadowRecordError,
     decode_batch,
+    encode_batch,
     pair_from,
     read_pairs,
 )
@@ -117,6 +118,24 @@ def test_record_with_permission_keeps_text_matching_its_hashes() -> None:
     assert hashlib.sha256(data["prompt_text"].encode()).hexdigest() == data["prompt_hash"]
     assert data["stable"]["output_text"] == "stable answer 1"
     assert data["candidate"]["output_text"] == "I can't help with that."
+
+
+def test_a_text_holding_unicode_line_separators_stays_one_record() -> None:
+    odd = "first\u2028second\u0085third\x1cfourth\r"
+    record = pair_from(
+        request_id="req-odd",
+        time=NOON,
+        model=MODEL,
+        stable_version=STABLE,
+        candidate_version=CANDIDATE,
+        endpoint="chat",
+        body={"messages": [{"role": "user", "content": odd}]},
+        stable=Answer(200, "ok", 812.5, 95.0, 20, 41, False, odd),
+        candidate=Answer(200, "ok", 900.0, 90.0, 20, 41, False, odd),
+        keep_text=True,
+    )
+    (back,) = decode_batch(encode_batch([record]), "memory")
+    assert back == record
 
 
 def test_prompt_hash_ignores_key_order_and_spacing() -> None:

@@ -278,7 +278,10 @@ def decode_batch(data: bytes, source: str) -> Iterator[PairRecord]:
         text = gzip.decompress(data).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise ShadowRecordError(f"{source}: not gzip-compressed UTF-8 JSON Lines ({exc})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() also splits at U+2028, U+0085 and \x1c-\x1e,
+    # which a record's text may hold unescaped (JSON allows them).
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
         if not line.strip():
             continue
         try:
