@@ -499,3 +499,11 @@ def test_the_test_route_fits_an_alb_rule(prod_values: dict[str, Any]) -> None:
     assert "would admit the 4 NAT gateways' addresses" in found
     single = {**network, "natGateways": "single"}
     assert load({**prod_values, "weightshift:network": single})
+
+
+def test_an_object_lock_of_more_than_ten_years_is_refused(prod_values: dict[str, Any]) -> None:
+    """A COMPLIANCE lock can never be shortened: 36500 for 3650 would be a century."""
+    assert load(with_value(prod_values, "weightshift:artifacts", ["retentionDays"], 3653))
+    (found,) = problems(with_value(prod_values, "weightshift:artifacts", ["retentionDays"], 36500))
+    assert found.startswith("weightshift:artifacts.retentionDays = 36500:")
+    assert "3653" in found

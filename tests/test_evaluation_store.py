@@ -30,7 +30,7 @@ from weightshift.evaluation.store import (
     local_folder,
     report_key,
 )
-from weightshift.gates.check import Expected, candidate_verdict
+from weightshift.gates.check import Expected, candidate_verdict, refusals
 
 BUCKET = "support-assistant-artifacts-210987654321-use1"
 """The prod stack's artifact bucket, so the CLI finds it from Pulumi.prod.yaml."""
@@ -139,7 +139,9 @@ def test_listing_reads_the_first_version_and_skips_what_is_not_a_report(
     assert any("do not hash to its name" in p for p in listing.problems)
 
 
-def test_the_newest_passing_report_decides(store: ReportStore) -> None:
+def test_the_newest_report_decides_so_a_pass_is_withdrawn_by_a_newer_report(
+    store: ReportStore,
+) -> None:
     good = example_report()
     toxic = forged(
         good,
@@ -147,15 +149,31 @@ def test_the_newest_passing_report_decides(store: ReportStore) -> None:
         toxicity=good.toxicity.model_copy(update={"flagged": 160}) if good.toxicity else None,
     )
     store.publish(good)
-    store.publish(toxic)
     expected = Expected(
         CANDIDATE, good.bundle.digest, BASELINE, good.baseline.digest if good.baseline else None
     )
+    verdict, _ = candidate_verdict(store, Thresholds(), expected)
+    assert (verdict.decision, verdict.report) == ("pass", good.sha256)
+    store.publish(toxic)
     verdict, chosen = candidate_verdict(store, Thresholds(), expected)
-    assert verdict.decision == "pass"
-    assert verdict.report == good.sha256
+    assert verdict.decision == "blocked"
+    assert verdict.report == toxic.sha256
     assert chosen is not None
-    assert chosen.report == good
+    assert chosen.report == toxic
+
+
+def test_a_newer_report_against_another_baseline_does_not_decide(store: ReportStore) -> None:
+    good = example_report()
+    assert good.baseline is not None
+    store.publish(good)
+    expected = Expected(CANDIDATE, good.bundle.digest, BASELINE, good.baseline.digest)
+    other = Expected(CANDIDATE, good.bundle.digest, None)
+    stale = forged(good, created=good.created + timedelta(days=1), baseline=None)
+    assert refusals(stale, expected)
+    assert not refusals(stale, other)
+    store.publish(stale)
+    verdict, _ = candidate_verdict(store, Thresholds(), expected)
+    assert (verdict.decision, verdict.report) == ("pass", good.sha256)
 
 
 def test_eval_publish_and_show_through_the_cli(

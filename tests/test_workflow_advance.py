@@ -76,7 +76,7 @@ def test_actionlint_catches_a_broken_copy(
 def test_it_runs_on_a_schedule_one_run_per_stack_at_a_time() -> None:
     found = workflow()
     triggers = found[True]  # YAML 1.1 reads the key `on` as true
-    assert triggers["schedule"] == [{"cron": "*/10 * * * *"}]
+    assert triggers["schedule"] == [{"cron": "7-59/10 * * * *"}]
     assert "workflow_dispatch" in triggers
     assert found["concurrency"]["cancel-in-progress"] is False
     assert "inputs.stack" in found["concurrency"]["group"]
@@ -110,3 +110,13 @@ def test_every_action_is_pinned_by_a_full_commit_sha() -> None:
     ]
     assert len(uses) == 7
     assert [u for u in uses if not PINNED.match(u)] == []
+
+
+def test_a_queued_run_reads_the_branch_tip_and_its_credentials_outlast_the_job() -> None:
+    steps = workflow()["jobs"]["advance"]["steps"]
+    checkout = next(s for s in steps if str(s.get("uses", "")).startswith("actions/checkout@"))
+    assert checkout["with"]["ref"] == "${{ github.ref_name }}"
+    aws = next(s for s in steps if "configure-aws-credentials" in str(s.get("uses", "")))
+    seconds = int(aws["with"]["role-duration-seconds"])
+    assert seconds >= workflow()["jobs"]["advance"]["timeout-minutes"] * 60
+    assert any("aws eks get-token" in str(s.get("name", "")) for s in steps)

@@ -208,5 +208,8 @@ class ArtifactsConfig(Section):
 
     retention_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
     """COMPLIANCE: nobody, not even the account root, can delete or shorten a lock."""
-    retention_days: Int = Field(default=365, ge=1, le=36_500)
+    retention_days: Int = Field(default=365, ge=1, le=3653)
+    """How long each bundle object and evaluation report stays locked. At most 10 years: a
+    COMPLIANCE lock cannot be shortened or lifted by anyone, so a slip of a digit would keep
+    every object (and its storage bill) for a century."""
     access_log_retention_days: Int = Field(default=365, ge=1, le=3653)

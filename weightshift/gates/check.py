@@ -556,17 +556,22 @@ class Verdict:
 def choose(
     reports: Sequence[EvaluationReport], thresholds: Thresholds, expected: Expected
 ) -> Check | None:
-    """The newest passing check among ``reports`` for ``expected``'s candidate, else the
-    newest check (blocked), else None."""
+    """The check of the newest report that is evidence for ``expected`` (the candidate's
+    digest, against the stable colour's bundle); else the newest check of any report for the
+    candidate's digest (blocked, saying why); else None.
+
+    The newest decides, not the newest passing one: a pass published by mistake, or made
+    stale by a later evaluation, is withdrawn by publishing a newer report (reports are
+    Object-Locked and cannot be deleted)."""
     ours = [r for r in reports if r.bundle.digest == expected.candidate_digest]
     checks = sorted(
         (check(r, thresholds, expected) for r in ours),
         key=lambda c: (c.report.created, c.report.sha256),
         reverse=True,
     )
-    passing = [c for c in checks if not c.blocked]
-    if passing:
-        return passing[0]
+    evidence = [c for c in checks if not c.problems]
+    if evidence:
+        return evidence[0]
     return checks[0] if checks else None
 
 
