@@ -51,9 +51,17 @@ Cores: every process (this client, the model servers, the proxies) runs on ``--c
 CPUs (default 2): the script pins itself before it starts anything, and what it starts
 inherits the affinity, so the figures are "on 2 cores" on a larger machine too.
 
+Instructions (``--callgrind``): CPU time per request moves with what else the machine runs;
+the instructions a process executes do not. With ``--callgrind`` the script instead runs the
+gateway (and ``--baseline``'s) under valgrind's callgrind in front of the fake model server,
+counts only while 48 streamed requests run 8 at a time (after a warm-up), and prints the
+user-space instructions per request of each and their ratio (valgrind must be installed;
+each gateway takes a minute or two to start under it).
+
 Usage: python scripts/bench_gateway.py [--rounds 5] [--concurrency 64 256]
     [--requests-per-round N] [--tokens 30] [--token-delay 0.05] [--litellm PATH]
     [--profile SECONDS] [--baseline REV] [--cores 2] [--variants VARIANT ...] [--json]
+       python scripts/bench_gateway.py --callgrind [--baseline REV]
 """
 
 from __future__ import annotations
@@ -963,6 +971,13 @@ def parse_args() -> argparse.Namespace:
         metavar="VARIANT",
         help=f"the variants to measure (default all: {', '.join(VARIANTS)}; direct always)",
     )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="instead: count the user-space instructions per streamed request under "
+        "valgrind's callgrind (8 streams), of the gateway and of --baseline's; repeatable "
+        "on a busy machine, where CPU time is not",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON results")
     return parser.parse_args()
 
@@ -1078,6 +1093,8 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.callgrind:
+        return run_callgrind(args)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-")))
         setup = start_targets(stack, args, litellm, workdir)
@@ -1115,6 +1132,110 @@ def main() -> int:
     if profile is not None:
         print_profile(profile)
     return 0
+
+
+CALLGRIND_STREAMS = 8
+CALLGRIND_REQUESTS = 48
+
+
+def run_callgrind(args: argparse.Namespace) -> int:
+    """``--callgrind``: instructions per streamed request of the gateway (and of
+    ``--baseline``'s), each under callgrind in front of the same fake model server, counted
+    only while ``CALLGRIND_REQUESTS`` requests run at ``CALLGRIND_STREAMS`` streams (after
+    a warm-up; start-up and shutdown excluded). Instructions do not depend on what else
+    the machine runs, so a before/after ratio holds on a shared machine."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        log("--callgrind needs valgrind (apt-get install valgrind).")
+        return 2
+    counts: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-")))
+        bundle = bundle_copy(workdir, "proxy", proxy_only=True)
+        model = stack.enter_context(upstream())
+        model.control(mode="ok", text=answer_text(args.tokens), token_delay=args.token_delay)
+        trees: dict[str, Path | None] = {"gateway": None}
+        if args.baseline:
+            trees[f"gateway at {args.baseline}"] = baseline_tree(args.baseline, workdir)
+        for label, tree in trees.items():
+            counts[label] = callgrind_count(label, bundle, model.url, workdir, tree)
+            log(f"{label}: {counts[label] / 1e6:.3f} M instructions per streamed request")
+    if args.baseline:
+        ours, before = counts["gateway"], counts[f"gateway at {args.baseline}"]
+        print(
+            f"callgrind, {CALLGRIND_STREAMS} streams, {args.tokens} tokens: gateway "
+            f"{ours / 1e6:.3f} M instructions per streamed request, {args.baseline} "
+            f"{before / 1e6:.3f} M ({ours / before:.2f}x)"
+        )
+    return 0
+
+
+def callgrind_count(
+    label: str, bundle: Path, model_url: str, workdir: Path, tree: Path | None
+) -> float:
+    """Instructions per streamed request of one gateway (``tree``: another revision's)."""
+    out = workdir / f"callgrind-{len(os.listdir(workdir))}.out"
+    port = free_port()
+    env = {**os.environ}
+    if tree is not None:
+        env.update(PYTHONPATH=str(tree), PYTHONSAFEPATH="1")
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "weightshift.cli",
+        "gateway",
+        *("--bundle", str(bundle), "--bundle-id", folder_id(bundle)),
+        *("--upstream", model_url, "--listen", f"127.0.0.1:{port}", "--colour", "green"),
+        *("--metrics", "off"),
+    ]
+    logged = workdir / f"callgrind-{port}.log"
+    with logged.open("ab") as logfile:
+        process = subprocess.Popen(command, cwd=PROJECT, env=env, stderr=logfile)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    ).encode()
+    try:
+        try:
+            wait_for(f"http://127.0.0.1:{port}/livez", timeout=600, process=process)
+        except RuntimeError:
+            tail = logged.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{label} did not start under valgrind:\n{tail}") from None
+        uvloop.run(closed_loop(url, body, CALLGRIND_STREAMS, 2 * CALLGRIND_STREAMS))
+        control = ["callgrind_control", "--instr"]
+        subprocess.run([*control, "on", str(process.pid)], check=True, capture_output=True)
+        done = uvloop.run(closed_loop(url, body, CALLGRIND_STREAMS, CALLGRIND_REQUESTS))
+        subprocess.run([*control, "off", str(process.pid)], check=True, capture_output=True)
+    finally:
+        process.terminate()
+        try:
+            process.wait(300)  # valgrind writes its counts on exit
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if done != CALLGRIND_REQUESTS:
+        raise RuntimeError(f"{label}: {CALLGRIND_REQUESTS - done} requests failed under callgrind")
+    totals = [
+        int(line.split()[1])
+        for line in out.read_text().splitlines()
+        if line.startswith(("summary:", "totals:"))
+    ]
+    return max(totals) / CALLGRIND_REQUESTS
+
+
+async def closed_loop(url: str, body: bytes, streams: int, count: int) -> int:
+    """``count`` streaming requests, ``streams`` at a time; how many succeeded."""
+    async with aiohttp.ClientSession() as session:
+        slots = asyncio.Semaphore(streams)
+
+        async def one() -> bool:
+            async with slots:
+                return (await one_request(session, url, body)).ok
+
+        return sum(await asyncio.gather(*(one() for _ in range(count))))
 
 
 def run_profile(

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weightshift.gateway.protocol import error_body
 from weightshift.gateway.serving_completions import handle
@@ -55,9 +55,54 @@ def build_app(
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
+        if scope["type"] == "http" and scope["method"] == "POST":
+            kind = _COMPLETIONS.get(scope["path"])
+            if kind is not None:
+                await _completions(
+                    scope, receive, send, gateway=gateway, kind=kind, observer=observer
+                )
+                return
         await routes(scope, receive, send)
 
     return app
+
+
+_COMPLETIONS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+"""The hot routes, answered past Starlette's router and middleware (``_completions``)."""
+
+
+async def _completions(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    gateway: Gateway,
+    kind: str,
+    observer: Observer | None,
+) -> None:
+    """``POST`` to a completions endpoint, straight to its handler: what Starlette's stack
+    would add is a router's search, two exception-handling layers and three wrappers of
+    ``send`` per request, none of which these routes need. An unexpected failure is
+    answered as Starlette's ``server_error`` handler answers it (an OpenAI-shaped 500, if
+    nothing was sent yet) and raised, for the server to log."""
+    started = False
+
+    async def sending(message: Message) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    request = Request(scope, receive, send)
+    try:
+        response = await handle(gateway, request, kind, observer)
+        await response(scope, receive, sending)
+    except Exception:
+        if not started:
+            body = error_body(
+                "The gateway failed to answer (see its log).", "server_error", "internal_error"
+            )
+            await _error(gateway, request, 500, body)(scope, receive, send)
+        raise
 
 
 def _routes(gateway: Gateway, observer: Observer | None, created: int | None) -> Starlette:

@@ -91,7 +91,7 @@ class _Read:
 
     async def stream(self, response: aiohttp.ClientResponse) -> None:
         ended = False
-        async for event in sse_events(response):
+        async for event in sse_events(response.content.iter_any()):
             if event == b"[DONE]":
                 ended = True
                 break

@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aiohttp
 from starlette.responses import JSONResponse, Response
 
 from weightshift.gateway.moderation import ModerationError, Source, Verdict, Verdicts
@@ -378,7 +377,7 @@ def _merged(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def moderated(
     gateway: Gateway,
-    response: aiohttp.ClientResponse,
+    body: AsyncIterator[bytes],
     outcome: Outcome,
     chat: bool,
     wants_usage: bool,
@@ -389,7 +388,7 @@ async def moderated(
     event with an error event."""
     buffer = SentenceBuffer()
     state = _Stream(gateway, outcome, chat)
-    async for event in sse_events(response):
+    async for event in sse_events(body):
         if event == b"[DONE]":
             chunk, stop = await state.finish(buffer)
             yield chunk if stop else chunk + DONE

@@ -1,8 +1,8 @@
 """The plain stream relay: a streamed answer without output moderation, bytes untouched.
 
 The hot path of a streaming gateway: whole events are passed on as the model server sent
-them, everything the model server has sent by the time the relay reads passed on as one
-chunk (one write to the client, however many events it holds); a chunk is parsed only where
+them, each chunk of the model server's as it is parsed (``wire.py``), written to the client
+in the parser's callback where the server allows it (:func:`relay`); a chunk is parsed only where
 it carries usage (read for the metrics, and dropped for a client that did not ask for it),
 where a mirror needs the answer's text for its pair, or where a byte search says it may be
 broken: an error event of the model server's (relayed as an OpenAI error event, ending the
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import Any
 
-import aiohttp
 from starlette.types import Send
 
 from weightshift.gateway.sse import (
@@ -27,6 +27,7 @@ from weightshift.gateway.sse import (
     upstream_error_event,
 )
 from weightshift.gateway.state import Outcome
+from weightshift.gateway.wire import Answer
 
 _TEXT = re.compile(rb'"(?:content|text)":\s*"[^"]')
 """A chunk carrying answer text (the first one is the time to first token; the role-only
@@ -43,47 +44,137 @@ def _framed(ready: bytes) -> bool:
     return opened + done == events and ready.count(b"}\n\n") + done == events
 
 
-async def relay(
-    response: aiohttp.ClientResponse,
-    outcome: Outcome,
-    send: Send,
-    *,
-    wants_usage: bool,
-    keep_text: bool,
-    chat: bool,
-) -> bytes:
-    """Pass the stream on to the ASGI ``send`` as the model server sends it, bytes
-    untouched, whole events only; the usage chunk read for the metrics (and dropped for a
-    client that did not ask for it). An upstream error event, a malformed event or a stream
-    cut short ends it: the OpenAI error event that does is returned, not sent (outcome
-    ``error``); else ``b""``. A loop, not a generator: each chunk costs no call but
-    ``send``'s."""
-    readany = response.content.readany
-    pending = b""
-    ended = False
-    while True:
-        chunk = await readany()
-        if not chunk:
-            break
-        pending = pending + chunk if pending else chunk
+class Relayer:
+    """The plain relay's state for one stream: :meth:`feed` takes the model server's
+    chunks as they come and returns the whole events to pass on (bytes untouched; usage
+    read for the metrics and dropped for a client that did not ask for it); once one is
+    broken (an upstream error event, a malformed event) ``failure`` holds the ending (the
+    events before it and the OpenAI error event) and nothing more is taken. Synchronous:
+    it runs in the upstream protocol's callback (``upstream.py``)."""
+
+    __slots__ = ("chat", "ended", "failure", "keep_text", "outcome", "pending", "wants_usage")
+
+    def __init__(self, outcome: Outcome, *, wants_usage: bool, keep_text: bool, chat: bool):
+        self.outcome = outcome
+        self.wants_usage, self.keep_text, self.chat = wants_usage, keep_text, chat
+        self.pending = b""
+        self.ended = False
+        self.failure: bytes | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The whole events of what has come so far, to pass on now (``b""``: none yet)."""
+        if self.failure is not None:
+            return b""
+        pending = self.pending + chunk if self.pending else chunk
         cut = pending.rfind(b"\n\n")
         if cut < 0:
-            continue
-        ready, pending = pending[: cut + 2], pending[cut + 2 :]
+            self.pending = pending
+            return b""
+        ready, self.pending = pending[: cut + 2], pending[cut + 2 :]
+        outcome = self.outcome
         if outcome.ttft is None and _TEXT.search(ready):
             outcome.ttft = time.monotonic() - outcome.started
-        if b'"usage"' in ready or keep_text or ERROR_MARK in ready or not _framed(ready):
-            ready, failure = _inspect(ready, outcome, wants_usage, keep_text, chat)
+        if b'"usage"' in ready or self.keep_text or ERROR_MARK in ready or not _framed(ready):
+            ready, failure = _inspect(ready, outcome, self.wants_usage, self.keep_text, self.chat)
             if failure is not None:
                 outcome.outcome = "error"
-                return ready + failure
-        ended = ready.endswith(DONE)
+                self.failure = ready + failure
+                return b""
+        self.ended = ready.endswith(DONE)
+        return ready
+
+    def finish(self) -> bytes:
+        """The stream's ending once the model server's answer is over: the failure's error
+        event, or one for a stream that ended before ``[DONE]`` (cut short); else ``b""``."""
+        if self.failure is not None:
+            return self.failure
+        if not self.ended:
+            self.outcome.outcome = "error"
+            return malformed_event(self.pending.strip() or b"the stream ended before [DONE]")
+        return b""
+
+
+_UVICORN_HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
+
+
+def client_transport(send: Send) -> Any | None:
+    """The client connection under the ASGI ``send``, for writing body chunks to it from
+    the upstream's parser callback: uvicorn's httptools request cycle (the gateway's
+    server), once it has sent a chunked response's start; None for any other server
+    (the relay then awaits ``send`` per chunk). Its ``transport``, ``flow`` (write paused,
+    ``drain``) and ``disconnected`` are what its own ``send`` uses for a body chunk; the
+    chunk is framed as that ``send`` frames it, and the response is ended through it."""
+    cycle = getattr(send, "__self__", None)
+    if (
+        type(cycle).__module__ != _UVICORN_HTTPTOOLS
+        or getattr(cycle, "chunked_encoding", None) is not True
+        or getattr(cycle, "response_complete", True)
+        or not hasattr(cycle, "transport")
+        or not hasattr(cycle, "flow")
+    ):
+        return None
+    return cycle
+
+
+async def relay(answer: Answer, relayer: Relayer, send: Send) -> bytes:
+    """Pass the model server's ``answer`` on to the client through ``relayer``; the
+    stream's ending (``Relayer.finish``), which the caller sends. :class:`UpstreamError`
+    when the model server's answer broke off; cancelled (the deadline, the client gone),
+    the upstream connection is closed.
+
+    On the gateway's server each chunk is written to the client's transport in the
+    parser's callback, as it is parsed: no task wakes per chunk. While the client's
+    buffer is above its high-water mark, reading from the model server pauses (it then
+    stops generating ahead of a slow reader) until the buffer drains."""
+    cycle = client_transport(send)
+    if cycle is None:
+        async for chunk in answer.chunks():
+            ready = relayer.feed(chunk)
+            if relayer.failure is not None:
+                break
+            if ready:
+                await send({"type": "http.response.body", "body": ready, "more_body": True})
+        return relayer.finish()
+    write, flow = cycle.transport.write, cycle.flow
+    feed, outcome = relayer.feed, relayer.outcome
+    plain = not relayer.keep_text
+    blocked = False
+
+    def sink(chunk: bytes) -> None:
+        nonlocal blocked
+        if (  # the usual chunk, one whole answer event, passed on as it is (what feed does)
+            plain
+            and outcome.ttft is not None
+            and not relayer.pending
+            and relayer.failure is None
+            and chunk.startswith(b"data: {")
+            and chunk.endswith(b"}\n\n")
+            and chunk.count(b"\n\n") == 1
+            and b'"usage"' not in chunk
+            and ERROR_MARK not in chunk
+        ):
+            ready = chunk
+        else:
+            ready = feed(chunk)
         if ready:
-            await send({"type": "http.response.body", "body": ready, "more_body": True})
-    if not ended:
-        outcome.outcome = "error"
-        return malformed_event(pending.strip() or b"the stream ended before [DONE]")
-    return b""
+            if cycle.disconnected:
+                return  # the watch of ``receive`` cancels the relay
+            write(b"%x\r\n%b\r\n" % (len(ready), ready))
+            if flow.write_paused and not blocked:
+                blocked = True
+                answer.pause()
+                answer.wake()
+        elif relayer.failure is not None:
+            answer.wake()
+
+    answer.push(sink)
+    while not answer.complete and relayer.failure is None:
+        await answer.wait()
+        if blocked:
+            await flow.drain()
+            blocked = False
+            answer.resume()
+    return relayer.finish()
 
 
 def _inspect(

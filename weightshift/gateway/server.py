@@ -395,6 +395,7 @@ def _server(app: Any, address: tuple[str, int], timeout: int, keep_alive: int) -
         http="httptools",
         lifespan="off",
         access_log=False,
+        proxy_headers=False,  # nothing reads the client's address: no layer per request
         log_level="warning",
         timeout_keep_alive=keep_alive,
         timeout_graceful_shutdown=timeout,

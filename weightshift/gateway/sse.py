@@ -14,18 +14,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from weightshift.gateway.protocol import error_body
 
 DONE = b"data: [DONE]\n\n"
 """The event that ends an OpenAI-style stream."""
 
 
-async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The ``data:`` payloads of a server-sent event stream, whatever the network chunking."""
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of a server-sent event stream (its body's ``chunks``, as they
+    come), whatever the network chunking."""
     pending = b""
-    async for chunk in response.content.iter_any():
+    async for chunk in chunks:
         pending += chunk
         while b"\n\n" in pending:
             event, pending = pending.split(b"\n\n", 1)

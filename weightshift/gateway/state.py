@@ -1,11 +1,12 @@
 """What the serving modules share: the gateway's state (one per pod) and one request's.
 
-:class:`Gateway` holds the served bundle, a pooled HTTP client to the model server on
-localhost, the moderator, the metrics and the feedback-token key, the number of requests
-in flight and whether the pod drains; it writes the headers every answer carries and
-records a finished request's metrics. :class:`Outcome` is what happened to one request
-(the metrics, the mirror's pair and the headers read it), :class:`Call` the request on its
-way, holding a :class:`Slot` (one of the version's ``max_concurrent_requests``).
+:class:`Gateway` holds the served bundle, the model server's clients on localhost (its
+keep-alive pool for answers, ``wire.py``; aiohttp for its ``/health``), the moderator, the
+metrics and the feedback-token key, the number of requests in flight and whether the pod
+drains; it writes the headers every answer carries and records a finished request's
+metrics. :class:`Outcome` is what happened to one request (the metrics, the mirror's pair
+and the headers read it), :class:`Call` the request on its way, holding a :class:`Slot`
+(one of the version's ``max_concurrent_requests``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from weightshift.gateway.moderation import Moderator
 from weightshift.gateway.observe import log_request, request_log_enabled
 from weightshift.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from weightshift.gateway.served import ServedBundle
+from weightshift.gateway.wire import Pool
 
 UPSTREAM_HEALTH_TTL = 1.0
 """Seconds a model server health answer is reused by ``/health``."""
@@ -83,6 +85,9 @@ class Gateway:
         self.metrics = metrics
         self.tokens = tokens or FeedbackTokens(random_key())
         self.client = client
+        """aiohttp, for the model server's ``/health``."""
+        self.wire = Pool(self.upstream, keep=bundle.routing.max_concurrent_requests + 16)
+        """The answers' client (``wire.py``): the relay's hot path."""
         self.in_flight = 0
         self.draining = False
         self._health: tuple[float, bool] = (0.0, False)
@@ -101,6 +106,7 @@ class Gateway:
             )
 
     async def close(self) -> None:
+        self.wire.close()
         if self.client is not None:
             await self.client.close()
 
@@ -120,10 +126,11 @@ class Gateway:
         self._health = (now, ready)
         return ready
 
-    def endpoint(self, parsed: ChatCompletionRequest | CompletionRequest) -> str:
-        """The model server's URL for ``parsed``."""
-        path = "chat/completions" if isinstance(parsed, ChatCompletionRequest) else "completions"
-        return f"{self.upstream}/v1/{path}"
+    def endpoint_path(self, parsed: ChatCompletionRequest | CompletionRequest) -> str:
+        """The model server's path for ``parsed`` (under ``--upstream``'s)."""
+        if isinstance(parsed, ChatCompletionRequest):
+            return "/v1/chat/completions"
+        return "/v1/completions"
 
     def headers(self, outcome: Outcome) -> dict[str, str]:
         """The headers of an answer: colour, version, request id, outcome, and a feedback

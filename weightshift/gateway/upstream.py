@@ -19,16 +19,16 @@ import contextlib
 import json
 from typing import Any
 
-import aiohttp
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from weightshift.gateway.moderated import moderate_answer, moderated
 from weightshift.gateway.pipeline import Refusal
 from weightshift.gateway.protocol import error_body
-from weightshift.gateway.relay import relay
+from weightshift.gateway.relay import Relayer, relay
 from weightshift.gateway.sse import error_event, malformed_event
 from weightshift.gateway.state import Call, Gateway, Outcome
+from weightshift.gateway.wire import Answer, UpstreamError
 
 ENDING_GRACE = 10.0
 """Seconds a stream past its deadline waits for a slow client to take its error event
@@ -104,20 +104,18 @@ async def _answer(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Resp
 
 
 async def _ask(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
-    parsed, outcome = call.parsed, call.outcome
-    assert gateway.client is not None
+    outcome = call.outcome
     timeout = gateway.bundle.routing.request_timeout_seconds
     try:
         async with asyncio.timeout(timeout):
-            async with gateway.client.post(
-                gateway.endpoint(parsed),
-                json=payload,
-                headers={"x-request-id": outcome.request_id},
-            ) as response:
-                status, body = response.status, await response.read()
+            answer = await _request(gateway, call, payload)
+            try:
+                status, body = answer.status, await answer.read()
+            finally:
+                answer.close()  # cancelled (the client left, the deadline): upstream too
     except TimeoutError:
         raise _timed_out(outcome, f"did not answer within {timeout} s") from None
-    except aiohttp.ClientError as error:
+    except UpstreamError as error:
         raise _unreachable(outcome, error) from None
     try:
         data = json.loads(body)
@@ -156,31 +154,36 @@ async def _ask(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Respons
 async def stream(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
     """A streamed answer: the slot is handed to the stream, released after its last byte."""
     outcome = call.outcome
-    assert gateway.client is not None
     timeout = gateway.bundle.routing.request_timeout_seconds
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         async with asyncio.timeout_at(deadline):
-            response = await gateway.client.post(
-                gateway.endpoint(call.parsed),
-                json=payload,
-                headers={"x-request-id": outcome.request_id},
-            )
+            answer = await _request(gateway, call, payload)
+            if answer.status != 200:
+                try:
+                    body: bytes | None = await answer.read()
+                finally:
+                    answer.close()
     except TimeoutError:
         raise _timed_out(outcome, f"did not start answering within {timeout} s") from None
-    except aiohttp.ClientError as error:
+    except UpstreamError as error:
         raise _unreachable(outcome, error) from None
-    if response.status != 200:
-        body: bytes | None = await response.read()
-        response.release()
-        outcome.outcome = "error" if response.status >= 500 else "refused"
+    if answer.status != 200:
+        outcome.outcome = "error" if answer.status >= 500 else "refused"
         try:
             json.loads(body or b"")
         except ValueError:
             body = None
-        return _passed_on(gateway, call, body, response.status)
+        return _passed_on(gateway, call, body, answer.status)
     call.slot.handed_to_stream = True
-    return _Stream(gateway, call, response, deadline, timeout)
+    return _Stream(gateway, call, answer, deadline, timeout)
+
+
+async def _request(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Answer:
+    """The model server's answer to ``payload`` (its status and headers; the body follows)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    path = gateway.endpoint_path(call.parsed)
+    return await gateway.wire.request(path, body, {"x-request-id": call.outcome.request_id})
 
 
 class _Stream(Response):
@@ -190,12 +193,12 @@ class _Stream(Response):
     (done, failed, client gone) the request is then finished: its upstream closed, its slot
     released, its metrics recorded, the mirror told.
 
-    The hot path of a streaming gateway, so a plain ASGI response: the relay runs as a task
-    of its own (each chunk read wakes that task alone, not the server's, middleware's and
-    router's coroutines this response is called from), and writes each chunk straight to
-    the server's ``send`` (``RAW_SEND``: Starlette's wrappers of ``send`` only watch for
-    the response's start, which goes through them). A watch of ``receive`` sees the client
-    leave, which cancels the relay."""
+    The hot path of a streaming gateway, so a plain ASGI response, relaying with
+    ``relay.py`` over ``wire.py``: on the gateway's server each chunk is written to the
+    client from the upstream parser's callback (no task wakes per chunk); elsewhere it is
+    sent to the server's ``send`` (``RAW_SEND``, past any wrapper of ``send``). A watch of
+    ``receive`` sees the client leave, which cancels the relay (this task; the upstream
+    connection is then closed, which cancels the generation)."""
 
     media_type = "text/event-stream"
 
@@ -203,7 +206,7 @@ class _Stream(Response):
         self,
         gateway: Gateway,
         call: Call,
-        response: aiohttp.ClientResponse,
+        answer: Answer,
         deadline: float,
         timeout: int,
     ) -> None:
@@ -216,24 +219,33 @@ class _Stream(Response):
             ),
             (b"content-type", b"text/event-stream; charset=utf-8"),
         ]
-        self.gateway, self.call, self.upstream = gateway, call, response
+        self.gateway, self.call, self.upstream = gateway, call, answer
         self.deadline, self.timeout = deadline, timeout
         self.ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relaying = asyncio.ensure_future(self._relay(send, scope.get(RAW_SEND, send)))
+        task = asyncio.current_task()
+        assert task is not None
         watch = asyncio.ensure_future(_disconnected(receive))
+        gone = finished = False
+
+        def left(_: object) -> None:  # the client left: the relay (this task) is cancelled
+            nonlocal gone
+            if not finished and not watch.cancelled():
+                gone = True
+                task.cancel()
+
+        watch.add_done_callback(left)
         try:
-            await asyncio.wait((relaying, watch), return_when=asyncio.FIRST_COMPLETED)
+            await self._relay(send, scope.get(RAW_SEND, send))
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # cancelled from outside (the server shutting down)
+            task.uncancel()
         finally:
+            finished = True
             watch.cancel()
-            if not relaying.done():
-                relaying.cancel()  # the client left (or this task was cancelled)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relaying
             self._end()
-        if not relaying.cancelled():
-            relaying.result()  # an unexpected error: raised, as Starlette's would be
 
     async def _relay(self, send: Send, raw: Send) -> None:
         call = self.call
@@ -268,9 +280,7 @@ class _Stream(Response):
         call.done()
 
 
-async def _pass_on(
-    gateway: Gateway, call: Call, response: aiohttp.ClientResponse, send: Send
-) -> bytes:
+async def _pass_on(gateway: Gateway, call: Call, answer: Answer, send: Send) -> bytes:
     """Send the stream's events, relayed or moderated, as they come; the error event that
     ends a stream failing mid-answer (outcome ``error``), else nothing."""
     outcome, chat = call.outcome, call.chat
@@ -278,12 +288,11 @@ async def _pass_on(
     try:
         if not gateway.bundle.safety.output_moderation:
             keep_text = call.observer is not None
-            return await relay(
-                response, outcome, send, wants_usage=wants_usage, keep_text=keep_text, chat=chat
-            )
-        async for chunk in moderated(gateway, response, outcome, chat, wants_usage):
+            relayer = Relayer(outcome, wants_usage=wants_usage, keep_text=keep_text, chat=chat)
+            return await relay(answer, relayer, send)
+        async for chunk in moderated(gateway, answer.chunks(), outcome, chat, wants_usage):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except aiohttp.ClientError as error:
+    except UpstreamError as error:
         outcome.outcome = "error"
         return error_event(f"The model server failed mid-answer ({error}).", "upstream")
     except ValueError as error:  # an event that is not JSON (the moderated path parses)
