@@ -16,7 +16,12 @@ import pulumi_aws as aws
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.gpu_cluster import GpuCluster, GpuClusterArgs
-from components.inference_stack import InferenceStack, InferenceStackArgs
+from components.inference_stack import (
+    SHADOW_PREFIX,
+    SHADOW_TEXT_PREFIX,
+    InferenceStack,
+    InferenceStackArgs,
+)
 from components.log_bucket import LogBucket, LogBucketArgs
 from components.network import Network, NetworkArgs
 from components.rollback import Rollback, RollbackArgs
@@ -26,6 +31,7 @@ from weightshift.bundles.catalog import CatalogError, ResolvedBundle, catalog_fo
 from weightshift.config import CONFIG_KEYS, NAMESPACE, ConfigError, StackConfig, load
 from weightshift.evaluation.store import ReportStoreError
 from weightshift.gates.check import stack_verdict
+from weightshift.gates.verdict import traffic_refusal
 from weightshift.rollout import capacity, guard
 from weightshift.rollout.record import (
     RecordError,
@@ -68,7 +74,7 @@ def resolve_bundles(config: StackConfig) -> dict[Colour, ResolvedBundle]:
 config = read_config()
 bundles = resolve_bundles(config)
 rollout = config.rollout
-stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
+stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent, rollout.mirror_sample)
 candidate_version = config.colour(rollout.candidate).version
 record_parameter = parameter_name(config.model, pulumi.get_stack())
 try:
@@ -79,7 +85,13 @@ except RecordError as error:
 # keeps all traffic whatever the configured stage, exactly as the function left it.
 rolled_back = record is not None and record.candidate == candidate_version
 rendered_stage = 0 if rolled_back else rollout.stage
-weights = weights_for(rollout.strategy, rendered_stage, rollout.candidate, rollout.mirror_percent)
+weights = weights_for(
+    rollout.strategy,
+    rendered_stage,
+    rollout.candidate,
+    rollout.mirror_percent,
+    rollout.mirror_sample,
+)
 # Stickiness overrides weights: at 0 % a client stuck to the candidate would stay on pods
 # that are about to go. So it is off whenever the candidate gets no weight.
 stickiness = 0 if rolled_back or weights.of(rollout.candidate) == 0 else rollout.stickiness_seconds
@@ -109,8 +121,10 @@ except ReportStoreError as error:
         raise pulumi.RunError(f"the candidate's evaluation reports: {error}") from None
     pulumi.log.warn(f"the candidate's evaluation reports cannot be read: {error}")
     verdict = None
+# Enforced here, before any resource registers: a stack policy runs only after every
+# resource of the update is registered, by when the listener would have moved.
 if verdict is not None and weights.of(rollout.candidate) > 0 and verdict.decision != "pass":
-    pulumi.log.warn(f"{verdict.bundle}: evaluation {verdict.decision}: {verdict.reason}")
+    raise pulumi.RunError(traffic_refusal(verdict, weights.percent(rollout.candidate.value)))
 
 # Required tags live here and nowhere else: the provider stamps them on every resource.
 provider = aws.Provider(
@@ -146,7 +160,9 @@ traffic = Traffic(
         settings=config.traffic,
         weights=weights,
         stickiness_seconds=stickiness,
-        mirror=rollout.strategy is Strategy.SHADOW,
+        # Shadow mirrors at stage 1; a canary with rollout.shadowSample at its stages between
+        # 0 and 100 % (shadow-period monitoring).
+        mirror=rollout.strategy is Strategy.SHADOW or rollout.mirror_sample > 0,
         vpc_id=network.vpc_id,
         vpc_cidr=network.vpc_cidr,
         nat_public_ips=network.nat_public_ips,
@@ -183,6 +199,10 @@ shadow_records = LogBucket(
         region=config.region,
         partition=config.partition,
         retention_days=rollout.shadow_record_days,
+        # rollout.shadowTextSample: the pairs that keep their text, under their own prefix,
+        # encrypted with the stack's key.
+        text_prefix=SHADOW_TEXT_PREFIX if rollout.text_sample > 0 else None,
+        text_key_arn=artifacts.key_arn if rollout.text_sample > 0 else None,
     ),
     opts=with_provider,
 )
@@ -227,7 +247,8 @@ stacks = {
             else None,
             shadow_bucket=shadow_records.bucket,
             shadow_bucket_arn=shadow_records.arn,
-            shadow_keep_text=rollout.shadow_keep_text,
+            shadow_text_sample=rollout.text_sample,
+            shadow_text_key_arn=artifacts.key_arn if rollout.text_sample > 0 else None,
             feedback_key_arn=edge.feedback_key_arn,
             bundle=bundle,
             replicas=capacity.replicas(config, colour),
@@ -321,9 +342,13 @@ if candidate_version is not None:
             active=candidate_active,
             stage_weights=[
                 weights_for(
-                    rollout.strategy, s.index, rollout.candidate, rollout.mirror_percent
+                    rollout.strategy,
+                    s.index,
+                    rollout.candidate,
+                    rollout.mirror_percent,
+                    rollout.mirror_sample,
                 ).reaching(rollout.candidate)
-                for s in schedule(rollout.strategy, rollout.mirror_percent)
+                for s in schedule(rollout.strategy, rollout.mirror_percent, rollout.mirror_sample)
             ],
             listener_arn=traffic.listener_arn,
             target_group_arns=traffic.target_group_arns,
@@ -363,6 +388,12 @@ pulumi.export("artifactKeyArn", artifacts.key_arn)
 pulumi.export("listenerArn", traffic.listener_arn)
 pulumi.export("targetGroupArns", traffic.target_group_arns)
 pulumi.export("natPublicIps", network.nat_public_ips)
+# Where the stable colour's gateways write mirrored pairs: `rollout promote` reads them for
+# the shadow gate (shadow stage 1 to canary stage 1).
+pulumi.export(
+    "shadowRecords",
+    {"bucket": shadow_records.bucket, "prefixes": [SHADOW_PREFIX, SHADOW_TEXT_PREFIX]},
+)
 pulumi.export(
     "rollout",
     {

@@ -68,7 +68,10 @@ class InferenceStackArgs:
     """Shadow, on the stable colour: the ``mirror`` target group its mirror listener serves."""
     shadow_bucket: pulumi.Input[str] | None = None
     shadow_bucket_arn: pulumi.Input[str] | None = None
-    shadow_keep_text: bool = False
+    shadow_text_sample: float = 0.0
+    """``rollout.shadowTextSample``: the share of pairs that keep their text, under
+    :data:`SHADOW_TEXT_PREFIX`, encrypted with ``shadow_text_key_arn``."""
+    shadow_text_key_arn: pulumi.Input[str] | None = None
     feedback_key_arn: pulumi.Input[str] | None = None
     """The stack's KMS HMAC key (``ServingEdge``): feedback tokens verify in every gateway."""
     depends_on: Sequence[pulumi.Resource] = ()
@@ -129,6 +132,8 @@ def server_generation_defaults(generation: Generation) -> dict[str, Any]:
 
 SHADOW_PREFIX = "shadow"
 """Where a stable gateway writes its mirrored pairs in the shadow bucket."""
+SHADOW_TEXT_PREFIX = "shadow-text"
+"""...and the pairs that keep their text (``rollout.shadowTextSample``), SSE-KMS."""
 
 
 def gateway_args(
@@ -164,8 +169,17 @@ def gateway_args(
         result += ["--feedback-key", args.feedback_key_arn]
     if args.shadow_bucket is not None:
         result += ["--shadow-bucket", args.shadow_bucket, "--shadow-prefix", SHADOW_PREFIX]
-        if args.shadow_keep_text:
-            result.append("--shadow-keep-text")
+        if args.shadow_text_sample > 0:
+            if args.shadow_text_key_arn is None:
+                raise ValueError("pairs with text need the key they are encrypted with")
+            result += [
+                "--shadow-text-sample",
+                f"{args.shadow_text_sample:g}",
+                "--shadow-text-prefix",
+                SHADOW_TEXT_PREFIX,
+                "--shadow-text-kms-key",
+                args.shadow_text_key_arn,
+            ]
     return result
 
 

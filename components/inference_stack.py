@@ -22,6 +22,7 @@ from components.inference_pods import (
     SERVER_USER,
     SERVING_LAYOUT,
     SHADOW_PREFIX,
+    SHADOW_TEXT_PREFIX,
     ZONE_SKEW,
     InferenceStackArgs,
     PodInputs,
@@ -45,6 +46,7 @@ __all__ = [
     "SERVER_USER",
     "SERVING_LAYOUT",
     "SHADOW_PREFIX",
+    "SHADOW_TEXT_PREFIX",
     "ZONE_SKEW",
     "InferenceStack",
     "InferenceStackArgs",
@@ -82,7 +84,9 @@ GATEWAY_POLICY_RESERVE = 1_024
 
 
 def gateway_statements(
-    shadow_bucket_arn: str | None, feedback_key_arn: str | None = None
+    shadow_bucket_arn: str | None,
+    feedback_key_arn: str | None = None,
+    text_key_arn: str | None = None,
 ) -> list[dict[str, Any]]:
     """What the gateway calls: CloudWatch (its own namespace only), the stack's feedback key
     (GenerateMac, once at start), and the shadow bucket's pair prefix. The guardrail's grant
@@ -106,6 +110,18 @@ def gateway_statements(
     if shadow_bucket_arn is not None:
         statements.append(
             allow("WriteShadowPairs", ["s3:PutObject"], [f"{shadow_bucket_arn}/{SHADOW_PREFIX}/*"])
+        )
+    if shadow_bucket_arn is not None and text_key_arn is not None:
+        # rollout.shadowTextSample above 0: the pairs that keep their text, under their own
+        # prefix, encrypted with the stack's key (the bucket policy refuses them otherwise).
+        text = f"{shadow_bucket_arn}/{SHADOW_TEXT_PREFIX}/*"
+        statements.append(allow("WriteShadowText", ["s3:PutObject"], [text]))
+        statements.append(
+            {
+                **allow("EncryptShadowText", ["kms:GenerateDataKey"], [text_key_arn]),
+                # Only for objects under the text prefix, only through S3.
+                "Condition": {"StringLike": {"kms:EncryptionContext:aws:s3:arn": text}},
+            }
         )
     return statements
 
@@ -254,8 +270,12 @@ class InferenceStack(pulumi.ComponentResource):
         gateway_policy = aws.iam.RolePolicy(
             f"{name}-gateway",
             role=role.id,
-            policy=pulumi.Output.all(args.shadow_bucket_arn, args.feedback_key_arn).apply(
-                lambda values: policy_document(gateway_statements(values[0], values[1]))
+            policy=pulumi.Output.all(
+                args.shadow_bucket_arn,
+                args.feedback_key_arn,
+                args.shadow_text_key_arn if args.shadow_text_sample > 0 else None,
+            ).apply(
+                lambda values: policy_document(gateway_statements(values[0], values[1], values[2]))
             ),
             opts=child,
         )

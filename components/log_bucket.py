@@ -50,9 +50,16 @@ class LogBucketArgs:
     """Grant S3 server access-log delivery under this prefix, from ``s3_sources`` only."""
     s3_sources: Sequence[pulumi.Input[str]] = ()
     """ARNs of the buckets whose server access logs land here."""
+    text_prefix: str | None = None
+    """Objects that may hold personal data (the shadow pairs that keep their text) live
+    under this prefix: written only with SSE-KMS under ``text_key_arn`` (the bucket policy
+    refuses anything else), and their old versions removed a day after they expire."""
+    text_key_arn: pulumi.Input[str] | None = None
 
 
-def _policy(args: LogBucketArgs, bucket_arn: str, s3_sources: Sequence[str] = ()) -> str:
+def _policy(
+    args: LogBucketArgs, bucket_arn: str, s3_sources: Sequence[str] = (), text_key_arn: str = ""
+) -> str:
     statements: list[dict[str, object]] = [
         {
             "Sid": "DenyInsecureTransport",
@@ -96,6 +103,31 @@ def _policy(args: LogBucketArgs, bucket_arn: str, s3_sources: Sequence[str] = ()
                 "Condition": {"ArnLike": {"aws:SourceArn": sorted(s3_sources)}},
             }
         )
+    if args.text_prefix is not None:
+        text = f"{bucket_arn}/{args.text_prefix}/*"
+        statements += [
+            {
+                "Sid": "DenyTextWithoutKms",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": text,
+                "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+            },
+            {
+                # Absent (the AWS managed key) or another key: refused as well.
+                "Sid": "DenyTextUnderAnotherKey",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": text,
+                "Condition": {
+                    "StringNotEquals": {
+                        "s3:x-amz-server-side-encryption-aws-kms-key-id": text_key_arn
+                    }
+                },
+            },
+        ]
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
@@ -144,6 +176,8 @@ class LogBucket(pulumi.ComponentResource):
         self, name: str, args: LogBucketArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("weightshift:index:LogBucket", name, None, opts)
+        if (args.text_prefix is None) != (args.text_key_arn is None):
+            raise ValueError("LogBucket: text_prefix and text_key_arn go together")
         child = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(name, force_destroy=False, opts=child)
         _, public = make_private(name, bucket, child)
@@ -184,19 +218,44 @@ class LogBucket(pulumi.ComponentResource):
                     abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
                         days_after_initiation=7
                     ),
-                )
+                ),
+                *self._text_rules(args),
             ],
             opts=child,
         )
         policy = aws.s3.BucketPolicy(
             f"{name}-policy",
             bucket=bucket.id,
-            policy=pulumi.Output.all(bucket.arn, *args.s3_sources).apply(
-                lambda arns: _policy(args, arns[0], arns[1:])
+            policy=pulumi.Output.all(bucket.arn, args.text_key_arn or "", *args.s3_sources).apply(
+                lambda arns: _policy(args, arns[0], arns[2:], arns[1])
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public]),
         )
         self.bucket = bucket.bucket
         self.arn = bucket.arn
+        self.text_prefix = args.text_prefix
         self.ready = policy
         self.register_outputs({"bucket": self.bucket, "arn": self.arn})
+
+    @staticmethod
+    def _text_rules(args: LogBucketArgs) -> list[aws.s3.BucketLifecycleConfigurationRuleArgs]:
+        """The text prefix expires with the rest, and its old versions a day later (the
+        bucket is versioned: expiring an object only hides it behind a delete marker, and the
+        general rule keeps old versions 30 days; overlapping rules, S3 honours the shorter)."""
+        if args.text_prefix is None:
+            return []
+        return [
+            aws.s3.BucketLifecycleConfigurationRuleArgs(
+                id="expire-text",
+                status="Enabled",
+                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(
+                    prefix=f"{args.text_prefix}/"
+                ),
+                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(
+                    days=args.retention_days
+                ),
+                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                    noncurrent_days=1
+                ),
+            )
+        ]

@@ -19,6 +19,8 @@ from typing import Any
 
 from pulumi_policy import PolicyResource, ReportViolation, StackValidationArgs
 
+from weightshift.gates.verdict import HELD_PREVIOUS_STABLE
+
 LISTENER = "aws:lb/listener:Listener"
 TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
 TARGET_GROUP_BINDING = "kubernetes:elbv2.k8s.aws/v1beta1:TargetGroupBinding"
@@ -92,6 +94,8 @@ def _verdict_problem(group: PolicyResource, bundle: Any) -> str | None:
         return f"its verdict's digest {str(digest)[:12]}... is not the digest of {bundle}"
     if decision != "pass":
         return f"its evaluation is {decision} (report {report})"
+    if report == HELD_PREVIOUS_STABLE:
+        return None  # traffic back to the version `rollout finish` holds warm: a rollback
     if not _DIGEST.match(str(report or "")):
         return f"its verdict names no report ({report!r})"
     return None

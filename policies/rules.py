@@ -38,6 +38,7 @@ from weightshift.stages import (
     Strategy,
     Weights,
     all_stable,
+    is_legal_move,
     is_legal_transition,
     stage_of,
     weights_for,
@@ -573,7 +574,13 @@ def _weights_are_a_stage(args: StackValidationArgs, report: ReportViolation) -> 
             continue
         mirror_weight = actual.get(function.settings.get("MIRROR_TARGET_GROUP_ARN"), 0)
         mirror_percent = mirror_weight / 10 if mirror_weight else DEFAULT_MIRROR_PERCENT
-        staged = weights_for(marker.strategy, marker.stage, marker.candidate, mirror_percent)
+        staged = weights_for(
+            marker.strategy,
+            marker.stage,
+            marker.candidate,
+            mirror_percent,
+            _shadow_sample(marker, mirror_weight),
+        )
         allowed = [_expected(function, staged), _expected(function, all_stable(marker.candidate))]
         if not any({k: v for k, v in e.items() if v} == actual for e in allowed):
             shown = ", ".join(f"{_label(function, arn)} {w}" for arn, w in actual.items())
@@ -584,6 +591,19 @@ def _weights_are_a_stage(args: StackValidationArgs, report: ReportViolation) -> 
                 "colour: set weightshift:rollout.stage, never the weights.",
                 listener.urn,
             )
+
+
+def _shadow_sample(marker: StageMarker, mirror_weight: int) -> float:
+    """The ``rollout.shadowSample`` a canary stage's mirror weight stands for (the stable
+    colour's share, sampled: ``(100 - served) * sample`` %), as the shadow strategy's
+    ``mirrorPercent`` is read from its weight; 0 at any other strategy or stage. A weight
+    beyond the stable colour's share stands for no sample, and so matches no stage."""
+    if marker.strategy is not Strategy.CANARY or not mirror_weight:
+        return 0.0
+    served = stage_of(marker.strategy, marker.stage).served_percent
+    if not 0.0 < served < 100.0:
+        return 0.0
+    return min(1.0, (mirror_weight / 10) / (100.0 - served))
 
 
 def _label(function: RollbackFunction, arn: Any) -> str:
@@ -657,10 +677,14 @@ def _one_stage(args: StackValidationArgs, report: ReportViolation) -> None:
                 )
             continue
         if marker.strategy.value != base.base_strategy:
-            if marker.stage != 0 and not (base.base_stage == 0 and marker.stage == 1):
+            moved = is_legal_move(
+                Strategy(base.base_strategy), base.base_stage, marker.strategy, marker.stage
+            )
+            if marker.stage != 0 and not (base.base_stage == 0 and marker.stage == 1) and not moved:
                 report(
                     f"the change moves from {start} to {where}: a strategy changes only at "
-                    "stage 0 (then one stage at most).",
+                    "stage 0 (then one stage at most), or from shadow stage 1 to canary stage 1 "
+                    "(`weightshift rollout promote`, on the shadow gate).",
                     marker.urn,
                 )
             continue

@@ -292,3 +292,21 @@ def test_an_aws_refusal_is_one_paragraph_exit_2_naming_the_call(
     err = capsys.readouterr().err
     assert "AWS refused GetMetricData: AccessDenied: not authorized to GetMetricData." in err
     assert "Traceback" not in err
+
+
+def test_promote_passes_its_shadow_report_to_the_rollout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weightshift.cli import rollout as rollout_cli
+
+    seen: dict[str, Any] = {}
+
+    class Recording:
+        def promote(self, **options: Any) -> str:
+            seen.update(options)
+            return "promoted"
+
+    monkeypatch.setattr(rollout_cli, "_rollout", lambda args: Recording())
+    assert main(["rollout", "promote", "--shadow-report", "report.json"]) == 0
+    assert seen["shadow_report"] == Path("report.json")
+    assert capsys.readouterr().out.strip() == "promoted"

@@ -261,8 +261,9 @@ def test_gates_check_blocks_toxicity_of_0_08(
 
 
 def test_gates_check_prints_the_pairs_a_0_52_win_rate_needs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal's usual width: nothing cut off
     file = tmp_path / "report.json"
     file.write_bytes(report(pairwise=Pairwise(wins=20, losses=18, ties=2)).to_json())
     code = main(["gates", "check", "--local", "--project", str(PROJECT), "--report", str(file)])
@@ -271,7 +272,8 @@ def test_gates_check_prints_the_pairs_a_0_52_win_rate_needs(
     assert "BLOCKED" in out
     row = next(line for line in out.splitlines() if line.startswith("win-rate"))
     assert "inconclusive" in row
-    assert "more pairs" in " ".join(out.split())
+    (line,) = [line for line in out.splitlines() if line.startswith("  win-rate:")]
+    assert line.endswith("more pairs would decide it")
 
 
 def test_gates_check_refuses_a_report_for_another_digest(

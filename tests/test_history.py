@@ -233,6 +233,7 @@ def test_the_history_command_prints_a_table_or_json(
 
     monkeypatch.setattr(rollout, "AutomationBackend", lambda project, stack: backend)
     monkeypatch.setattr(rollout_commands, "project_arg", lambda args: None)
+    monkeypatch.setattr(rollout_commands, "_view", lambda args: rollout.AwsView())
     assert cli.main(["rollout", "history", "--json"]) == 0
     events = json.loads(capsys.readouterr().out)
     assert next(e["detail"] for e in events if e["kind"] == "stage") == "first deploy"

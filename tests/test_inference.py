@@ -229,7 +229,15 @@ def test_changing_only_the_candidate_version_changes_only_the_candidate(tmp_path
             urn = by_urn[urn].parent or ""
         return False
 
-    assert all(under(c.urn, green) or under(c.urn, rollback) for c in changes)
+    # Outside the colour and its alarms, only the candidate's target group changes: its tags
+    # carry the evaluation verdict for the new bundle (here none: no report for v1.5.1).
+    outside = [c for c in changes if not (under(c.urn, green) or under(c.urn, rollback))]
+    assert [(c.action, c.name, c.type) for c in outside] == [
+        ("update", "traffic-green", "aws:lb/targetGroup:TargetGroup")
+    ]
+    tags = after.named("traffic-green", "TargetGroup").inputs["tags"]
+    assert tags["weightshift:evaluation-decision"] == "missing"
+    assert tags["weightshift:evaluation-bundle"] == str(bundle)
     in_green = {
         f"{c.action} {c.name} {c.type.rsplit(':', 1)[-1]}" for c in changes if under(c.urn, green)
     }

@@ -20,8 +20,9 @@ from policies.evaluated import candidate_evaluated
 from tests.conftest import PROJECT
 from tests.test_evaluation_example import example_report
 from weightshift.bundles.catalog import LocalCatalog
+from weightshift.gates.verdict import HELD_PREVIOUS_STABLE
 from weightshift.preview.policy import stack_args
-from weightshift.preview.synth import apply_overrides, stack_config, synthesize
+from weightshift.preview.synth import StageBlocked, apply_overrides, stack_config, synthesize
 
 GREEN = "support-assistant/v1.5.0-d80719af096e"
 BLUE = "support-assistant/v1.4.2-424ef6470390"
@@ -172,5 +173,15 @@ def test_without_its_report_the_prod_candidate_may_stay_at_stage_0_only(tmp_path
         )
     catalog = LocalCatalog(root)
     assert violations(stack_args(synth(catalog, "rollout.stage=0"))) == []
-    (found,) = violations(stack_args(synth(catalog, "rollout.stage=1")))
-    assert "its evaluation is missing" in found
+    # The program itself refuses first (a stack policy runs only after every resource is
+    # registered); the policy is the second line, shown on hand-built graphs above.
+    with pytest.raises(StageBlocked, match="its evaluation is missing"):
+        synth(catalog, "rollout.stage=1")
+
+
+def test_traffic_back_to_the_held_previous_stable_needs_no_new_report() -> None:
+    held = {**PASSING, "weightshift:evaluation-report": HELD_PREVIOUS_STABLE}
+    assert violations(graph(999, held)) == []
+    forged = {**PASSING, "weightshift:evaluation-report": "held"}
+    (found,) = violations(graph(999, forged))
+    assert "names no report" in found

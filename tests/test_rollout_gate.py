@@ -345,7 +345,7 @@ def test_ignore_gate_promotes_without_readable_evidence_and_records_the_error(
 def cli(monkeypatch: pytest.MonkeyPatch, backend: FakeBackend, metrics: Any, *args: str) -> int:
     """`weightshift rollout ...` on the fake backend and the given metrics client."""
     monkeypatch.setattr(rollout_module, "AutomationBackend", lambda project, stack: backend)
-    monkeypatch.setattr(rollout_module, "AwsView", lambda: AwsView(metrics=metrics))
+    monkeypatch.setattr(rollout_module, "AwsView", lambda **_: AwsView(metrics=metrics))
     monkeypatch.setattr(
         rollout_module,
         "Rollout",

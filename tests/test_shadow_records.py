@@ -259,7 +259,9 @@ def test_recorder_stores_no_text_unless_allowed(bucket: Any) -> None:
     asyncio.run(scenario("private", False))
     asyncio.run(scenario("allowed", True))
     (private,) = read_pairs(bucket, BUCKET, "private")
-    (allowed,) = read_pairs(bucket, BUCKET, "allowed")
+    # Pairs with text go under their own prefix (rollout.shadowTextSample), never the other.
+    assert list(read_pairs(bucket, BUCKET, "allowed")) == []
+    (allowed,) = read_pairs(bucket, BUCKET, "allowed-text")
     assert private.prompt_text is None
     assert private.stable.output_text is None
     assert private.stable.output_hash == allowed.stable.output_hash

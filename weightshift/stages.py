@@ -57,15 +57,23 @@ class Stage:
     """Minimum requests seen by the candidate in this stage before its metrics are trusted."""
 
 
-def _canary() -> tuple[Stage, ...]:
+def _canary(shadow_sample: float) -> tuple[Stage, ...]:
     hour = timedelta(hours=1)
     n = SAMPLE_SIZE_FOR_LATENCY
+    if not 0.0 <= shadow_sample <= 1.0:
+        raise ValueError(f"shadow sample {shadow_sample} is not a fraction: allowed 0 to 1")
+
+    def mirrored(served: float) -> float:
+        # Shadow-period monitoring: the stable colour's own share, sampled, is copied to the
+        # candidate; nothing at stage 0 (no candidate traffic yet) or at 100 % (no stable).
+        return (100.0 - served) * shadow_sample if 0.0 < served < 100.0 else 0.0
+
     return (
         Stage(0, 0.0, 0.0, None, "All tests pass (offline evaluation gates)"),
-        Stage(1, 1.0, 0.0, 1 * hour, "Latency p99 < threshold", n),
-        Stage(2, 5.0, 0.0, 4 * hour, "Quality metrics stable", n),
-        Stage(3, 25.0, 0.0, 24 * hour, "No safety regressions", n),
-        Stage(4, 50.0, 0.0, 48 * hour, "User satisfaction maintained", n),
+        Stage(1, 1.0, mirrored(1.0), 1 * hour, "Latency p99 < threshold", n),
+        Stage(2, 5.0, mirrored(5.0), 4 * hour, "Quality metrics stable", n),
+        Stage(3, 25.0, mirrored(25.0), 24 * hour, "No safety regressions", n),
+        Stage(4, 50.0, mirrored(50.0), 48 * hour, "User satisfaction maintained", n),
         Stage(5, 100.0, 0.0, None, "Full rollout"),
     )
 
@@ -98,20 +106,27 @@ def _shadow(mirror_percent: float) -> tuple[Stage, ...]:
 
 
 def schedule(
-    strategy: Strategy, mirror_percent: float = DEFAULT_MIRROR_PERCENT
+    strategy: Strategy,
+    mirror_percent: float = DEFAULT_MIRROR_PERCENT,
+    shadow_sample: float = 0.0,
 ) -> tuple[Stage, ...]:
-    """The stages of ``strategy`` in order; ``mirror_percent`` only shapes shadow."""
+    """The stages of ``strategy`` in order; ``mirror_percent`` only shapes shadow, and
+    ``shadow_sample`` (``rollout.shadowSample``) only canary: at a canary stage serving
+    ``s`` % it mirrors ``(100 - s) * shadow_sample`` % (the stable colour's own requests)."""
     if strategy is Strategy.CANARY:
-        return _canary()
+        return _canary(shadow_sample)
     if strategy is Strategy.BLUE_GREEN:
         return _blue_green()
     return _shadow(mirror_percent)
 
 
 def stage_of(
-    strategy: Strategy, index: int, mirror_percent: float = DEFAULT_MIRROR_PERCENT
+    strategy: Strategy,
+    index: int,
+    mirror_percent: float = DEFAULT_MIRROR_PERCENT,
+    shadow_sample: float = 0.0,
 ) -> Stage:
-    stages = schedule(strategy, mirror_percent)
+    stages = schedule(strategy, mirror_percent, shadow_sample)
     if not 0 <= index < len(stages):
         raise ValueError(
             f"{index} is not a stage of strategy {strategy.value}: allowed 0 to {len(stages) - 1}"
@@ -131,6 +146,30 @@ def is_legal_transition(strategy: Strategy, current: int, target: int) -> bool:
     if not (0 <= current <= last and 0 <= target <= last):
         return False
     return target in next_stages(strategy, current) or (target == 0 and current != 0)
+
+
+STRATEGY_MOVES: dict[tuple[Strategy, int], tuple[Strategy, int]] = {
+    (Strategy.SHADOW, 1): (Strategy.CANARY, 1),
+}
+"""The forward moves between strategies: a shadow rollout that mirrored long enough (and
+whose divergence gate passes, ``weightshift/gates/shadow.py``) becomes a canary at 1 %."""
+
+
+def next_step(strategy: Strategy, index: int) -> tuple[Strategy, int] | None:
+    """Where a promotion from ``index`` goes: the next stage, another strategy's stage
+    (:data:`STRATEGY_MOVES`), or None at the end."""
+    following = next_stages(strategy, index)
+    if following:
+        return strategy, following[0]
+    return STRATEGY_MOVES.get((strategy, index))
+
+
+def is_legal_move(strategy: Strategy, current: int, target_strategy: Strategy, target: int) -> bool:
+    """:func:`is_legal_transition` within a strategy, or exactly a move of
+    :data:`STRATEGY_MOVES` between strategies."""
+    if target_strategy is strategy:
+        return is_legal_transition(strategy, current, target)
+    return STRATEGY_MOVES.get((strategy, current)) == (target_strategy, target)
 
 
 @dataclass(frozen=True)
@@ -172,9 +211,10 @@ def weights_for(
     index: int,
     candidate: Colour,
     mirror_percent: float = DEFAULT_MIRROR_PERCENT,
+    shadow_sample: float = 0.0,
 ) -> Weights:
     """The listener weights for one stage: candidate share, mirror share, stable the rest."""
-    stage = stage_of(strategy, index, mirror_percent)
+    stage = stage_of(strategy, index, mirror_percent, shadow_sample)
     return split(stage.served_percent, stage.mirror_percent, candidate)
 
 

@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     from weightshift.config import ConfigError
     from weightshift.gateway.errors import GatewayStartError
     from weightshift.preview.synth import SynthError
-    from weightshift.rollout.commands import RolloutError
+    from weightshift.rollout.errors import RolloutError
     from weightshift.rollout.record import RecordError
 
     try:

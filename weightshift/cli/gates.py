@@ -65,6 +65,46 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     stage.add_argument("--json", action="store_true", help="print JSON")
     stage.set_defaults(func=cmd_gates_stage)
     _check_parser(steps)
+    _shadow_parser(steps)
+
+
+def _shadow_parser(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    shadow = steps.add_parser(
+        "shadow",
+        help="may a shadow rollout move to canary stage 1? its mirrored pairs' divergence",
+        description=(
+            "The divergence gate of `rollout promote` from shadow stage 1 to canary stage 1: "
+            "the shadow report's exact-match rate, refusal and safety-block deltas, p99 "
+            "latency ratio, candidate failures and judge win rate (where text was sampled "
+            "and judged), each decided on its interval against rollout.shadowGate, on at "
+            "least minPairs pairs (docs/gates.md). Evidence: --report FILE (a `weightshift "
+            "shadow report` JSON), --records SRC (computed here), or the stack's own shadow "
+            "records since the stage started (needs the Pulumi CLI). Read only. Exit 0 pass, "
+            "1 fail, 3 inconclusive."
+        ),
+    )
+    shadow.add_argument("--stack", default="prod", help="stack name (default: prod)")
+    shadow.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
+    shadow.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, keys relative to weightshift: (rollout.stage=3); repeatable",
+    )
+    evidence = shadow.add_mutually_exclusive_group()
+    evidence.add_argument("--report", metavar="FILE", help="a shadow report's JSON (report.json)")
+    evidence.add_argument(
+        "--records", metavar="SRC", help="s3://bucket/prefix or a folder of pair records"
+    )
+    shadow.add_argument(
+        "--since",
+        metavar="TIME",
+        help="with --records or the stack's records: the window's start (ISO 8601); default: "
+        "when the stage started (needs the Pulumi CLI)",
+    )
+    shadow.add_argument("--json", action="store_true", help="print JSON")
+    shadow.set_defaults(func=cmd_gates_shadow)
 
 
 def _check_parser(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -195,6 +235,80 @@ def cmd_gates_stage(args: argparse.Namespace) -> int:
     else:
         print(gate_text(gate))
     return {Decision.PASS: 0, Decision.FAIL: 1}.get(gate.decision, EXIT_INCONCLUSIVE)
+
+
+def cmd_gates_shadow(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from weightshift.config import load
+    from weightshift.evidence.sequential import Decision
+    from weightshift.gates.shadow import ShadowEvidenceError, check_comparison, decide
+    from weightshift.preview.synth import apply_overrides, stack_config
+    from weightshift.rollout.commands import EvidenceError, read_report_file
+
+    project = project_arg(args)
+    values = apply_overrides(stack_config(project, args.stack), args.set)
+    config = load(values, source=f"config of stack {args.stack}")
+    rollout = config.rollout
+    if args.report and args.since:
+        raise CommandError("--since chooses the records' window: leave it out with --report.")
+    try:
+        if args.report:
+            report = read_report_file(Path(args.report), "--report")
+        else:
+            report = _shadow_report(args, project, config)
+        check_comparison(
+            report,
+            model=config.model,
+            stable=config.colour(rollout.stable).version,
+            candidate=config.colour(rollout.candidate).version,
+        )
+    except (EvidenceError, ShadowEvidenceError) as error:
+        raise CommandError(str(error)) from None
+    gate = decide(report, rollout.shadow_gate)
+    print(json.dumps(gate.to_json(), indent=2) if args.json else gate.render())
+    return {Decision.PASS: 0, Decision.FAIL: 1}.get(gate.decision, EXIT_INCONCLUSIVE)
+
+
+def _shadow_report(args: argparse.Namespace, project: Any, config: Any) -> Any:
+    """The report over ``--records`` or the stack's own shadow records, figures only."""
+    from weightshift.rollout.commands import AutomationBackend, AwsView, RolloutError
+    from weightshift.shadow.pipeline import Options, report_from
+    from weightshift.shadow.report import ShadowReportError
+    from weightshift.shadow.source import SourceError
+
+    now = _now()
+    since = _since(args, project, now, config)
+    rollout = config.rollout
+    if args.records:
+        options = Options(
+            records=args.records,
+            model=config.model,
+            stable=config.colour(rollout.stable).version,
+            candidate=config.colour(rollout.candidate).version,
+            since=since,
+            until=now,
+            sample=0,
+            divergent=0,
+        )
+        try:
+            return report_from(options)
+        except (ShadowReportError, SourceError) as error:
+            raise CommandError(str(error)) from None
+    try:
+        exported = AutomationBackend(project, args.stack).outputs().get("shadowRecords") or {}
+    except RolloutError as error:
+        raise CommandError(f"{error} (or pass --records SRC or --report FILE)") from None
+    if not exported.get("bucket") or not exported.get("prefixes"):
+        raise CommandError(
+            f"stack {args.stack} exports no shadowRecords (deploy it with this version of "
+            "weightshift first): pass --records SRC or --report FILE."
+        )
+
+    view = AwsView(region=config.region)
+    return view.shadow_report(
+        config, str(exported["bucket"]), [str(p) for p in exported["prefixes"]], since, now
+    )
 
 
 def _since(args: argparse.Namespace, project: Any, now: Any, config: Any) -> Any:
@@ -361,7 +475,6 @@ def _check_text(result: Any, candidate: str) -> None:
             "estimate",
             "95% CI",
             "limit",
-            "needed",
         ],
         [
             [
@@ -372,17 +485,22 @@ def _check_text(result: Any, candidate: str) -> None:
                 "-" if gate.estimate is None else f"{gate.estimate:.4g}",
                 _interval(gate),
                 f"{gate.threshold:g}",
-                f"{gate.needed:,} more {gate.unit.split()[0]}"
-                if gate.needed is not None
-                else ("never" if gate.outcome == "inconclusive" else "-"),
             ]
             for gate in result.gates
         ],
-        no_wrap=["gate", "decision", "action", "counts", "estimate", "95% CI", "limit"],
+        # What an inconclusive gate needs is in its line below, which no width cuts off.
+        no_wrap=["gate", "decision", "action", "estimate", "95% CI", "limit"],
     )
     for gate in result.gates:
         outcome = "" if gate.decision == gate.outcome.value else f"{gate.outcome.value}; "
-        print(f"  {gate.name}: {outcome}{gate.note}")
+        needed = (
+            f"; {gate.needed:,} more {gate.unit.split()[0]} would decide it"
+            if gate.needed is not None
+            else "; no number of samples decides it at this estimate"
+            if gate.outcome == "inconclusive"
+            else ""
+        )
+        print(f"  {gate.name}: {outcome}{gate.note}{needed}")
     for problem in result.problems:
         print(f"refused: {problem}")
     for note in report.notes:

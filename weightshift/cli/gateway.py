@@ -111,7 +111,24 @@ def _mirror_options(gateway: argparse.ArgumentParser) -> None:
     gateway.add_argument(
         "--shadow-keep-text",
         action="store_true",
-        help="store prompts and answers in the pairs (default: hashes only)",
+        help="the same as --shadow-text-sample 1 (kept for existing command lines)",
+    )
+    gateway.add_argument(
+        "--shadow-text-sample",
+        type=float,
+        metavar="F",
+        help="the share (0 to 1) of pairs that keep prompts and answers, chosen by a hash of "
+        "the request id; stored under --shadow-text-prefix (default 0: hashes only)",
+    )
+    gateway.add_argument(
+        "--shadow-text-prefix",
+        metavar="PREFIX",
+        help="key prefix of the pairs with text (default: --shadow-prefix with -text)",
+    )
+    gateway.add_argument(
+        "--shadow-text-kms-key",
+        metavar="ARN",
+        help="KMS key the pairs with text are encrypted with (SSE-KMS); default the bucket's",
     )
     gateway.add_argument(
         "--shadow-flush-seconds",
@@ -150,6 +167,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             shadow_bucket=args.shadow_bucket,
             shadow_prefix=args.shadow_prefix,
             shadow_keep_text=args.shadow_keep_text,
+            shadow_text_sample=_text_sample(args),
+            shadow_text_prefix=args.shadow_text_prefix,
+            shadow_text_kms_key=args.shadow_text_kms_key,
             shadow_flush_seconds=args.shadow_flush_seconds,
             max_body_bytes=_positive(args.max_body_bytes, "--max-body-bytes")
             if args.max_body_bytes is not None
@@ -166,6 +186,19 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run(options)
     return 0
+
+
+def _text_sample(args: argparse.Namespace) -> float | None:
+    value: float | None = args.shadow_text_sample
+    if value is None:
+        return None
+    if args.shadow_keep_text:
+        raise ValueError(
+            "--shadow-keep-text is --shadow-text-sample 1: give --shadow-text-sample alone"
+        )
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise ValueError(f"--shadow-text-sample {value}: give a share from 0 to 1")
+    return value
 
 
 def _positive(value: int, option: str) -> int:

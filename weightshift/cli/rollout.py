@@ -7,12 +7,13 @@ import contextlib
 import json
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightshift.cli.common import project_arg
 
 if TYPE_CHECKING:
-    from weightshift.rollout.commands import PromotionPreview, Rollout, StageChanges
+    from weightshift.rollout.commands import AwsView, PromotionPreview, Rollout, StageChanges
     from weightshift.rollout.record import RollbackRecord
 
 
@@ -65,6 +66,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                 action="store_true",
                 help="print the gate's decisions and the next stage's changes; change nothing",
             )
+            step.add_argument(
+                "--shadow-report",
+                metavar="FILE",
+                help="from shadow stage 1: decide the shadow gate on this `weightshift shadow "
+                "report` JSON instead of the stack's own records",
+            )
         if name == "abort":
             step.add_argument("--reason", required=True, help="why: goes into the record")
         if name == "release":
@@ -74,9 +81,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _rollout(args: argparse.Namespace) -> Rollout:
-    from weightshift.rollout.commands import AutomationBackend, AwsView, Rollout
+    from weightshift.rollout.commands import AutomationBackend, Rollout
 
-    return Rollout(args.stack, AutomationBackend(project_arg(args), args.stack), AwsView())
+    return Rollout(args.stack, AutomationBackend(project_arg(args), args.stack), _view(args))
+
+
+def _view(args: argparse.Namespace) -> AwsView:
+    """AWS as the stack sees it: clients in the stack file's ``aws:region``."""
+    from weightshift.config import load
+    from weightshift.preview.synth import stack_config
+    from weightshift.rollout.commands import AwsView
+
+    values = stack_config(project_arg(args), args.stack)
+    return AwsView(region=load(values, source=f"config of stack {args.stack}").region)
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
@@ -88,15 +105,20 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
 def cmd_rollout_promote(args: argparse.Namespace) -> int:
     from weightshift.cli.common import CommandError
 
+    report = Path(args.shadow_report) if args.shadow_report else None
     if args.dry_run:
         if args.ignore_gate is not None:
             raise CommandError("--dry-run changes nothing: leave out --ignore-gate.")
         preview = _rollout(args).preview_promotion(
-            _stage_changes(args), ignore_bake=args.ignore_bake
+            _stage_changes(args), ignore_bake=args.ignore_bake, shadow_report=report
         )
         print(_preview_text(preview))
         return 0
-    print(_rollout(args).promote(ignore_bake=args.ignore_bake, ignore_gate=args.ignore_gate))
+    print(
+        _rollout(args).promote(
+            ignore_bake=args.ignore_bake, ignore_gate=args.ignore_gate, shadow_report=report
+        )
+    )
     return 0
 
 
@@ -131,13 +153,15 @@ def _preview_text(preview: PromotionPreview) -> str:
         lines.append(gate_text(preview.reading.gate))
     elif preview.evidence_error is not None:
         lines.append(f"stage {rollout.stage} gate: not read: {preview.evidence_error}")
+    if shadow := preview.shadow_text():
+        lines.append(shadow)
     if status.next_stage is None:
         lines.append(f"dry run: {preview.refusal}")
         return "\n".join(lines)
     verdict = f"refused: {preview.refusal}" if preview.refusal else "would go ahead"
-    lines.append(f"dry run: promote to stage {status.next_stage} {verdict}")
+    lines.append(f"dry run: promote to {status.target} {verdict}")
     lines.append(
-        f"stage {status.next_stage} would change {len(preview.changes)} resource(s)"
+        f"{status.target} would change {len(preview.changes)} resource(s)"
         + (":" if preview.changes else "")
     )
     lines += [f"  {change}" for change in preview.changes]
@@ -170,10 +194,12 @@ def cmd_rollout_ack(args: argparse.Namespace) -> int:
 
 def cmd_rollout_history(args: argparse.Namespace) -> int:
     from weightshift.console import table
-    from weightshift.rollout.commands import AutomationBackend, AwsView
+    from weightshift.rollout.commands import AutomationBackend
     from weightshift.rollout.history import COLUMNS, rows, stack_history, to_json
 
-    events = stack_history(args.stack, AutomationBackend(project_arg(args), args.stack), AwsView())
+    events = stack_history(
+        args.stack, AutomationBackend(project_arg(args), args.stack), _view(args)
+    )
     if args.json:
         print(json.dumps(to_json(events), indent=2))
     elif not events:

@@ -133,6 +133,33 @@ class Hold(Section):
         return value
 
 
+class ShadowGate(Section):
+    """The divergence gate (``weightshift/gates/shadow.py``): may a shadow rollout move from
+    mirroring (shadow stage 1) to canary stage 1? Each figure of the shadow report is
+    decided on its interval: pass when the whole interval is on the good side of its limit,
+    fail when the whole interval is on the bad side, inconclusive otherwise."""
+
+    min_pairs: Int = Field(default=10_000, ge=1, le=1_000_000_000)
+    """Fewest mirrored pairs the gate decides on (the seed's sample size for latency)."""
+    min_exact_match: Float | None = Field(default=None, ge=0, le=1)
+    """Floor on the share of pairs whose answers are byte-identical. Off by default: a new
+    model version rarely answers word for word; set it for a change that should not alter
+    answers (a new serving image, a re-quantized copy of the same weights)."""
+    max_refusal_delta: Float = Field(default=0.01, ge=0, le=1)
+    """Ceiling on the candidate's refusal rate minus the stable colour's, on the same
+    requests (0.01: one percentage point more refusals)."""
+    max_block_delta: Float = Field(default=0.005, ge=0, le=1)
+    """Ceiling on the candidate's guardrail block rate minus the stable colour's."""
+    max_p99_ratio: Float = Field(default=1.2, gt=0, le=100)
+    """Ceiling on the candidate's p99 answer latency over the stable colour's."""
+    min_judge_win_rate: Float = Field(default=0.45, ge=0, le=1)
+    """Floor on the judge's win rate of the candidate (ties half), where text is sampled and
+    a judge ran (otherwise not applicable). Below 0.5: an equal candidate scores 0.5, and a
+    floor of 0.5 could never pass it."""
+    max_candidate_error_rate: Float = Field(default=0.01, ge=0, le=1)
+    """Ceiling on the share of mirrored copies the candidate answered with an error."""
+
+
 class RolloutConfig(Section):
     strategy: Strategy
     stage: Int = Field(ge=0)
@@ -144,8 +171,17 @@ class RolloutConfig(Section):
     shadow_record_days: Int = Field(default=30, ge=1, le=3653)
     """Shadow only: how long the mirrored pairs are kept (the shadow bucket's lifecycle)."""
     shadow_keep_text: Flag = False
-    """Shadow only: store prompts and answers in the pairs, not only their hashes (they may
-    hold personal data: decide with whoever owns that data)."""
+    """Deprecated alias of ``shadowTextSample: 1``, refused beside ``shadowTextSample``."""
+    shadow_text_sample: Float | None = Field(default=None, ge=0, le=1)
+    """The share of mirrored pairs that keep their prompt and answers (under their own
+    prefix, encrypted with the stack's key), chosen by a hash of the request id so every
+    gateway agrees; the others keep hashes only. They may hold personal data: decide with
+    whoever owns that data. Default 0."""
+    shadow_sample: Float = Field(default=0.0, ge=0, le=1)
+    """Canary stages between 0 and 100 %: the share of the stable colour's own requests it
+    also mirrors to the candidate (shadow-period monitoring). 0: none."""
+    shadow_gate: ShadowGate = ShadowGate()
+    """``shadowGate``: the divergence gate from shadow stage 1 to canary stage 1."""
     thresholds: Thresholds = Thresholds()
     capacity: CapacityConfig = CapacityConfig()
     hold: Hold | None = None
@@ -163,9 +199,30 @@ class RolloutConfig(Section):
             raise ValueError(f"not a stage of strategy {strategy.value}; allowed 0 to {last}")
         return value
 
+    @model_validator(mode="after")
+    def _one_text_setting(self) -> RolloutConfig:
+        if self.shadow_keep_text and self.shadow_text_sample is not None:
+            raise ValueError(
+                "shadowKeepText and shadowTextSample both set: shadowKeepText is the old "
+                "name of shadowTextSample: 1; remove shadowKeepText"
+            )
+        return self
+
     @property
     def stable(self) -> Colour:
         return self.candidate.other
+
+    @property
+    def text_sample(self) -> float:
+        """The share of pairs that keep their text (``shadowKeepText: true`` is 1)."""
+        if self.shadow_text_sample is not None:
+            return self.shadow_text_sample
+        return 1.0 if self.shadow_keep_text else 0.0
+
+    @property
+    def mirror_sample(self) -> float:
+        """``shadowSample`` where the strategy mirrors at canary stages (canary only)."""
+        return self.shadow_sample if self.strategy is Strategy.CANARY else 0.0
 
 
 class RollbackConfig(Section):

@@ -51,6 +51,10 @@ from weightshift.config import StackConfig
 from weightshift.config.rollout import GateActions, Thresholds
 from weightshift.evaluation.report import EvaluationReport
 from weightshift.evaluation.store import source_for
+from weightshift.gates.verdict import (
+    HELD_PREVIOUS_STABLE,
+    Verdict,
+)
 from weightshift.stages import Colour
 
 CONFIDENCE = 0.95
@@ -529,30 +533,6 @@ class ReportSource(Protocol):
     def reports(self, bundle: BundleId) -> Sequence[EvaluationReport]: ...
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The candidate's evaluation, as the program records it on its target group."""
-
-    decision: str
-    """``pass``, ``blocked`` or ``missing`` (no report for the candidate's digest)."""
-    bundle: str
-    digest: str
-    report: str | None
-    """The sha256 of the report decided on (its address in the store)."""
-    reason: str
-
-    TAG_PREFIX = "weightshift:evaluation-"
-
-    def tags(self) -> dict[str, str]:
-        """Target group tags: values AWS accepts (letters, digits, ``_ . : / = + - @``)."""
-        return {
-            f"{self.TAG_PREFIX}decision": self.decision,
-            f"{self.TAG_PREFIX}bundle": self.bundle,
-            f"{self.TAG_PREFIX}digest": self.digest,
-            f"{self.TAG_PREFIX}report": self.report or "none",
-        }
-
-
 def choose(
     reports: Sequence[EvaluationReport], thresholds: Thresholds, expected: Expected
 ) -> Check | None:
@@ -624,6 +604,20 @@ def stack_verdict(
     candidate = bundles.get(rollout.candidate)
     if candidate is None:
         return None
+    hold = rollout.hold
+    if hold is not None and not hold.released and hold.version == str(candidate.id):
+        # After `rollout finish` the candidate colour holds the previous stable version warm:
+        # moving traffic back to it is the rollback of a late regression, and it served all
+        # traffic until the finish. Waiting for a new evaluation then would keep users on the
+        # regression.
+        return Verdict(
+            "pass",
+            str(candidate.id),
+            candidate.manifest.digest,
+            HELD_PREVIOUS_STABLE,
+            "the previous stable version, held warm by rollout finish: traffic may go back to "
+            "it without a new evaluation",
+        )
     source = source_for(config.artifacts.bucket_name, config.region, client)
     expected = expected_from(candidate, bundles.get(rollout.stable))
     verdict, _ = candidate_verdict(source, rollout.thresholds, expected)

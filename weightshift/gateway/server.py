@@ -83,6 +83,10 @@ class Options:
     shadow_bucket: str | None = None
     shadow_prefix: str = "shadow"
     shadow_keep_text: bool = False
+    shadow_text_sample: float | None = None
+    """The share of pairs that keep their text (``keeps_text`` of the request id)."""
+    shadow_text_prefix: str | None = None
+    shadow_text_kms_key: str | None = None
     shadow_flush_seconds: float = 60.0
     max_body_bytes: int | None = None
     """A request body larger than this is answered 413 before it is parsed (default: from
@@ -329,6 +333,9 @@ def _mirror(gateway: Gateway, options: Options) -> Mirror:
             options.shadow_bucket,
             options.shadow_prefix,
             keep_text=options.shadow_keep_text,
+            text_sample=options.shadow_text_sample,
+            text_prefix=options.shadow_text_prefix,
+            text_kms_key=options.shadow_text_kms_key,
             max_seconds=options.shadow_flush_seconds,
             client=boto3.client("s3", region_name=options.region),
         )

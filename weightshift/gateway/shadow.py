@@ -308,24 +308,53 @@ def read_pairs(client: Any, bucket: str, prefix: str) -> Iterator[PairRecord]:
 # --- the recorder ----------------------------------------------------------------------
 
 
-_Group = tuple[str, str, str | None, str]
-"""model, stable version, candidate version, hour: what one object's key states."""
+_Group = tuple[str, str, str | None, str, bool]
+"""model, stable version, candidate version, hour, text: what one object's key states."""
+
+
+def keeps_text(request_id: str, fraction: float) -> bool:
+    """Whether the pair of ``request_id`` keeps its text at ``fraction`` (0 to 1): the first
+    64 bits of the id's SHA-256 as a share of 2**64, below ``fraction``. A function of the id
+    alone, so every gateway (either colour, any pod) chooses the same pairs. The id is the
+    client's ``x-request-id`` where it sends one: such a client can choose whether its own
+    pairs keep their text (docs/shadow-records.md)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"text sample {fraction} is not a fraction: allowed 0 to 1")
+    if fraction >= 1.0:
+        return True
+    if fraction <= 0.0:
+        return False
+    head = int.from_bytes(hashlib.sha256(request_id.encode("utf-8")).digest()[:8], "big")
+    return head < fraction * 2**64
 
 
 @dataclass
 class _Batch:
     opened: float
+    text: bool = False
     records: list[PairRecord] = field(default_factory=list)
 
 
-def _group(pair: PairRecord) -> _Group:
+def _group(pair: PairRecord, text: bool) -> _Group:
     # The key names one model, one pair of versions and one hour; mixing records of another
-    # (a candidate changed, an hour turned) would file them under the wrong partition.
-    return (pair.model, pair.stable_version, pair.candidate_version, f"{pair.time:%Y-%m-%dT%H}")
+    # (a candidate changed, an hour turned) would file them under the wrong partition. Pairs
+    # with text go under their own prefix, so they never share an object with the others.
+    return (
+        pair.model,
+        pair.stable_version,
+        pair.candidate_version,
+        f"{pair.time:%Y-%m-%dT%H}",
+        text,
+    )
 
 
 class ShadowRecorder:
     """Batches pair records in memory and writes each batch to S3 in the background.
+
+    Text: the share ``text_sample`` of pairs (by :func:`keeps_text` of the request id) keeps
+    its prompt and answers and is written under ``text_prefix`` (with SSE-KMS under
+    ``text_kms_key`` when given); every other pair loses its text and is written under
+    ``prefix``. ``keep_text=True`` is ``text_sample=1``.
 
     ``record()`` never blocks and never raises. Call it, ``start()`` and ``stop()`` from the
     event loop's thread. Counters (pairs unless named otherwise): ``recorded`` accepted,
@@ -342,6 +371,9 @@ class ShadowRecorder:
         prefix: str,
         *,
         keep_text: bool = False,
+        text_sample: float | None = None,
+        text_prefix: str | None = None,
+        text_kms_key: str | None = None,
         max_records: int = 500,
         max_seconds: float = 60.0,
         client: Any = None,
@@ -354,9 +386,24 @@ class ShadowRecorder:
                 "ShadowRecorder needs max_records >= 1, max_seconds > 0 and queue_limit >= 1 "
                 f"(got {max_records}, {max_seconds}, {queue_limit})"
             )
+        if keep_text and text_sample is not None:
+            raise ValueError("ShadowRecorder: keep_text is text_sample=1; give one of them")
+        sample = text_sample if text_sample is not None else (1.0 if keep_text else 0.0)
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"ShadowRecorder: text_sample {sample} is not between 0 and 1")
         self.bucket = bucket
         self.prefix = _clean_prefix(prefix)
-        self.keep_text = keep_text
+        self.text_sample = sample
+        self.text_prefix = _clean_prefix(text_prefix or f"{self.prefix}-text")
+        if self.text_prefix == self.prefix or not self.text_prefix:
+            raise ValueError(
+                f"ShadowRecorder: the text prefix {self.text_prefix!r} must differ from the "
+                f"hash-only prefix {self.prefix!r}"
+            )
+        self.text_kms_key = text_kms_key
+        self.keep_text = sample > 0
+        """Whether any pair keeps its text (the mirror builds pairs with text then; the
+        recorder strips it from the pairs not sampled)."""
         self.max_records = max_records
         self.max_seconds = max_seconds
         self.queue_limit = queue_limit
@@ -404,12 +451,13 @@ class ShadowRecorder:
                 )
             return
         self._full_logged = False
-        if not self.keep_text:
+        text = keeps_text(pair.request_id, self.text_sample)
+        if not text:
             pair = pair.without_text()
-        group = _group(pair)
+        group = _group(pair, text)
         batch = self._open.get(group)
         if batch is None:
-            batch = self._open[group] = _Batch(opened=time.monotonic())
+            batch = self._open[group] = _Batch(opened=time.monotonic(), text=text)
             self._signal()  # the writer's next deadline may now be sooner
         batch.records.append(pair)
         self._pending += 1
@@ -478,29 +526,34 @@ class ShadowRecorder:
     async def _write_batches(self, batches: list[_Batch]) -> None:
         for batch in batches:
             try:
-                await self._write(batch.records)
+                await self._write(batch.records, text=batch.text)
             except Exception:
                 # A bug here must not kill the writer: later batches would pile up unseen.
                 self.failed_batches += 1
                 self.dropped += len(batch.records)
                 log.exception("shadow pairs dropped: %d could not be written", len(batch.records))
 
-    async def _write(self, records: list[PairRecord]) -> None:
-        key = object_key(self.prefix, records[0])
+    async def _write(self, records: list[PairRecord], *, text: bool = False) -> None:
+        if not text and any(_has_text(record) for record in records):
+            # The hash-only prefix never holds text, whoever built the batch.
+            records = [record.without_text() for record in records]
+        key = object_key(self.text_prefix if text else self.prefix, records[0])
         # Compression is CPU work in proportion to the texts: off the event loop as well.
         body = await asyncio.to_thread(encode_batch, records)
+        request: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            "ContentType": "application/x-ndjson",
+            "ContentEncoding": "gzip",
+            "ChecksumAlgorithm": "SHA256",
+        }
+        if text and self.text_kms_key:
+            request |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.text_kms_key}
         error: ClientError | BotoCoreError | None = None
         for delay in (*self.retry_delays, None):
             try:
-                await asyncio.to_thread(
-                    self.client.put_object,
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType="application/x-ndjson",
-                    ContentEncoding="gzip",
-                    ChecksumAlgorithm="SHA256",
-                )
+                await asyncio.to_thread(lambda: self.client.put_object(**request))
             except (ClientError, BotoCoreError) as exc:
                 error = exc
                 if delay is not None:
@@ -520,6 +573,14 @@ class ShadowRecorder:
             len(self.retry_delays) + 1,
             _describe(error),
         )
+
+
+def _has_text(record: PairRecord) -> bool:
+    return (
+        record.prompt_text is not None
+        or record.stable.output_text is not None
+        or record.candidate.output_text is not None
+    )
 
 
 def _describe(error: ClientError | BotoCoreError | None) -> str:

@@ -21,6 +21,7 @@ from weightshift.config import NAMESPACE, ConfigError, StackConfig, load
 from weightshift.console import paragraph, table_text, width
 from weightshift.preview.synth import (
     Graph,
+    StageBlocked,
     apply_overrides,
     offline_catalog,
     stack_config,
@@ -28,7 +29,7 @@ from weightshift.preview.synth import (
 )
 from weightshift.rollout.capacity import GpuHours, extra_gpu_hours, finishes, held, hold_size
 from weightshift.rollout.record import RollbackRecord
-from weightshift.stages import Weights, schedule, weights_for
+from weightshift.stages import STRATEGY_MOVES, Weights, schedule, weights_for
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,8 @@ def _synthesize_one(
         return synthesize(project, stack, values, catalog, record)
     except ConfigError as error:
         return "; ".join(str(p) for p in error.problems)
+    except StageBlocked as blocked:
+        return str(blocked)
 
 
 def _os_threads() -> int:
@@ -351,7 +354,7 @@ def build_plan(
     values = apply_overrides(stack_config(project, stack), overrides)
     config = load(values, source=f"config of stack {stack}")
     rollout = config.rollout
-    stages = schedule(rollout.strategy, rollout.mirror_percent)
+    stages = schedule(rollout.strategy, rollout.mirror_percent, rollout.mirror_sample)
     outcomes = synthesize_many(
         project,
         stack,
@@ -366,7 +369,11 @@ def build_plan(
         row = StageRow(
             index=stage.index,
             weights=weights_for(
-                rollout.strategy, stage.index, rollout.candidate, rollout.mirror_percent
+                rollout.strategy,
+                stage.index,
+                rollout.candidate,
+                rollout.mirror_percent,
+                rollout.mirror_sample,
             ),
             duration=_duration(stage.duration.total_seconds() if stage.duration else None),
             gate=stage.gate,
@@ -450,6 +457,12 @@ def _cannot_finish(config: StackConfig) -> str | None:
         f"{last.served_percent:g} % of requests (it only mirrors {last.mirror_percent:g} %), "
         "so `weightshift rollout finish` refuses it, and no hold follows. Switch to "
         "blue-green or canary to ship the candidate."
+        + "".join(
+            f" `weightshift rollout promote` at stage {index} moves to {target.value} stage "
+            f"{to} once the shadow gate passes (rollout.shadowGate)."
+            for (source, index), (target, to) in STRATEGY_MOVES.items()
+            if source is strategy
+        )
     )
 
 

@@ -37,6 +37,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from weightshift.bundles.catalog import OFFLINE_CATALOG, BundleCatalog, LocalCatalog
 from weightshift.config import NAMESPACE, StackConfig, load
+from weightshift.gates.verdict import BLOCKED_BY_EVALUATION
 from weightshift.rollout.record import RollbackRecord, set_offline
 
 OFFLINE_ACCOUNT = "123456789012"
@@ -52,6 +53,11 @@ tests require there be none (every output the program reads is mocked or a place
 
 class SynthError(Exception):
     """Synthesis could not run: a missing project or stack, a bad override, a program error."""
+
+
+class StageBlocked(SynthError):
+    """The program refused the stage for a reason of the rollout's, not of the config (the
+    candidate's evaluation does not pass): ``plan`` shows the stage as blocked."""
 
 
 @dataclass(frozen=True)
@@ -618,6 +624,8 @@ def _run(
     try:
         _sync_await(run_pulumi_func(lambda: _sync_await(program())))
     except pulumi.RunError as exc:
+        if str(exc).startswith(BLOCKED_BY_EVALUATION):
+            raise StageBlocked(str(exc)) from None
         raise SynthError(str(exc)) from None
     except SynthError:
         raise

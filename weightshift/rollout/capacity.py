@@ -122,7 +122,9 @@ def replicas(config: StackConfig, colour: Colour) -> int:
     if held(config):
         assert rollout.hold is not None
         return 0 if rollout.hold.released else hold_size(config, colour)
-    stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
+    # The mirrored share counts: the candidate answers every copy (shadow, and a canary's
+    # rollout.shadowSample), though nobody reads the answer.
+    stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent, rollout.mirror_sample)
     return candidate_replicas(
         rollout.strategy, stage, full, rollout.capacity, nodes(config).per_node
     )
@@ -176,7 +178,7 @@ def extra_gpu_hours(config: StackConfig, candidate_by_stage: dict[int, int]) -> 
 
     full = config.colour(rollout.candidate).replicas
     spent = static = hours = 0.0
-    for stage in schedule(rollout.strategy, rollout.mirror_percent):
+    for stage in schedule(rollout.strategy, rollout.mirror_percent, rollout.mirror_sample):
         bake = stage.duration.total_seconds() / 3600 if stage.duration else 0.0
         hours += bake
         spent += extra(candidate_by_stage.get(stage.index, 0)) * bake

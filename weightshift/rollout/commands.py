@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,20 +30,27 @@ from botocore.exceptions import BotoCoreError, ClientError
 from weightshift.config import NAMESPACE, StackConfig, load
 from weightshift.console import paragraph, table_text
 from weightshift.evidence.sequential import Decision, Verdict
+from weightshift.gates.shadow import ShadowEvidenceError, ShadowGateDecision, check_comparison
+from weightshift.gates.shadow import decide as decide_shadow
 from weightshift.gates.stage import Counts, Criterion, StageGate, decide, read_counts
 from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollout import capacity
+from weightshift.rollout.errors import RolloutError as RolloutError  # noqa: PLC0414 (re-export)
 from weightshift.rollout.record import RollbackRecord
 from weightshift.rollout.record import read as read_record
 from weightshift.stages import (
     Colour,
     Stage,
+    Strategy,
     Weights,
-    next_stages,
+    next_step,
     schedule,
     stage_of,
     weights_for,
 )
+
+if TYPE_CHECKING:
+    from weightshift.shadow.report import Report
 
 ROLLOUT_KEY = f"{NAMESPACE}:rollout"
 ACK_SUFFIX = ".ack.json"
@@ -58,10 +65,6 @@ _DECISION_TRIES = 20
 def incident_prefix(model: str, stack: str) -> str:
     """Where the rollback function writes a stack's incident records (``INCIDENT_PREFIX``)."""
     return f"incidents/{model}/{stack}"
-
-
-class RolloutError(Exception):
-    """A rollout command refused or failed; the message says why and what to do."""
 
 
 class EvidenceError(RolloutError):
@@ -236,11 +239,15 @@ class AwsView:
         sns: Any = None,
         s3: Any = None,
         metrics: Any = None,
+        *,
+        region: str | None = None,
     ) -> None:
-        self.cloudwatch = cloudwatch or boto3.client("cloudwatch")
-        self.ssm = ssm or boto3.client("ssm")
-        self.sns = sns or boto3.client("sns")
-        self.s3 = s3 or boto3.client("s3")
+        # In the stack's region (aws:region), whatever the environment says: the record, the
+        # alarms and the gateways' metrics live there, and a client elsewhere finds none.
+        self.cloudwatch = cloudwatch or boto3.client("cloudwatch", region_name=region)
+        self.ssm = ssm or boto3.client("ssm", region_name=region)
+        self.sns = sns or boto3.client("sns", region_name=region)
+        self.s3 = s3 or boto3.client("s3", region_name=region)
         self.metrics = metrics or self.cloudwatch
         """The client the stage gate reads the gateways' metrics with (``GetMetricData``)."""
 
@@ -276,6 +283,71 @@ class AwsView:
                         "writes there."
                     )
         return counts
+
+    def shadow_report(
+        self,
+        config: StackConfig,
+        bucket: str,
+        prefixes: Sequence[str],
+        since: datetime,
+        until: datetime,
+    ) -> Report:
+        """The shadow report over the stack's two versions' pairs under ``prefixes`` of
+        ``bucket`` (the hash-only and the text-bearing ones) in [since, until), figures only
+        (no judge, no embeddings), read with the embedded engine as ``weightshift shadow
+        report`` reads them. An object that cannot be downloaded refuses the whole report:
+        nothing is decided on part of the evidence."""
+        import tempfile  # noqa: PLC0415
+
+        from weightshift.shadow.pipeline import Options, report_from  # noqa: PLC0415 (DuckDB)
+        from weightshift.shadow.report import ShadowReportError  # noqa: PLC0415
+        from weightshift.shadow.source import SourceError, download, s3_keys  # noqa: PLC0415
+        from weightshift.shadow.source import parse_source as source_of  # noqa: PLC0415
+
+        rollout = config.rollout
+        where = ", ".join(f"s3://{bucket}/{prefix}/" for prefix in prefixes)
+        try:
+            with tempfile.TemporaryDirectory(prefix="weightshift-shadow-gate-") as scratch:
+                fetched = 0
+                for index, prefix in enumerate(prefixes):
+                    source = source_of(f"s3://{bucket}/{prefix}")
+                    keys = list(s3_keys(self.s3, source, config.model, since, until))
+                    folder = Path(scratch) / f"{index}"
+                    folder.mkdir()
+                    paths, _, failed = download(self.s3, source, keys, folder)
+                    if failed:
+                        name, why = failed[0]
+                        raise EvidenceError(
+                            f"{len(failed)} shadow record object(s) not read (first {name}: "
+                            f"{why}): nothing is decided on part of the evidence."
+                        )
+                    fetched += len(paths)
+                if not fetched:
+                    raise EvidenceError(
+                        f"no shadow records under {where} since {since:%Y-%m-%d %H:%M} UTC: "
+                        "are the stable colour's gateways writing pairs (shadow stage 1)?"
+                    )
+                options = Options(
+                    records=scratch,
+                    model=config.model,
+                    stable=config.colour(rollout.stable).version,
+                    candidate=config.colour(rollout.candidate).version,
+                    since=since,
+                    until=until,
+                    sample=0,
+                    divergent=0,
+                )
+                report = report_from(options)
+        except (ShadowReportError, SourceError) as error:
+            raise EvidenceError(f"the shadow records under {where}: {error}") from None
+        except (ClientError, BotoCoreError) as error:
+            raise EvidenceError(
+                f"cannot read the shadow records under {where} ({error}): your AWS identity "
+                "needs s3:ListBucket and s3:GetObject there (and kms:Decrypt for the text "
+                "pairs)."
+            ) from None
+        records = report.records.model_copy(update={"source": where})
+        return report.model_copy(update={"records": records})
 
     def put_decision(self, bucket: str, stem: str, document: Mapping[str, Any]) -> str:
         """Create a decision record at ``stem.json`` (``stem-2.json``... when taken, so a
@@ -626,6 +698,18 @@ class PromotionPreview:
     """:class:`weightshift.preview.plan.Change` of each resource the next stage changes."""
     refusal: str | None
     """Why ``promote`` would refuse; None when it would go ahead."""
+    shadow: ShadowGateDecision | None = None
+    """At a move between strategies: the shadow gate's decision."""
+    shadow_error: str | None = None
+    """...or why it could not be read."""
+
+    def shadow_text(self) -> str | None:
+        """The shadow gate's lines for the dry run; None where no move is previewed."""
+        if self.shadow is not None:
+            return self.shadow.render()
+        if self.shadow_error is not None:
+            return f"shadow gate: not read: {self.shadow_error}"
+        return None
 
 
 @dataclass
@@ -639,6 +723,9 @@ class Status:
     alarms: dict[str, str]
     record: RollbackRecord | None
     next_stage: int | None
+    next_strategy: Strategy | None = None
+    """The strategy of the next stage: the rollout's own, or another at a move between
+    strategies (shadow stage 1 to canary stage 1, ``weightshift.stages.STRATEGY_MOVES``)."""
     on_call: int | None = None
     """Confirmed subscriptions of the on-call topic (None: the stack has no topic)."""
     started: datetime | None = None
@@ -669,10 +756,25 @@ class Status:
             "alarms": self.alarms,
             "rollbackRecord": self.record.model_dump() if self.record else None,
             "nextStage": self.next_stage,
+            "nextStrategy": self.next_strategy.value if self.next_strategy else None,
             "onCallSubscriptions": self.on_call,
             "blockers": self.blockers,
             "notes": self.notes,
         }
+
+    @property
+    def moving(self) -> bool:
+        """The next stage is another strategy's (the shadow gate decides it too)."""
+        return self.next_strategy is not None and self.next_strategy is not (
+            self.config.rollout.strategy
+        )
+
+    @property
+    def target(self) -> str:
+        """The next stage in words: ``stage 3``, or ``canary stage 1`` at a move."""
+        if self.moving and self.next_strategy is not None:
+            return f"{self.next_strategy.value} stage {self.next_stage}"
+        return f"stage {self.next_stage}"
 
     def _shares(self) -> str:
         """Each target's share of requests: its weight over the sum (a lone 999 is 100 %)."""
@@ -707,6 +809,12 @@ class Status:
         lines += [paragraph(f"note: {note}") for note in self.notes]
         if self.next_stage is None:
             lines.append("next: none (last stage; `weightshift rollout finish` swaps the roles)")
+        elif self.moving:
+            lines.append(
+                f"promote to {self.target}: "
+                + ("blocked: " + "; ".join(self.blockers) if self.blockers else "ready")
+                + " (and only if the shadow gate passes)"
+            )
         elif self.blockers:
             lines.append(f"promote to {self.next_stage}: blocked: " + "; ".join(self.blockers))
         else:
@@ -735,6 +843,41 @@ def _span(value: timedelta) -> str:
 
 def _gate_line(reading: GateReading) -> str:
     return ", ".join(f"{c.name} {c.verdict.decision.value}" for c in reading.gate.criteria)
+
+
+_ORDER = {"pass": 0, "inconclusive": 1, "unread": 2, "fail": 3}
+
+
+def _worse(first: str, second: str) -> str:
+    """The worse of two recorded decisions (fail, unread, inconclusive, pass)."""
+    return max(first, second, key=lambda d: _ORDER.get(d, 2))
+
+
+def read_report_file(path: Path, option: str = "--shadow-report") -> Report:
+    """A ``weightshift shadow report`` JSON file, validated, or an EvidenceError naming it."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from weightshift.shadow.report import Report  # noqa: PLC0415
+
+    limit = 64 * 1024 * 1024
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise EvidenceError(
+                f"{option} {path}: {size:,} bytes; a report is far smaller (at most "
+                f"{limit:,}): is it the report's JSON (report.json)?"
+            )
+        return Report.model_validate_json(path.read_bytes())
+    except OSError as error:
+        raise EvidenceError(f"{option} {path}: {error.strerror or error}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the document"
+        raise EvidenceError(
+            f"{option} {path}: not a shadow report ({error.error_count()} problems; "
+            f"first at {where}: {first['msg']}): give the report.json that `weightshift "
+            "shadow report --out DIR` writes"
+        ) from None
 
 
 def _duration(value: timedelta | None) -> str:
@@ -786,7 +929,7 @@ class Rollout:
         if record is not None and record.candidate != candidate_version:
             record = None  # about another candidate: not this rollout's business
         alarms = self.aws.alarm_states(alarm_names)
-        following = next_stages(rollout.strategy, rollout.stage)
+        following = next_step(rollout.strategy, rollout.stage)
         since = stage_start(self.backend.history(), config) or self.backend.last_update()
         stage = stage_of(rollout.strategy, rollout.stage, rollout.mirror_percent)
         status = Status(
@@ -798,7 +941,8 @@ class Rollout:
             in_stage_for=self.now() - since if since else None,
             alarms=alarms,
             record=record,
-            next_stage=following[0] if following else None,
+            next_stage=following[1] if following else None,
+            next_strategy=following[0] if following else None,
             on_call=self.aws.confirmed_subscriptions(topic) if topic else None,
             started=since,
         )
@@ -862,6 +1006,65 @@ class Rollout:
             gate, counts, rollout.candidate, rollout.stable, bake_left, skipped_bake=ignore_bake
         )
 
+    def read_shadow_gate(
+        self, status: Status, report_file: Path | None = None
+    ) -> ShadowGateDecision:
+        """The divergence gate (:mod:`weightshift.gates.shadow`) on ``report_file`` (a
+        ``weightshift shadow report`` JSON), else on a report computed from the stack's own
+        shadow records over the window since the stage started. Raises
+        :class:`EvidenceError` when neither is evidence for this rollout."""
+        config = status.config
+        rollout = config.rollout
+        if report_file is not None:
+            report = read_report_file(report_file)
+        else:
+            exported = self.backend.outputs().get("shadowRecords") or {}
+            bucket, prefixes = exported.get("bucket"), exported.get("prefixes")
+            if not bucket or not prefixes:
+                raise EvidenceError(
+                    f"stack {self.stack} exports no shadowRecords location (deploy it with this "
+                    "version of weightshift first), so its shadow records cannot be found: pass "
+                    "--shadow-report FILE (weightshift shadow report --json)"
+                )
+            until = self.now()
+            since = min(status.started or until, until - timedelta(seconds=1))
+            report = self.aws.shadow_report(
+                config, str(bucket), [str(p) for p in prefixes], since, until
+            )
+        try:
+            check_comparison(
+                report,
+                model=config.model,
+                stable=config.colour(rollout.stable).version,
+                candidate=config.colour(rollout.candidate).version,
+            )
+        except ShadowEvidenceError as error:
+            raise EvidenceError(str(error)) from None
+        return decide_shadow(report, rollout.shadow_gate)
+
+    def _shadow_for_move(
+        self, status: Status, report_file: Path | None, ignore_gate: str | None
+    ) -> tuple[ShadowGateDecision | None, str | None]:
+        """The shadow gate of a move between strategies (None, None for any other
+        promotion); its evidence error is a refusal unless ``ignore_gate``."""
+        if not status.moving:
+            if report_file is not None:
+                raise RolloutError(
+                    f"--shadow-report decides only the move from shadow stage 1 to canary "
+                    f"stage 1; stack {self.stack} is at {status.config.rollout.strategy.value} "
+                    f"stage {status.config.rollout.stage}: leave it out."
+                )
+            return None, None
+        try:
+            return self.read_shadow_gate(status, report_file), None
+        except EvidenceError as error:
+            if ignore_gate is None:
+                raise RolloutError(
+                    f"not promoting to {status.target}: the shadow gate cannot decide: {error} "
+                    "(`--ignore-gate REASON` promotes without it, and records that it did)"
+                ) from None
+            return None, str(error)
+
     def _refusal(self, status: Status) -> str | None:
         """Why no promotion may go ahead whatever the evidence says; None if none."""
         rollout = status.config.rollout
@@ -884,14 +1087,19 @@ class Rollout:
         command: str,
         override: str | None = None,
         error: str | None = None,
+        shadow: ShadowGateDecision | None = None,
+        shadow_error: str | None = None,
     ) -> str:
         """Write the gate's decision beside the incident records (never over another);
-        its ``s3://`` location."""
+        its ``s3://`` location. At a move between strategies the shadow gate's decision (or
+        why it was not read) goes with it, and the recorded decision is the worse of both."""
         config = status.config
         rollout = config.rollout
         bucket, prefix = incident_location(config, self.backend.outputs(), self.stack)
         now = self.now()
         decision = reading.decision.value if reading is not None else "unread"
+        if status.moving:
+            decision = _worse(decision, shadow.decision.value if shadow else "unread")
         document: dict[str, Any] = {
             "kind": "stage-gate",
             "stack": self.stack,
@@ -899,6 +1107,7 @@ class Rollout:
             "strategy": rollout.strategy.value,
             "stage": rollout.stage,
             "nextStage": status.next_stage,
+            "nextStrategy": status.next_strategy.value if status.next_strategy else None,
             "candidate": {
                 "colour": rollout.candidate.value,
                 "version": config.colour(rollout.candidate).version,
@@ -916,6 +1125,10 @@ class Rollout:
             "override": {"reason": override} if override is not None else None,
             "evidenceError": error,
         }
+        if status.moving:
+            document["shadowGate"] = (
+                shadow.to_json() if shadow is not None else {"error": shadow_error}
+            )
         if reading is not None:
             gate = reading.to_json()
             document |= {
@@ -931,11 +1144,22 @@ class Rollout:
         stem = f"{prefix}/{DECISIONS}/{now:%Y%m%dT%H%M%SZ}-stage{rollout.stage}-{decision}"
         return f"s3://{bucket}/{self.aws.put_decision(bucket, stem, document)}"
 
-    def promote(self, *, ignore_bake: bool = False, ignore_gate: str | None = None) -> str:
+    def promote(
+        self,
+        *,
+        ignore_bake: bool = False,
+        ignore_gate: str | None = None,
+        shadow_report: Path | None = None,
+    ) -> str:
         """The next stage, on the stage gate's evidence: pass (and baked) promotes; fail
         refuses, records the decision and says to abort; inconclusive refuses and says how
         much longer. ``ignore_gate`` (a reason) promotes whatever the evidence says, and is
-        recorded; neither option skips the alarms, the record or the on-call check."""
+        recorded; neither option skips the alarms, the record or the on-call check.
+
+        From shadow stage 1 the next stage is canary stage 1, and the shadow (divergence)
+        gate must pass too (:meth:`read_shadow_gate`, on ``shadow_report`` or the stack's
+        own records): its failure refuses and is recorded, its inconclusive refuses with
+        the pairs still needed; a pass is recorded with the promotion."""
         if ignore_gate is not None and not ignore_gate.strip():
             raise RolloutError(
                 "--ignore-gate needs a reason (it is recorded): --ignore-gate 'why'."
@@ -944,15 +1168,16 @@ class Rollout:
         refusal = self._refusal(status)
         if refusal is not None:
             raise RolloutError(refusal)
-        stage, following = status.config.rollout.stage, status.next_stage
+        stage, following = status.config.rollout.stage, status.target
         try:
             reading = self.read_gate(status, ignore_bake=ignore_bake)
         except EvidenceError as error:
             if ignore_gate is None:
                 raise RolloutError(
-                    f"not promoting to stage {following}: {error} (`--ignore-gate REASON` "
+                    f"not promoting to {following}: {error} (`--ignore-gate REASON` "
                     "promotes without the evidence, and records that it did)"
                 ) from None
+            shadow, shadow_error = self._shadow_for_move(status, shadow_report, ignore_gate)
             location = self.record_decision(
                 status,
                 None,
@@ -960,29 +1185,79 @@ class Rollout:
                 command="promote",
                 override=ignore_gate,
                 error=str(error),
+                shadow=shadow,
+                shadow_error=shadow_error,
             )
             return self.promote_to(status) + f" (gate unread, overridden: {location})"
         decision = reading.decision
+        shadow, shadow_error = self._shadow_for_move(status, shadow_report, ignore_gate)
         # A failure needs no bake: it is said (and recorded) as soon as it is evident.
         if decision is Decision.FAIL and ignore_gate is None:
-            location = self.record_decision(status, reading, action="refused", command="promote")
+            location = self.record_decision(
+                status,
+                reading,
+                action="refused",
+                command="promote",
+                shadow=shadow,
+                shadow_error=shadow_error,
+            )
             failing = "; ".join(describe(c) for c in reading.failing())
             raise RolloutError(
-                f"not promoting to stage {following}: the stage {stage} gate failed: {failing}. "
+                f"not promoting to {following}: the stage {stage} gate failed: {failing}. "
                 "Roll back with `weightshift rollout abort --reason 'stage gate failed'`. The "
                 f"decision is recorded at {location}."
             )
+        if shadow is not None and shadow.decision is Decision.FAIL and ignore_gate is None:
+            location = self.record_decision(
+                status,
+                reading,
+                action="refused",
+                command="promote",
+                shadow=shadow,
+                shadow_error=shadow_error,
+            )
+            failing = "; ".join(c.text() for c in shadow.failing())
+            raise RolloutError(
+                f"not promoting to {following}: the shadow gate failed ({shadow.pairs:,} "
+                f"pairs): {failing}. Roll back with `weightshift rollout abort --reason "
+                f"'shadow gate failed'`. The decision is recorded at {location}."
+            )
         if reading.baking():
             raise RolloutError(
-                f"not promoting to stage {following}: stage {stage} bakes for "
+                f"not promoting to {following}: stage {stage} bakes for "
                 f"{_duration(reading.bake_left)} more (`--ignore-bake` skips the bake time, "
                 "not the evidence). Gate so far: " + _gate_line(reading) + "."
             )
-        if decision is Decision.PASS:
+        if shadow is not None and shadow.decision is Decision.INCONCLUSIVE and ignore_gate is None:
+            raise RolloutError(
+                f"not promoting to {following}: the shadow gate is inconclusive on "
+                f"{shadow.pairs:,} pairs: {shadow.wait_text()}. Keep mirroring and promote "
+                "again."
+            )
+        if decision is Decision.PASS and not status.moving:
             return self.promote_to(status)
+        if decision is Decision.PASS and shadow is not None and shadow.decision is Decision.PASS:
+            location = self.record_decision(
+                status,
+                reading,
+                action="promoted",
+                command="promote",
+                shadow=shadow,
+                shadow_error=shadow_error,
+            )
+            return (
+                self.promote_to(status)
+                + f" (shadow gate passed on {shadow.pairs:,} pairs: {location})"
+            )
         if ignore_gate is not None:
             location = self.record_decision(
-                status, reading, action="overridden", command="promote", override=ignore_gate
+                status,
+                reading,
+                action="overridden",
+                command="promote",
+                override=ignore_gate,
+                shadow=shadow,
+                shadow_error=shadow_error,
             )
             return (
                 self.promote_to(status)
@@ -990,20 +1265,28 @@ class Rollout:
                 + (f"overridden: {location})")
             )
         raise RolloutError(
-            f"not promoting to stage {following}: the stage {stage} gate is inconclusive: "
+            f"not promoting to {following}: the stage {stage} gate is inconclusive: "
             f"{reading.wait().text()}. Promote again then; `weightshift rollout advance` does "
             "it on a schedule."
         )
 
     def promote_to(self, status: Status) -> str:
-        """Set the next stage and deploy it, checking nothing: the callers decided."""
+        """Set the next stage (and strategy, at a move) and deploy it, checking nothing:
+        the callers decided."""
         following = status.next_stage
-        self._set_rollout(status.config, stage=following)
-        summary = self.backend.up(f"weightshift rollout promote to stage {following}")
-        return f"promoted to stage {following}: {summary}"
+        changes: dict[str, Any] = {"stage": following}
+        if status.moving and status.next_strategy is not None:
+            changes["strategy"] = status.next_strategy.value
+        self._set_rollout(status.config, **changes)
+        summary = self.backend.up(f"weightshift rollout promote to {status.target}")
+        return f"promoted to {status.target}: {summary}"
 
     def preview_promotion(
-        self, changes_of: StageChanges, *, ignore_bake: bool = False
+        self,
+        changes_of: StageChanges,
+        *,
+        ignore_bake: bool = False,
+        shadow_report: Path | None = None,
     ) -> PromotionPreview:
         """``promote --dry-run``: the gate's decisions and the next stage's changes, by
         ``changes_of`` (offline synthesis, from the command line); nothing is written or
@@ -1013,16 +1296,24 @@ class Rollout:
         reading: GateReading | None = None
         evidence_error: str | None = None
         changes: list[Any] = []
+        shadow: ShadowGateDecision | None = None
+        shadow_error: str | None = None
         if status.next_stage is not None:
             try:
                 reading = self.read_gate(status, ignore_bake=ignore_bake)
             except EvidenceError as error:
                 evidence_error = str(error)
+            if status.moving:
+                try:
+                    shadow = self.read_shadow_gate(status, shadow_report)
+                except EvidenceError as error:
+                    shadow_error = str(error)
             values = self.backend.config()
             following = copy.deepcopy(values)
             following[ROLLOUT_KEY] = {
                 **status.config.model_dump(by_alias=True, mode="json")["rollout"],
                 "stage": status.next_stage,
+                "strategy": (status.next_strategy or status.config.rollout.strategy).value,
             }
             changes = changes_of(values, following, status.record)
         if refusal is None:
@@ -1034,9 +1325,17 @@ class Rollout:
                 refusal = f"stage {status.config.rollout.stage} bakes for " + (
                     f"{_duration(reading.bake_left)} more"
                 )
+            elif shadow_error is not None:
+                refusal = f"the shadow gate cannot decide: {shadow_error}"
+            elif shadow is not None and shadow.decision is Decision.FAIL:
+                refusal = "the shadow gate failed: " + "; ".join(c.text() for c in shadow.failing())
             elif reading is not None and reading.decision is Decision.INCONCLUSIVE:
                 refusal = "the gate is inconclusive: " + reading.wait().text()
-        return PromotionPreview(status, reading, evidence_error, changes, refusal)
+            elif shadow is not None and shadow.decision is Decision.INCONCLUSIVE:
+                refusal = "the shadow gate is inconclusive: " + shadow.wait_text()
+        return PromotionPreview(
+            status, reading, evidence_error, changes, refusal, shadow, shadow_error
+        )
 
     def abort(self, reason: str, *, by_advance: bool = False) -> rollback_function.Outcome:
         """A manual rollback, by the rollback function's own code and settings (``by_advance``:
@@ -1146,6 +1445,12 @@ class Rollout:
         """The candidate (at 100 %) becomes the stable colour; the old stable stays warm."""
         status = self.status()
         rollout = status.config.rollout
+        if status.moving:
+            raise RolloutError(
+                f"{rollout.strategy.value} never serves the candidate at 100 % (shadow only "
+                f"mirrors): `weightshift rollout promote` moves it to {status.target} once the "
+                "shadow gate passes, or switch to blue-green."
+            )
         if status.next_stage is not None:
             raise RolloutError(
                 f"stage {rollout.stage} is not the last stage of {rollout.strategy.value}: "

@@ -216,9 +216,11 @@ def _decision_event(bucket: str, stored: StoredObject) -> Event:
     if not isinstance(document, dict):
         detail = f"unreadable decision record {location}: {document}"
         return Event(stored.modified, Kind.DECISION, detail, facts={"record": location})
-    criteria = document.get("criteria")
+    shadow = document.get("shadowGate")
+    shadow_criteria = shadow.get("criteria") if isinstance(shadow, dict) else None
     failing = [
         str(c.get("name"))
+        for criteria in (document.get("criteria"), shadow_criteria)
         for c in (criteria if isinstance(criteria, list) else [])
         if isinstance(c, dict) and c.get("decision") == "fail"
     ]
