@@ -237,3 +237,103 @@ def test_a_request_line_goes_to_the_running_request_log_and_nowhere_once_it_stop
     writer.stop()
     log_request({"id": "b"})  # after stop: not queued for a writer that is gone
     assert [json.loads(line)["id"] for text in sink.writes for line in text.splitlines()] == ["a"]
+
+
+@given(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.integers(), st.text())),
+)
+def test_a_request_line_is_the_record_json_with_datetime_s_own_time(
+    created: float, fields: dict[str, Any]
+) -> None:
+    """The line is built from pieces encoded once (per process, per second): the same
+    text as encoding the whole record, time formatted by ``datetime``, would give."""
+    from datetime import UTC, datetime
+
+    from weightshift.gateway.observe import request_line
+
+    record = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": "INFO",
+        "logger": "weightshift.gateway.requests",
+        "msg": "request",
+    }
+    fields = {key: value for key, value in fields.items() if key not in record}
+    assert request_line(created, fields) == json.dumps({**record, **fields}, separators=(",", ":"))
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=20))
+def test_a_token_s_mac_is_hmac_sha256_under_the_key(
+    colour: str, request_id: str, answer: str
+) -> None:
+    import hmac
+
+    from weightshift.gateway.feedback import MAC_HEX
+
+    key = b"k" * 32
+    tokens = FeedbackTokens(key, clock=lambda: 1_700_000_000)
+    message = f"{colour}.1700000000.{answer}.{request_id}".encode(errors="surrogatepass")
+    expected = hmac.digest(key, message, "sha256").hex()[:MAC_HEX]
+    assert tokens._mac(colour, 1_700_000_000, answer, request_id) == expected
+    assert tokens._mac(colour, 1_700_000_000, answer, request_id) == expected  # key intact
+
+
+@given(st.floats(min_value=0, max_value=600, allow_nan=False))
+def test_a_latency_is_kept_to_the_millisecond(seconds: float) -> None:
+    recorded = metrics()
+    recorded.observe("Latency", seconds)
+    (kept,) = recorded.samples["Latency"]
+    assert abs(kept - seconds) <= 0.0005 + 1e-9
+    assert kept == round(kept, 3)
+
+
+_CHAT_MESSAGES = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text()}
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@pytest.mark.parametrize("templated", [False, True], ids=["constant-prompt", "templated"])
+@given(messages=_CHAT_MESSAGES, temperature=st.none() | st.floats(0, 2), masked=st.booleans())
+def test_the_upstream_body_is_the_payload_as_json(
+    templated: bool, messages: list[dict[str, str]], temperature: float | None, masked: bool
+) -> None:
+    """``payload_json`` splices the prompt encoded at load (where the system prompt is the
+    same for every request) into the rest: the model server receives what ``payload``
+    describes, whatever the client's messages say."""
+    from dataclasses import replace
+
+    from tests.gateway_harness import PROJECT, folder_id
+    from weightshift.gateway import pipeline
+    from weightshift.gateway.protocol import ChatCompletionRequest
+    from weightshift.gateway.served import PromptTemplate
+
+    root = PROJECT / "bundles/support-assistant/v1.5.0"
+    bundle = _served(root, folder_id(root))
+    assert bundle.prompt_json is not None  # the example's prompt has no variables
+    if templated:
+        template = PromptTemplate.parse("You serve {{user}} today.")
+        bundle = replace(bundle, system=template, prompt_json=None)
+    request = ChatCompletionRequest.model_validate(
+        {"messages": messages, "temperature": temperature, "stream": True, "user": "ann"}
+    )
+    texts = [f"masked {n}" for n in range(len(messages))] if masked else None
+    sampled = pipeline.sampling(bundle, request, None)
+    expected = pipeline.payload(bundle, request, sampled, texts)
+    body = pipeline.payload_json(bundle, request, sampled, texts)
+    assert json.loads(body) == expected
+    assert body.isascii()
+
+
+_SERVED: dict[str, Any] = {}
+
+
+def _served(root: Any, bundle_id: str) -> Any:
+    from weightshift.gateway.served import load_served
+
+    if bundle_id not in _SERVED:
+        _SERVED[bundle_id] = load_served(root, bundle_id)
+    return _SERVED[bundle_id]

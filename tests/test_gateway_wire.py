@@ -535,8 +535,8 @@ def test_a_client_that_does_not_read_pauses_the_model_server_on_the_direct_path(
                 state["answer"] = answer
                 await send({"type": "http.response.start", "status": 200, "headers": []})
                 relayer = Relayer(Outcome("r", 0.0), wants_usage=False, keep_text=False, chat=True)
-                state["ending"] = await relay(answer, relayer, send)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                state["ending"] = ending = await relay(answer, relayer, send)
+                await send({"type": "http.response.body", "body": ending, "more_body": False})
 
             config = uvicorn.Config(
                 app, http="httptools", loop="none", lifespan="off", log_level="warning"
@@ -567,6 +567,8 @@ def test_a_client_that_does_not_read_pauses_the_model_server_on_the_direct_path(
             server.should_exit = True
             await serving
             assert received.count(b'data: {"x":') == events
-            assert state["ending"] == b""
+            # [DONE] is held back to go out with the response's end, in one write
+            assert state["ending"] == b"data: [DONE]\n\n"
+            assert received.endswith(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
 
     run(main())

@@ -241,10 +241,18 @@ def chat_messages(
 ) -> list[dict[str, Any]]:
     """The conversation the model server receives: system prompt, examples, the client's
     messages (with ``texts`` replacing their text where input moderation redacted it)."""
-    messages: list[dict[str, Any]] = [
+    return [
         {"role": "system", "content": bundle.system_prompt(request.user, now)},
         *bundle.few_shot_messages,
+        *client_messages(request, texts),
     ]
+
+
+def client_messages(
+    request: ChatCompletionRequest, texts: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The client's messages as sent on (``texts``: as :func:`chat_messages` takes them)."""
+    messages: list[dict[str, Any]] = []
     for index, message in enumerate(request.messages):
         data = message.model_dump(exclude_none=True)
         if texts is not None and isinstance(message.content, str):
@@ -269,10 +277,13 @@ def payload(
     request: ChatCompletionRequest | CompletionRequest,
     sampled: dict[str, Any],
     texts: list[str] | None,
+    *,
+    messages: bool = True,
 ) -> dict[str, Any]:
     """The body the model server receives: the client fields passed through, ``sampled``
     (:func:`sampling`'s answer) and the prompt (``texts``: the client's messages as input
-    moderation masked them, if it did)."""
+    moderation masked them, if it did; ``messages=False``: a chat body without them, for
+    :func:`payload_json`)."""
     passthrough = {
         name: getattr(request, name)
         for name in PASSTHROUGH
@@ -280,7 +291,8 @@ def payload(
     }
     body: dict[str, Any] = {**passthrough, **sampled, "model": bundle.model}
     if isinstance(request, ChatCompletionRequest):
-        body["messages"] = chat_messages(bundle, request, texts=texts)
+        if messages:
+            body["messages"] = chat_messages(bundle, request, texts=texts)
     else:
         body["prompt"] = completion_prompt(bundle, request)
     if request.stream:
@@ -289,6 +301,29 @@ def payload(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+"""Compact JSON, ASCII only (as ``json.dumps`` writes it); bodies built here hold no cycles."""
+
+
+def payload_json(
+    bundle: ServedBundle,
+    request: ChatCompletionRequest | CompletionRequest,
+    sampled: dict[str, Any],
+    texts: list[str] | None,
+) -> bytes:
+    """:func:`payload` as the JSON body the model server receives. A chat request's system
+    prompt and examples, where they are the same for every request (the system prompt has
+    no ``{{variable}}``), were encoded once (``ServedBundle.prompt_json``) and are spliced
+    in; the rest is encoded here."""
+    fixed = bundle.prompt_json
+    if fixed is None or not isinstance(request, ChatCompletionRequest):
+        return _encode(payload(bundle, request, sampled, texts)).encode()
+    body = payload(bundle, request, sampled, texts, messages=False)
+    client = _encode(client_messages(request, texts))  # "[...]"
+    messages = f"[{fixed},{client[1:]}" if len(client) > 2 else f"[{fixed}]"
+    return f'{_encode(body)[:-1]},"messages":{messages}}}'.encode()
 
 
 def client_texts(request: ChatCompletionRequest | CompletionRequest) -> list[str]:

@@ -29,6 +29,10 @@ from weightshift.gateway.sse import (
 from weightshift.gateway.state import Outcome
 from weightshift.gateway.wire import Answer
 
+_BRACE = ord("}")
+# Byte searches here use ``find``, not ``in``: on CPython 3.11 ``needle in data`` first tries
+# the needle as an integer (a byte value) and raises and clears a TypeError, several times the
+# cost of the search itself, on every chunk relayed.
 _TEXT = re.compile(rb'"(?:content|text)":\s*"[^"]')
 """A chunk carrying answer text (the first one is the time to first token; the role-only
 chunk a chat stream starts with is not)."""
@@ -39,7 +43,7 @@ def _framed(ready: bytes) -> bool:
     ``data: [DONE]``: byte counts, no parsing (a raw blank line cannot occur inside JSON, so
     each ``\\n\\n`` ends an event). False only sends the block to the slow path, which decides."""
     events = ready.count(b"\n\n")
-    done = DONE in ready
+    done = ready.find(DONE) >= 0
     opened = ready.startswith(b"data: {") + ready.count(b"\n\ndata: {")
     return opened + done == events and ready.count(b"}\n\n") + done == events
 
@@ -74,7 +78,12 @@ class Relayer:
         outcome = self.outcome
         if outcome.ttft is None and _TEXT.search(ready):
             outcome.ttft = time.monotonic() - outcome.started
-        if b'"usage"' in ready or self.keep_text or ERROR_MARK in ready or not _framed(ready):
+        if (
+            self.keep_text
+            or ready.find(b'"usage"') >= 0
+            or ready.find(ERROR_MARK) >= 0
+            or not _framed(ready)
+        ):
             ready, failure = _inspect(ready, outcome, self.wants_usage, self.keep_text, self.chat)
             if failure is not None:
                 outcome.outcome = "error"
@@ -118,7 +127,8 @@ def client_transport(send: Send) -> Any | None:
 
 async def relay(answer: Answer, relayer: Relayer, send: Send) -> bytes:
     """Pass the model server's ``answer`` on to the client through ``relayer``; the
-    stream's ending (``Relayer.finish``), which the caller sends. :class:`UpstreamError`
+    stream's ending (``Relayer.finish``; on the direct path after the last events, ending
+    with ``[DONE]``, held back for it), which the caller sends. :class:`UpstreamError`
     when the model server's answer broke off; cancelled (the deadline, the client gone),
     the upstream connection is closed.
 
@@ -139,19 +149,22 @@ async def relay(answer: Answer, relayer: Relayer, send: Send) -> bytes:
     feed, outcome = relayer.feed, relayer.outcome
     plain = not relayer.keep_text
     blocked = False
+    held = b""
+    """Events ending with ``[DONE]``, held back to go out with the response's end (one
+    write, not two); written at once if anything follows them."""
 
     def sink(chunk: bytes) -> None:
-        nonlocal blocked
+        nonlocal blocked, held
         if (  # the usual chunk, one whole answer event, passed on as it is (what feed does)
             plain
             and outcome.ttft is not None
             and not relayer.pending
             and relayer.failure is None
             and chunk.startswith(b"data: {")
-            and chunk.endswith(b"}\n\n")
-            and chunk.count(b"\n\n") == 1
-            and b'"usage"' not in chunk
-            and ERROR_MARK not in chunk
+            and chunk.find(b"\n\n") == len(chunk) - 2  # one event, ending the chunk,
+            and chunk[-3] == _BRACE  # a JSON object's
+            and chunk.find(b'"usage"') < 0
+            and chunk.find(ERROR_MARK) < 0
         ):
             ready = chunk
         else:
@@ -159,6 +172,12 @@ async def relay(answer: Answer, relayer: Relayer, send: Send) -> bytes:
         if ready:
             if cycle.disconnected:
                 return  # the watch of ``receive`` cancels the relay
+            if held:
+                write(b"%x\r\n%b\r\n" % (len(held), held))
+                held = b""
+            if relayer.ended and ready.endswith(DONE):
+                held = ready
+                return
             write(b"%x\r\n%b\r\n" % (len(ready), ready))
             if flow.write_paused and not blocked:
                 blocked = True
@@ -174,7 +193,7 @@ async def relay(answer: Answer, relayer: Relayer, send: Send) -> bytes:
             await flow.drain()
             blocked = False
             answer.resume()
-    return relayer.finish()
+    return held + relayer.finish()
 
 
 def _inspect(

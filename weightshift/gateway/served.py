@@ -117,6 +117,9 @@ class ServedBundle:
     max_body_bytes: int = MAX_BODY_BYTES
     max_bytes_per_token: int | None = None
     served_names: frozenset[str] = frozenset()
+    prompt_json: str | None = None
+    """The system prompt and examples as the JSON of chat messages, comma-separated, where
+    they are the same for every request (the template has no variables); else None."""
 
     @property
     def version(self) -> str:
@@ -332,8 +335,13 @@ def load_served(
     counted = served.count([m["content"] for m in messages])
     values = {"model": served.model, "version": served.version, "date": "2025-01-01"}
     constants = [values.get(name, "") for name in system.variables if name != "user"]
+    prompt_json = None
+    if not system.variables:
+        prompt = [{"role": "system", "content": system.parts[0]}, *messages]
+        prompt_json = json.dumps(prompt, separators=(",", ":"))[1:-1]
     return replace(
         served,
+        prompt_json=prompt_json,
         few_shot_tokens=counted + MESSAGE_OVERHEAD_TOKENS * len(messages),
         system_tokens=served.count(list(system.parts[::2]) + constants),
         system_user_slots=system.variables.count("user"),

@@ -139,8 +139,8 @@ async def _serve(gateway: Gateway, call: Call, rule: RoutingRule | None) -> Resp
             gateway.metrics.add("InputBlocks")
             outcome.outcome = "blocked"
             return refuse(gateway, call)
-    payload = pipeline.payload(bundle, parsed, sampling, masked)
+    body = pipeline.payload_json(bundle, parsed, sampling, masked)
     outcome.forwarded = True
     if parsed.stream:
-        return await stream(gateway, call, payload)
-    return await complete(gateway, call, payload)
+        return await stream(gateway, call, body)
+    return await complete(gateway, call, body)

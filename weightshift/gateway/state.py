@@ -27,6 +27,7 @@ from weightshift.gateway.protocol import ChatCompletionRequest, CompletionReques
 from weightshift.gateway.served import ServedBundle
 from weightshift.gateway.wire import Pool
 
+_TOKEN_HEADER = TOKEN_HEADER.encode("latin-1")
 UPSTREAM_HEALTH_TTL = 1.0
 """Seconds a model server health answer is reused by ``/health``."""
 
@@ -91,10 +92,16 @@ class Gateway:
         self.in_flight = 0
         self.draining = False
         self._health: tuple[float, bool] = (0.0, False)
+        self.version = bundle.version
+        """The bundle's full id (formatted once)."""
         self.common_headers = {
             "x-weightshift-colour": colour,
-            "x-weightshift-version": bundle.version,
+            "x-weightshift-version": self.version,
         }
+        self._raw_common = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.common_headers.items()
+        ]
 
     async def start(self) -> None:
         if self.client is None:
@@ -141,9 +148,29 @@ class Gateway:
             "x-request-id": outcome.request_id,
             "x-weightshift-outcome": outcome.outcome,
         }
-        if outcome.forwarded and outcome.status == 200 and outcome.outcome in ("ok", "blocked"):
-            headers[TOKEN_HEADER] = self.tokens.issue(self.colour, outcome.request_id, outcome.id)
+        token = self._feedback_token(outcome)
+        if token is not None:
+            headers[TOKEN_HEADER] = token
         return headers
+
+    def raw_headers(self, outcome: Outcome) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` as an ASGI response's raw headers (the constant ones encoded
+        once)."""
+        raw = [
+            *self._raw_common,
+            (b"x-request-id", outcome.request_id.encode("latin-1")),
+            (b"x-weightshift-outcome", outcome.outcome.encode("latin-1")),
+        ]
+        token = self._feedback_token(outcome)
+        if token is not None:
+            raw.append((_TOKEN_HEADER, token.encode("latin-1")))
+        return raw
+
+    def _feedback_token(self, outcome: Outcome) -> str | None:
+        """The answer's feedback token: only where the model server answered 200."""
+        if outcome.forwarded and outcome.status == 200 and outcome.outcome in ("ok", "blocked"):
+            return self.tokens.issue(self.colour, outcome.request_id, outcome.id)
+        return None
 
     def finish(self, outcome: Outcome) -> None:
         """Record a finished request's metrics, and its line in the request log."""
@@ -167,16 +194,21 @@ class Gateway:
                 {
                     "id": outcome.request_id,
                     "colour": self.colour,
-                    "version": self.bundle.version,
+                    "version": self.version,
                     "endpoint": outcome.endpoint,
                     "status": outcome.status,
                     "outcome": outcome.outcome,
                     "tokens_in": outcome.tokens_in,
                     "tokens_out": outcome.tokens_out,
-                    "ttft_s": None if outcome.ttft is None else round(outcome.ttft, 4),
-                    "latency_s": round(outcome.latency, 4),
+                    "ttft_s": None if outcome.ttft is None else _tenths_ms(outcome.ttft),
+                    "latency_s": _tenths_ms(outcome.latency),
                 }
             )
+
+
+def _tenths_ms(seconds: float) -> float:
+    """``seconds`` to 0.1 ms (as ``round(seconds, 4)``, at half its cost)."""
+    return round(seconds * 10000) / 10000
 
 
 class Slot:

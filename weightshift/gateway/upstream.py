@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -25,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from weightshift.gateway.moderated import moderate_answer, moderated
 from weightshift.gateway.pipeline import Refusal
 from weightshift.gateway.protocol import error_body
-from weightshift.gateway.relay import Relayer, relay
+from weightshift.gateway.relay import Relayer, client_transport, relay
 from weightshift.gateway.sse import error_event, malformed_event
 from weightshift.gateway.state import Call, Gateway, Outcome
 from weightshift.gateway.wire import Answer, UpstreamError
@@ -43,7 +42,7 @@ stream writes its body chunks: past Starlette's wrappers, which cost a call each
 and only watch for the response's start (sent through them)."""
 
 
-async def complete(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
+async def complete(gateway: Gateway, call: Call, payload: bytes) -> Response:
     """A whole answer: the model server's, output-moderated where the bundle says so. The
     slot is handed to the response, which asks the model server while watching the client:
     a client that leaves cancels the request upstream and frees the slot."""
@@ -55,7 +54,7 @@ class _Whole(Response):
     """A whole answer, computed when the response is sent (so the ASGI ``receive`` is at
     hand to see the client leave)."""
 
-    def __init__(self, gateway: Gateway, call: Call, payload: dict[str, Any]) -> None:
+    def __init__(self, gateway: Gateway, call: Call, payload: bytes) -> None:
         self.gateway, self.call, self.payload = gateway, call, payload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,7 +84,7 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-async def _answer(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
+async def _answer(gateway: Gateway, call: Call, payload: bytes) -> Response:
     """The whole answer's response, recorded (metrics, mirror): the model's, or an error."""
     try:
         return await _ask(gateway, call, payload)
@@ -103,7 +102,7 @@ async def _answer(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Resp
         )
 
 
-async def _ask(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
+async def _ask(gateway: Gateway, call: Call, payload: bytes) -> Response:
     outcome = call.outcome
     timeout = gateway.bundle.routing.request_timeout_seconds
     try:
@@ -151,7 +150,7 @@ async def _ask(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Respons
     return JSONResponse(data, headers=gateway.headers(outcome))
 
 
-async def stream(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Response:
+async def stream(gateway: Gateway, call: Call, payload: bytes) -> Response:
     """A streamed answer: the slot is handed to the stream, released after its last byte."""
     outcome = call.outcome
     timeout = gateway.bundle.routing.request_timeout_seconds
@@ -179,11 +178,11 @@ async def stream(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Respo
     return _Stream(gateway, call, answer, deadline, timeout)
 
 
-async def _request(gateway: Gateway, call: Call, payload: dict[str, Any]) -> Answer:
-    """The model server's answer to ``payload`` (its status and headers; the body follows)."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
+async def _request(gateway: Gateway, call: Call, payload: bytes) -> Answer:
+    """The model server's answer to ``payload`` (the JSON body, ``pipeline.payload_json``):
+    its status and headers; the body follows."""
     path = gateway.endpoint_path(call.parsed)
-    return await gateway.wire.request(path, body, {"x-request-id": call.outcome.request_id})
+    return await gateway.wire.request(path, payload, {"x-request-id": call.outcome.request_id})
 
 
 class _Stream(Response):
@@ -213,10 +212,7 @@ class _Stream(Response):
         self.status_code = 200
         self.background = None
         self.raw_headers = [
-            *(
-                (name.encode("latin-1"), value.encode("latin-1"))
-                for name, value in gateway.headers(call.outcome).items()
-            ),
+            *gateway.raw_headers(call.outcome),
             (b"content-type", b"text/event-stream; charset=utf-8"),
         ]
         self.gateway, self.call, self.upstream = gateway, call, answer
@@ -263,9 +259,14 @@ class _Stream(Response):
                 "timeout",
             )
         self._end()
+        last = {"type": "http.response.body", "body": ending, "more_body": False}
+        cycle = client_transport(raw)
+        if cycle is not None and not cycle.flow.write_paused:
+            await raw(last)  # uvicorn's send waits only while writing is paused: no timer
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ENDING_GRACE):
-                await raw({"type": "http.response.body", "body": ending, "more_body": False})
+                await raw(last)
 
     def _end(self) -> None:
         """Finish the request, once: closing the connection cancels generation upstream
