@@ -94,7 +94,13 @@ weights = weights_for(
 )
 # Stickiness overrides weights: at 0 % a client stuck to the candidate would stay on pods
 # that are about to go. So it is off whenever the candidate gets no weight.
-stickiness = 0 if rolled_back or weights.of(rollout.candidate) == 0 else rollout.stickiness_seconds
+# ...and while requests are mirrored: a sticky client would stay on the mirror group (or off
+# it) for the whole duration, so the mirrored pairs would be sessions, not a random sample.
+stickiness = (
+    0
+    if rolled_back or weights.of(rollout.candidate) == 0 or weights.mirror > 0
+    else rollout.stickiness_seconds
+)
 if rolled_back and record is not None:
     pulumi.log.warn(
         f"{record.summary()}. Configured stage {rollout.stage} is not applied: traffic stays "
@@ -125,6 +131,10 @@ except ReportStoreError as error:
 # resource of the update is registered, by when the listener would have moved.
 if verdict is not None and weights.of(rollout.candidate) > 0 and verdict.decision != "pass":
     raise pulumi.RunError(traffic_refusal(verdict, weights.percent(rollout.candidate.value)))
+# Copies of users' prompts reach a candidate only when its evaluation has not failed (none
+# yet is the shadow strategy's normal start; a blocked one is not).
+if verdict is not None and weights.mirror > 0 and verdict.decision == "blocked":
+    raise pulumi.RunError(traffic_refusal(verdict, weights.percent("mirror")))
 
 # Required tags live here and nowhere else: the provider stamps them on every resource.
 provider = aws.Provider(

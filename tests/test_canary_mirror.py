@@ -160,3 +160,35 @@ def test_promotion_from_shadow_1_to_canary_1_is_one_step_for_the_policy() -> Non
     assert "moves from shadow stage 1 to canary stage 2" in jump
     (back,) = one_step(staged("rollout.strategy=shadow", "rollout.stage=1"), base("canary", 1))
     assert "a strategy changes only at stage 0" in back
+
+
+def _stickiness(graph: Graph) -> object:
+    (listener,) = [r for r in graph.resources if r.name == "traffic-https"]
+    return listener.inputs["defaultActions"][0]["forward"].get("stickiness")
+
+
+def test_stickiness_is_off_while_requests_are_mirrored() -> None:
+    """A sticky client stays on the group it first drew (the ALB's target group stickiness
+    overrides the weights), so it would be mirrored always or never: the pairs would be
+    sessions, not a random sample of requests."""
+    assert _stickiness(staged("rollout.stage=2")) == {"duration": 900, "enabled": True}
+    sticky = _stickiness(staged(*SAMPLED, "rollout.stage=2"))
+    assert not (isinstance(sticky, dict) and sticky.get("enabled"))
+
+
+def test_a_sample_above_half_is_refused() -> None:
+    from weightshift.cli import main
+
+    assert main(["synth", "--set", "rollout.shadowSample=0.6", "--out", "/dev/null"]) == 2
+
+
+def test_a_candidate_whose_evaluation_failed_gets_no_copies_of_users_prompts() -> None:
+    from weightshift.preview.synth import StageBlocked
+
+    # The example report's toxicity is 8 of 2,000: a ceiling of 0.001 fails it.
+    with pytest.raises(StageBlocked, match="evaluation is blocked"):
+        staged(
+            "rollout.strategy=shadow",
+            "rollout.stage=1",
+            "rollout.thresholds.maxToxicity=0.001",
+        )

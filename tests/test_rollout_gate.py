@@ -410,3 +410,20 @@ def test_the_promote_command_exits_2_with_the_refusal(
     assert "Traceback" not in err
     assert cli(monkeypatch, backend, None, "promote", "--dry-run", "--ignore-gate", "x") == 2
     assert "--dry-run changes nothing" in capsys.readouterr().err
+
+
+def test_a_promotion_the_program_refuses_for_its_evaluation_puts_the_stack_file_back(
+    backend: Recording, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weightshift.gates.verdict import BLOCKED_BY_EVALUATION
+
+    at_stage(backend, 2, FIVE_HOURS_AGO)
+    client, _ = metrics_client((FIVE_HOURS_AGO, NOW, healthy(300, per_minute=24_000)))
+
+    def refused(message: str) -> str:
+        raise RuntimeError(f"{BLOCKED_BY_EVALUATION}its evaluation is missing.")
+
+    monkeypatch.setattr(backend, "up", refused)
+    with pytest.raises(RolloutError, match=r"not promoted: .*The stack file is back at canary"):
+        rollout(backend, client).promote()
+    assert backend.values["weightshift:rollout"]["stage"] == 2

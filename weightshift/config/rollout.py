@@ -177,9 +177,12 @@ class RolloutConfig(Section):
     prefix, encrypted with the stack's key), chosen by a hash of the request id so every
     gateway agrees; the others keep hashes only. They may hold personal data: decide with
     whoever owns that data. Default 0."""
-    shadow_sample: Float = Field(default=0.0, ge=0, le=1)
+    shadow_sample: Float = Field(default=0.0, ge=0, le=0.5)
     """Canary stages between 0 and 100 %: the share of the stable colour's own requests it
-    also mirrors to the candidate (shadow-period monitoring). 0: none."""
+    also mirrors to the candidate (shadow-period monitoring). 0: none; at most 0.5 (above
+    that the mirror's bounded queue drops copies, biased to the short requests, and the
+    rollback function can no longer tell the stages apart by weight). Stickiness is off while
+    requests are mirrored (a sticky client would be mirrored always or never)."""
     shadow_gate: ShadowGate = ShadowGate()
     """``shadowGate``: the divergence gate from shadow stage 1 to canary stage 1."""
     thresholds: Thresholds = Thresholds()

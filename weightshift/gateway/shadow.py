@@ -549,7 +549,13 @@ class ShadowRecorder:
             "ChecksumAlgorithm": "SHA256",
         }
         if text and self.text_kms_key:
-            request |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.text_kms_key}
+            # No S3 Bucket Key: with one, the KMS encryption context is the bucket's ARN, not
+            # the object's, and the pods' grant (scoped to the text prefix's objects) fails.
+            request |= {
+                "ServerSideEncryption": "aws:kms",
+                "SSEKMSKeyId": self.text_kms_key,
+                "BucketKeyEnabled": False,
+            }
         error: ClientError | BotoCoreError | None = None
         for delay in (*self.retry_delays, None):
             try:

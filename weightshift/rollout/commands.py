@@ -33,6 +33,7 @@ from weightshift.evidence.sequential import Decision, Verdict
 from weightshift.gates.shadow import ShadowEvidenceError, ShadowGateDecision, check_comparison
 from weightshift.gates.shadow import decide as decide_shadow
 from weightshift.gates.stage import Counts, Criterion, StageGate, decide, read_counts
+from weightshift.gates.verdict import BLOCKED_BY_EVALUATION
 from weightshift.lambdas import rollback as rollback_function
 from weightshift.rollout import capacity
 from weightshift.rollout.errors import RolloutError as RolloutError  # noqa: PLC0414 (re-export)
@@ -1278,7 +1279,19 @@ class Rollout:
         if status.moving and status.next_strategy is not None:
             changes["strategy"] = status.next_strategy.value
         self._set_rollout(status.config, **changes)
-        summary = self.backend.up(f"weightshift rollout promote to {status.target}")
+        try:
+            summary = self.backend.up(f"weightshift rollout promote to {status.target}")
+        except Exception as error:
+            if BLOCKED_BY_EVALUATION not in str(error):
+                raise
+            # The program refused before registering anything: put the stack file back, so
+            # it does not claim a stage that was never deployed.
+            rollout = status.config.rollout
+            self._set_rollout(status.config, stage=rollout.stage, strategy=rollout.strategy.value)
+            raise RolloutError(
+                f"not promoted: {str(error).strip()} The stack file is back at "
+                f"{rollout.strategy.value} stage {rollout.stage}."
+            ) from None
         return f"promoted to {status.target}: {summary}"
 
     def preview_promotion(
