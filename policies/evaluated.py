@@ -36,7 +36,7 @@ def _of_type(args: StackValidationArgs, resource_type: str) -> list[PolicyResour
     return [r for r in args.resources if r.resource_type == resource_type]
 
 
-def _weights(listener: PolicyResource) -> list[tuple[Any, Any]]:
+def forwarded(listener: PolicyResource) -> list[tuple[Any, Any]]:
     """(target group ARN, weight) of every forward in the listener's default actions."""
     found = []
     for action in listener.props.get("defaultActions") or []:
@@ -111,7 +111,7 @@ def candidate_evaluated(args: StackValidationArgs, report: ReportViolation) -> N
     marked = [d for d in deployments if STAGE_ANNOTATION in _annotations(d)]
     for listener in _of_type(args, LISTENER):
         weighted = []
-        for arn, weight in _weights(listener):
+        for arn, weight in forwarded(listener):
             if not isinstance(weight, int | float) or weight <= 0:
                 continue
             group = next((g for g in groups if g.props.get("arn") == arn), None)

@@ -45,9 +45,12 @@ from weightshift.stages import (
 )
 
 try:
-    from policies.evaluated import candidate_evaluated
+    from policies.evaluated import candidate_evaluated, forwarded
 except ImportError:  # the pack runs from policies/ (`pulumi preview --policy-pack policies`)
-    from evaluated import candidate_evaluated  # type: ignore[import-not-found,no-redef]
+    from evaluated import (  # type: ignore[import-not-found,no-redef]
+        candidate_evaluated,
+        forwarded,
+    )
 
 LISTENER = "aws:lb/listener:Listener"
 LOAD_BALANCER = "aws:lb/loadBalancer:LoadBalancer"
@@ -300,23 +303,13 @@ def _on_call_subscribed(args: StackValidationArgs, report: ReportViolation) -> N
             )
 
 
-def _forwarded(listener: PolicyResource) -> list[tuple[Any, Any]]:
-    """(target group ARN, weight) of every forward in the listener's default actions."""
-    found = []
-    for action in listener.props.get("defaultActions") or []:
-        forward = action.get("forward") if isinstance(action, Mapping) else None
-        for group in (forward or {}).get("targetGroups") or []:
-            found.append((group.get("arn"), group.get("weight", 1)))
-    return found
-
-
 def _weight_has_targets(args: StackValidationArgs, report: ReportViolation) -> None:
     """No listener weight goes to a target group that nothing registers targets in: the ALB
     answers that share of requests with 503."""
     groups = _of_type(args, TARGET_GROUP)
     bindings = _of_type(args, TARGET_GROUP_BINDING)
     for listener in _of_type(args, LISTENER):
-        for arn, weight in _forwarded(listener):
+        for arn, weight in forwarded(listener):
             if not isinstance(weight, int | float) or weight <= 0:
                 continue
             group = next((g for g in groups if g.props.get("arn") == arn), None)
@@ -488,7 +481,7 @@ def _rollback_functions(args: StackValidationArgs) -> list[RollbackFunction]:
 
 
 def _weights_by_arn(listener: PolicyResource) -> dict[Any, Any]:
-    return dict(_forwarded(listener))
+    return dict(forwarded(listener))
 
 
 @dataclass(frozen=True)
@@ -714,7 +707,7 @@ def _alarms_wired(args: StackValidationArgs, report: ReportViolation) -> None:
     groups = {g.props.get("arn"): g for g in _of_type(args, TARGET_GROUP)}
     for listener in _of_type(args, LISTENER):
         mine = [f for f in functions if _names(f.listener, listener)]
-        live = [arn for arn, weight in _forwarded(listener) if weight]
+        live = [arn for arn, weight in forwarded(listener) if weight]
         if len(live) < 2 and not mine:
             continue  # one target group takes everything: nothing to roll back to
         for arn in live:

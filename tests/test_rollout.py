@@ -92,11 +92,10 @@ def backend(world: World) -> FakeBackend:
     return FakeBackend(AwsView(), world)
 
 
-@pytest.fixture
-def rollout(backend: FakeBackend) -> Rollout:
+def ok_alarms(backend: FakeBackend) -> None:
+    """Every alarm of the stack exists (moto) and is OK."""
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
-    outputs = backend.outputs()["rollback"]
-    for name in outputs["alarms"]:
+    for name in backend.outputs()["rollback"]["alarms"]:
         cloudwatch.put_metric_alarm(
             AlarmName=name,
             MetricName="RequestCount",
@@ -108,6 +107,11 @@ def rollout(backend: FakeBackend) -> Rollout:
             ComparisonOperator="LessThanThreshold",
         )
         cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="test")
+
+
+@pytest.fixture
+def rollout(backend: FakeBackend) -> Rollout:
+    ok_alarms(backend)
     return Rollout("prod", backend, AwsView(metrics=PassingMetrics()), now=lambda: NOW)
 
 

@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 from tests.alb_world import BUCKET, REGION, World
 from tests.conftest import PROJECT
 from tests.test_gates_stage import answers, colour_periods
-from tests.test_rollout import NOW, FakeBackend, set_stage
+from tests.test_rollout import NOW, FakeBackend, ok_alarms, set_stage
 from weightshift.cli import main
 from weightshift.gates.stage import queries
 from weightshift.rollout import commands as rollout_module
@@ -59,23 +59,6 @@ def metrics_client(*reads: tuple[datetime, datetime, Colours]) -> tuple[Any, Stu
         stubber.add_response("get_metric_data", second, {**window, "NextToken": "page-2"})
     stubber.activate()
     return client, stubber
-
-
-def ok_alarms(backend: FakeBackend) -> None:
-    """Every alarm of the stack exists (moto) and is OK."""
-    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
-    for name in backend.outputs()["rollback"]["alarms"]:
-        cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            MetricName="RequestCount",
-            Namespace="AWS/ApplicationELB",
-            Statistic="Sum",
-            Period=60,
-            EvaluationPeriods=1,
-            Threshold=1,
-            ComparisonOperator="LessThanThreshold",
-        )
-        cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="test")
 
 
 def at_stage(backend: FakeBackend, stage: int, started: datetime, **rollout: Any) -> None:
