@@ -18,8 +18,8 @@ import pytest
 
 from tests.alb_world import World
 from tests.conftest import PROJECT
-from tests.test_rollout import NOW, FakeBackend, PassingMetrics
-from tests.test_rollout_gate import Recording, at_stage, decisions, ok_alarms
+from tests.test_rollout import NOW, FakeBackend, PassingMetrics, ok_alarms
+from tests.test_rollout_gate import Recording, at_stage, decisions
 from weightshift.cli import main
 from weightshift.config.rollout import ShadowGate
 from weightshift.evidence.sequential import Decision
