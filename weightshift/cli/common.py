@@ -112,7 +112,8 @@ def bucket_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def stack_options(parser: argparse.ArgumentParser) -> None:
+def stack_config_options(parser: argparse.ArgumentParser) -> None:
+    """--stack, --set and --project: which stack file, with which overrides."""
     parser.add_argument(
         "--stack", default="prod", help="stack name: reads Pulumi.<stack>.yaml (default: prod)"
     )
@@ -126,6 +127,10 @@ def stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--project", metavar="DIR", help="the Pulumi project folder (default: found from here up)"
     )
+
+
+def stack_options(parser: argparse.ArgumentParser) -> None:
+    stack_config_options(parser)
     parser.add_argument(
         "--catalog",
         metavar="DIR",

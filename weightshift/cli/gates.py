@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from weightshift.cli.common import CommandError, project_arg
+from weightshift.cli.common import CommandError, project_arg, stack_config_options
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,15 +47,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "fail, 3 inconclusive."
         ),
     )
-    stage.add_argument("--stack", default="prod", help="stack name (default: prod)")
-    stage.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
-    stage.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, keys relative to weightshift: (rollout.stage=3); repeatable",
-    )
+    stack_config_options(stage)
     stage.add_argument(
         "--since",
         metavar="TIME",
@@ -83,15 +75,7 @@ def _shadow_parser(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "1 fail, 3 inconclusive."
         ),
     )
-    shadow.add_argument("--stack", default="prod", help="stack name (default: prod)")
-    shadow.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
-    shadow.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, keys relative to weightshift: (rollout.stage=3); repeatable",
-    )
+    stack_config_options(shadow)
     evidence = shadow.add_mutually_exclusive_group()
     evidence.add_argument("--report", metavar="FILE", help="a shadow report's JSON (report.json)")
     evidence.add_argument(
@@ -120,15 +104,7 @@ def _check_parser(steps: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "allowed), 1 blocked."
         ),
     )
-    check.add_argument("--stack", default="prod", help="stack name (default: prod)")
-    check.add_argument("--project", metavar="DIR", help="the Pulumi project folder")
-    check.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, keys relative to weightshift: (rollout.stage=3); repeatable",
-    )
+    stack_config_options(check)
     check.add_argument("--report", metavar="FILE", help="check this report file instead")
     check.add_argument(
         "--local",
